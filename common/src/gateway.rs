@@ -1,0 +1,331 @@
+//! The runtime gateway config (SPEC §4): what the admin API stores and announces, what every
+//! proxy applies. One validation routine serves both sides, so a config the admin API accepts
+//! is exactly a config the proxy applies.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The CDN headers consulted in `cdn` mode when none are configured, in order.
+pub const DEFAULT_CDN_HEADERS: [&str; 2] = ["cf-connecting-ip", "true-client-ip"];
+
+/// How the proxy decides the client IP (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpMode {
+    /// The socket peer is the client; forwarding headers are ignored.
+    Direct,
+    /// Forwarding headers are believed from trusted peers only.
+    Proxy,
+    /// A CDN header from a trusted peer names the client; otherwise the `proxy` rules.
+    Cdn,
+}
+
+impl IpMode {
+    pub const ALL: [IpMode; 3] = [IpMode::Direct, IpMode::Proxy, IpMode::Cdn];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpMode::Direct => "direct",
+            IpMode::Proxy => "proxy",
+            IpMode::Cdn => "cdn",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+impl fmt::Display for IpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The wire form of the gateway config: what is stored in Redis and Postgres and sent over
+/// the admin API. Everything is a plain string or number so that validation can report every
+/// problem at once instead of failing on the first bad field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayConfigDoc {
+    pub ip_mode: String,
+    #[serde(default)]
+    pub trusted_cidrs: Vec<String>,
+    pub risk_reject_threshold: f64,
+    /// Headers consulted in `cdn` mode, in order (case-insensitive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdn_headers: Option<Vec<String>>,
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_by: Option<String>,
+}
+
+/// One thing wrong with a gateway config.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Problem {
+    UnknownIpMode(String),
+    InvalidCidrs(Vec<String>),
+    ThresholdOutOfRange(f64),
+    InvalidCdnHeaders(Vec<String>),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::UnknownIpMode(m) => {
+                write!(f, "ip_mode {m:?} is not one of direct, proxy, cdn")
+            }
+            Problem::InvalidCidrs(c) => write!(f, "trusted_cidrs has invalid CIDRs: {}", c.join(", ")),
+            Problem::ThresholdOutOfRange(t) => {
+                write!(f, "risk_reject_threshold {t} is outside [0, 1]")
+            }
+            Problem::InvalidCdnHeaders(h) => {
+                write!(f, "cdn_headers has invalid header names: {}", h.join(", "))
+            }
+        }
+    }
+}
+
+/// A gateway config that failed validation, with every problem found.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GatewayConfigError {
+    #[error("invalid gateway config: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<Problem>),
+    #[error("gateway config is not valid JSON: {0}")]
+    Json(String),
+}
+
+impl GatewayConfigError {
+    /// The individual problems (empty for a JSON syntax error).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            GatewayConfigError::Invalid(p) => p,
+            GatewayConfigError::Json(_) => &[],
+        }
+    }
+}
+
+/// A validated gateway config, ready to apply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    pub ip_mode: IpMode,
+    pub trusted_cidrs: Vec<IpNet>,
+    pub risk_reject_threshold: f64,
+    /// Lower-case header names, in order.
+    pub cdn_headers: Vec<http::HeaderName>,
+    pub version: u64,
+    pub updated_at: Option<String>,
+    pub updated_by: Option<String>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            ip_mode: IpMode::Direct,
+            trusted_cidrs: Vec::new(),
+            risk_reject_threshold: 0.8,
+            cdn_headers: default_cdn_headers(),
+            version: 0,
+            updated_at: None,
+            updated_by: None,
+        }
+    }
+}
+
+fn default_cdn_headers() -> Vec<http::HeaderName> {
+    DEFAULT_CDN_HEADERS
+        .iter()
+        .map(|h| http::HeaderName::from_static(h))
+        .collect()
+}
+
+/// Parse one CIDR. A bare address is taken as a host route (/32 or /128); host bits are
+/// cleared; IPv4-mapped IPv6 networks become the IPv4 network they denote.
+pub fn parse_cidr(raw: &str) -> Option<IpNet> {
+    let s = raw.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let net = match s.parse::<IpNet>() {
+        Ok(n) => n,
+        Err(_) => IpNet::from(s.parse::<IpAddr>().ok()?),
+    };
+    let net = match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).ok()?,
+            None => net,
+        },
+        _ => net,
+    };
+    Some(net.trunc())
+}
+
+/// Parse a list of CIDRs, listing every entry that does not parse.
+pub fn parse_cidrs<S: AsRef<str>>(raw: &[S]) -> Result<Vec<IpNet>, Vec<String>> {
+    let mut ok = Vec::with_capacity(raw.len());
+    let mut bad = Vec::new();
+    for r in raw {
+        match parse_cidr(r.as_ref()) {
+            Some(n) => ok.push(n),
+            None => bad.push(r.as_ref().to_string()),
+        }
+    }
+    if bad.is_empty() {
+        Ok(ok)
+    } else {
+        Err(bad)
+    }
+}
+
+impl GatewayConfig {
+    /// Validate a wire document, reporting every problem at once.
+    pub fn from_doc(doc: &GatewayConfigDoc) -> Result<Self, GatewayConfigError> {
+        let mut problems = Vec::new();
+        let ip_mode = IpMode::parse(doc.ip_mode.trim());
+        if ip_mode.is_none() {
+            problems.push(Problem::UnknownIpMode(doc.ip_mode.clone()));
+        }
+        let trusted = match parse_cidrs(&doc.trusted_cidrs) {
+            Ok(t) => t,
+            Err(bad) => {
+                problems.push(Problem::InvalidCidrs(bad));
+                Vec::new()
+            }
+        };
+        let t = doc.risk_reject_threshold;
+        if !(0.0..=1.0).contains(&t) {
+            problems.push(Problem::ThresholdOutOfRange(t));
+        }
+        let cdn_headers = match &doc.cdn_headers {
+            None => default_cdn_headers(),
+            Some(list) => {
+                let mut ok = Vec::new();
+                let mut bad = Vec::new();
+                for h in list {
+                    match http::HeaderName::from_bytes(h.trim().as_bytes()) {
+                        Ok(n) => ok.push(n),
+                        Err(_) => bad.push(h.clone()),
+                    }
+                }
+                if !bad.is_empty() {
+                    problems.push(Problem::InvalidCdnHeaders(bad));
+                }
+                ok
+            }
+        };
+        match (ip_mode, problems.is_empty()) {
+            (Some(ip_mode), true) => Ok(Self {
+                ip_mode,
+                trusted_cidrs: trusted,
+                risk_reject_threshold: t,
+                cdn_headers,
+                version: doc.version,
+                updated_at: doc.updated_at.clone(),
+                updated_by: doc.updated_by.clone(),
+            }),
+            _ => Err(GatewayConfigError::Invalid(problems)),
+        }
+    }
+
+    /// Parse and validate the JSON stored in Redis.
+    pub fn from_json(json: &str) -> Result<Self, GatewayConfigError> {
+        let doc: GatewayConfigDoc =
+            serde_json::from_str(json).map_err(|e| GatewayConfigError::Json(e.to_string()))?;
+        Self::from_doc(&doc)
+    }
+
+    /// The wire document for this config.
+    pub fn to_doc(&self) -> GatewayConfigDoc {
+        let cdn: Vec<String> = self.cdn_headers.iter().map(|h| h.as_str().to_string()).collect();
+        let default_cdn = cdn.iter().map(String::as_str).eq(DEFAULT_CDN_HEADERS);
+        GatewayConfigDoc {
+            ip_mode: self.ip_mode.as_str().to_string(),
+            trusted_cidrs: self.trusted_cidrs.iter().map(ToString::to_string).collect(),
+            risk_reject_threshold: self.risk_reject_threshold,
+            cdn_headers: if default_cdn { None } else { Some(cdn) },
+            version: self.version,
+            updated_at: self.updated_at.clone(),
+            updated_by: self.updated_by.clone(),
+        }
+    }
+
+    /// The JSON stored in Redis.
+    pub fn to_json(&self) -> String {
+        // Serializing a struct of strings and numbers cannot fail; fall back to an empty
+        // object rather than panic if serde ever disagrees.
+        serde_json::to_string(&self.to_doc()).unwrap_or_else(|_| "{}".to_string())
+    }
+
+    /// Whether `ip` (already normalised) lies in a trusted CIDR.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_cidrs.iter().any(|n| n.contains(&ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(mode: &str, cidrs: &[&str], t: f64) -> GatewayConfigDoc {
+        GatewayConfigDoc {
+            ip_mode: mode.into(),
+            trusted_cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
+            risk_reject_threshold: t,
+            cdn_headers: None,
+            version: 3,
+            updated_at: None,
+            updated_by: None,
+        }
+    }
+
+    #[test]
+    fn valid_doc_round_trips() {
+        let c = GatewayConfig::from_doc(&doc("proxy", &["10.0.0.0/8", "2001:db8::/32"], 0.5))
+            .expect("valid");
+        assert_eq!(c.ip_mode, IpMode::Proxy);
+        assert_eq!(c.version, 3);
+        let again = GatewayConfig::from_json(&c.to_json()).expect("round trip");
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = GatewayConfig::from_doc(&doc("sideways", &["10.0.0.0/8", "nope", "1.2.3.4/33"], 1.5))
+            .expect_err("invalid");
+        let msg = err.to_string();
+        assert!(msg.contains("sideways"), "{msg}");
+        assert!(msg.contains("nope") && msg.contains("1.2.3.4/33"), "{msg}");
+        assert!(msg.contains("1.5"), "{msg}");
+        assert_eq!(err.problems().len(), 3);
+    }
+
+    #[test]
+    fn nan_threshold_is_refused() {
+        assert!(GatewayConfig::from_doc(&doc("direct", &[], f64::NAN)).is_err());
+        assert!(GatewayConfig::from_doc(&doc("direct", &[], -0.01)).is_err());
+        assert!(GatewayConfig::from_doc(&doc("direct", &[], 0.0)).is_ok());
+        assert!(GatewayConfig::from_doc(&doc("direct", &[], 1.0)).is_ok());
+    }
+
+    #[test]
+    fn cidr_parsing_normalises() {
+        assert_eq!(parse_cidr("10.1.2.3/8"), "10.0.0.0/8".parse().ok());
+        assert_eq!(parse_cidr(" 192.0.2.1 "), "192.0.2.1/32".parse().ok());
+        assert_eq!(parse_cidr("::ffff:10.0.0.0/104"), "10.0.0.0/8".parse().ok());
+        assert_eq!(parse_cidr("2001:db8::1"), "2001:db8::1/128".parse().ok());
+        for bad in ["", "10.0.0.0/", "300.1.1.1/8", "x", "10.0.0.0/8/8"] {
+            assert_eq!(parse_cidr(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_json_is_an_error_not_a_panic() {
+        assert!(matches!(GatewayConfig::from_json("{"), Err(GatewayConfigError::Json(_))));
+        assert!(GatewayConfig::from_json("{\"ip_mode\":\"direct\"}").is_err());
+    }
+}

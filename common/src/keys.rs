@@ -1,0 +1,108 @@
+//! Every Redis key and channel name, in one place, so that the proxy and the admin API can
+//! never spell one differently.
+
+/// Default prefix of every key and channel (`[redis] key_prefix`).
+pub const DEFAULT_PREFIX: &str = "wp:";
+
+/// Suffix of the access-log stream.
+pub const ACCESS_STREAM: &str = "access";
+/// Suffix of the JSON gateway config written by the admin API.
+pub const GATEWAY_CONFIG: &str = "gateway:config";
+/// Suffix of the pub/sub channel announcing a new gateway config.
+pub const GATEWAY_CONFIG_CHANGED: &str = "gateway:config:changed";
+/// Suffix of the per-minute request counters (`<prefix>gw:req:<unix minute>`).
+pub const GATEWAY_REQUESTS_PER_MINUTE: &str = "gw:req:";
+/// Suffix of the per-minute reject counters (`<prefix>gw:rej:<unix minute>`).
+pub const GATEWAY_REJECTS_PER_MINUTE: &str = "gw:rej:";
+/// How long per-minute counters live (two hours covers the admin's "last hour" block).
+pub const MINUTE_COUNTER_TTL_SECS: u64 = 2 * 60 * 60;
+/// Suffix of admin rate-limit counters (`<prefix>rl:<actor>:<window>:<bucket>`).
+pub const ADMIN_RATE_LIMIT: &str = "rl:";
+
+/// Key names under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self::new(DEFAULT_PREFIX)
+    }
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn key(&self, suffix: &str) -> String {
+        format!("{}{}", self.prefix, suffix)
+    }
+
+    /// The access-log stream, `wp:access` by default.
+    pub fn access_stream(&self) -> String {
+        self.key(ACCESS_STREAM)
+    }
+
+    /// The current gateway config (JSON), `wp:gateway:config` by default.
+    pub fn gateway_config(&self) -> String {
+        self.key(GATEWAY_CONFIG)
+    }
+
+    /// The channel on which a new gateway config is announced.
+    pub fn gateway_config_changed(&self) -> String {
+        self.key(GATEWAY_CONFIG_CHANGED)
+    }
+
+    /// Requests counted in the given unix minute.
+    pub fn requests_in_minute(&self, unix_minute: u64) -> String {
+        format!("{}{}{}", self.prefix, GATEWAY_REQUESTS_PER_MINUTE, unix_minute)
+    }
+
+    /// Rejected requests counted in the given unix minute.
+    pub fn rejects_in_minute(&self, unix_minute: u64) -> String {
+        format!("{}{}{}", self.prefix, GATEWAY_REJECTS_PER_MINUTE, unix_minute)
+    }
+
+    /// An admin rate-limit bucket.
+    pub fn admin_rate_limit(&self, actor: &str, window: &str, bucket: u64) -> String {
+        format!("{}{}{}:{}:{}", self.prefix, ADMIN_RATE_LIMIT, actor, window, bucket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_match_the_spec() {
+        let k = Keys::default();
+        assert_eq!(k.access_stream(), "wp:access");
+        assert_eq!(k.gateway_config(), "wp:gateway:config");
+        assert_eq!(k.gateway_config_changed(), "wp:gateway:config:changed");
+        assert_eq!(k.requests_in_minute(7), "wp:gw:req:7");
+        assert_eq!(k.rejects_in_minute(7), "wp:gw:rej:7");
+    }
+
+    #[test]
+    fn prefix_applies_to_every_name() {
+        let k = Keys::new("t42:");
+        for name in [
+            k.access_stream(),
+            k.gateway_config(),
+            k.gateway_config_changed(),
+            k.requests_in_minute(1),
+            k.rejects_in_minute(1),
+            k.admin_rate_limit("usr_1", "m", 1),
+        ] {
+            assert!(name.starts_with("t42:"), "{name}");
+        }
+    }
+}

@@ -1,0 +1,11 @@
+#![doc = include_str!("../README.md")]
+
+pub mod access_log;
+pub mod client_ip;
+pub mod gateway;
+pub mod keys;
+
+pub use access_log::{AccessLogEntry, Decision, FIELDS as ACCESS_LOG_FIELDS};
+pub use client_ip::{resolve_client_ip, ClientIp, IpSource};
+pub use gateway::{GatewayConfig, GatewayConfigError, IpMode};
+pub use keys::Keys;
