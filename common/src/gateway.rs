@@ -80,7 +80,9 @@ impl fmt::Display for Problem {
             Problem::UnknownIpMode(m) => {
                 write!(f, "ip_mode {m:?} is not one of direct, proxy, cdn")
             }
-            Problem::InvalidCidrs(c) => write!(f, "trusted_cidrs has invalid CIDRs: {}", c.join(", ")),
+            Problem::InvalidCidrs(c) => {
+                write!(f, "trusted_cidrs has invalid CIDRs: {}", c.join(", "))
+            }
             Problem::ThresholdOutOfRange(t) => {
                 write!(f, "risk_reject_threshold {t} is outside [0, 1]")
             }
@@ -241,7 +243,11 @@ impl GatewayConfig {
 
     /// The wire document for this config.
     pub fn to_doc(&self) -> GatewayConfigDoc {
-        let cdn: Vec<String> = self.cdn_headers.iter().map(|h| h.as_str().to_string()).collect();
+        let cdn: Vec<String> = self
+            .cdn_headers
+            .iter()
+            .map(|h| h.as_str().to_string())
+            .collect();
         let default_cdn = cdn.iter().map(String::as_str).eq(DEFAULT_CDN_HEADERS);
         GatewayConfigDoc {
             ip_mode: self.ip_mode.as_str().to_string(),
@@ -295,8 +301,9 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        let err = GatewayConfig::from_doc(&doc("sideways", &["10.0.0.0/8", "nope", "1.2.3.4/33"], 1.5))
-            .expect_err("invalid");
+        let err =
+            GatewayConfig::from_doc(&doc("sideways", &["10.0.0.0/8", "nope", "1.2.3.4/33"], 1.5))
+                .expect_err("invalid");
         let msg = err.to_string();
         assert!(msg.contains("sideways"), "{msg}");
         assert!(msg.contains("nope") && msg.contains("1.2.3.4/33"), "{msg}");
@@ -325,7 +332,10 @@ mod tests {
 
     #[test]
     fn bad_json_is_an_error_not_a_panic() {
-        assert!(matches!(GatewayConfig::from_json("{"), Err(GatewayConfigError::Json(_))));
+        assert!(matches!(
+            GatewayConfig::from_json("{"),
+            Err(GatewayConfigError::Json(_))
+        ));
         assert!(GatewayConfig::from_json("{\"ip_mode\":\"direct\"}").is_err());
     }
 }

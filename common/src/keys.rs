@@ -63,17 +63,26 @@ impl Keys {
 
     /// Requests counted in the given unix minute.
     pub fn requests_in_minute(&self, unix_minute: u64) -> String {
-        format!("{}{}{}", self.prefix, GATEWAY_REQUESTS_PER_MINUTE, unix_minute)
+        format!(
+            "{}{}{}",
+            self.prefix, GATEWAY_REQUESTS_PER_MINUTE, unix_minute
+        )
     }
 
     /// Rejected requests counted in the given unix minute.
     pub fn rejects_in_minute(&self, unix_minute: u64) -> String {
-        format!("{}{}{}", self.prefix, GATEWAY_REJECTS_PER_MINUTE, unix_minute)
+        format!(
+            "{}{}{}",
+            self.prefix, GATEWAY_REJECTS_PER_MINUTE, unix_minute
+        )
     }
 
     /// An admin rate-limit bucket.
     pub fn admin_rate_limit(&self, actor: &str, window: &str, bucket: u64) -> String {
-        format!("{}{}{}:{}:{}", self.prefix, ADMIN_RATE_LIMIT, actor, window, bucket)
+        format!(
+            "{}{}{}:{}:{}",
+            self.prefix, ADMIN_RATE_LIMIT, actor, window, bucket
+        )
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod client_ip;
+pub mod config;
 pub mod gateway;
 pub mod keys;
 
