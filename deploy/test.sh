@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Run every check and test of the workspace, the way CI does:
+# services up (deploy/setup.sh), the public GeoIP test database fetched, formatting, lints,
+# then all tests against real Redis and PostgreSQL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+export DATABASE_URL="${DATABASE_URL:-postgres://watchpost:watchpost@127.0.0.1:5432/watchpost}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "services"
+bash deploy/setup.sh
+
+step "public GeoIP test database"
+if [ "${WATCHPOST_SKIP_REAL_GEO:-0}" = 1 ]; then
+  echo "WATCHPOST_SKIP_REAL_GEO=1: skipping the fetch (the real-database test will say it skipped)"
+else
+  bash deploy/fetch-geo-db.sh
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked --no-fail-fast
