@@ -1,1 +1,15 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod country;
+mod db;
+mod error;
+mod info;
+mod record;
+mod reserved;
+
+pub use country::CountryCode;
+pub use db::GeoDb;
+pub use error::GeoError;
+pub use info::DbInfo;
