@@ -1,0 +1,89 @@
+//! The command line of `watchpost-proxy`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Settings;
+use crate::server::{self, StopOn};
+
+/// Watchpost's gateway: decides each request's client IP, country and risk score, rejects
+/// risky requests with 403, forwards the rest round-robin to healthy upstreams, and appends an
+/// access-log entry per request to a Redis Stream without ever waiting on Redis.
+///
+/// Configuration comes from the TOML file's [proxy], [redis], [access_log], [geo], [gateway]
+/// and [risk] sections; `WATCHPOST_<SECTION>_<KEY>` environment variables override single keys
+/// (`WATCHPOST_PROXY_LISTEN=127.0.0.1:8080`) and `REDIS_URL` overrides [redis] url. Without a
+/// file, defaults apply. The gateway config in Redis (`<prefix>gateway:config`), when present
+/// and valid, replaces [gateway] and is followed live.
+///
+/// Signals: SIGTERM stops gracefully (in-flight requests finish, the access log is flushed),
+/// SIGINT stops at once (the access log is still flushed).
+#[derive(Debug, Parser)]
+#[command(name = "watchpost-proxy", version)]
+pub struct Cli {
+    /// The TOML config file shared with watchpost-admin.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<String>,
+    /// Validate the configuration (file, environment, GeoIP database, risk settings) and exit.
+    #[arg(long)]
+    pub check: bool,
+    /// Log format on standard error; the level comes from RUST_LOG (default "info").
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Install the tracing subscriber, with Pingora's `log` records bridged into it.
+pub fn init_logging(format: LogFormat) {
+    let _ = tracing_log::LogTracer::init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Text => tracing::subscriber::set_global_default(builder.finish()),
+        LogFormat::Json => tracing::subscriber::set_global_default(builder.json().finish()),
+    };
+    if let Err(e) = result {
+        eprintln!("watchpost-proxy: cannot install the logger: {e}");
+    }
+}
+
+/// Run the binary: parse, validate, serve until a signal.
+pub fn run(cli: Cli, env: &[(String, String)]) -> ExitCode {
+    init_logging(cli.log_format);
+    let settings = match Settings::load(cli.config.as_deref(), env) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("watchpost-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check {
+        // The GeoIP file and the risk settings are part of the check.
+        if let Err(e) = server::check(&settings) {
+            eprintln!("watchpost-proxy: {e}");
+            return ExitCode::from(2);
+        }
+        println!("watchpost-proxy: configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    match server::start(settings, StopOn::Signals) {
+        Ok(running) => {
+            running.wait();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("watchpost-proxy: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! The proxy's configuration: the `[proxy]`, `[redis]`, `[access_log]`, `[geo]`, `[gateway]`
+//! and `[risk]` sections of the shared TOML file, with `WATCHPOST_*` overrides.
+//!
+//! Everything is read and validated here, once, before any port is bound: [`Settings::load`]
+//! either returns a config the proxy can run with or an error that names the section and key
+//! at fault. Sections the proxy does not read (`[admin]`, `[postgres]`) are ignored, because
+//! the admin API reads the same file; inside the proxy's own sections an unknown key is an
+//! error, because a typo silently falling back to a default is worse than refusing to start.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use watchpost_common::gateway::GatewayConfigDoc;
+use watchpost_common::GatewayConfig;
+use watchpost_risk::RiskConfig;
+
+use crate::error::ProxyError;
+
+/// The sections this binary reads (and whose `WATCHPOST_<SECTION>_<KEY>` variables it claims).
+pub const SECTIONS: [&str; 6] = ["proxy", "redis", "access_log", "geo", "gateway", "risk"];
+
+/// `[proxy]`: listeners, upstreams and server tuning.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxySection {
+    /// Client-facing HTTP listener.
+    pub listen: String,
+    /// Upstream origins (`host:port`), balanced round-robin and health-checked over TCP.
+    pub upstreams: Vec<String>,
+    /// Listener for `GET /healthz` and `GET /metrics`.
+    pub health_listen: String,
+    /// Written into every access-log entry so entries of several proxies can be told apart.
+    pub proxy_id: String,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// Timeout for connecting to an upstream; past it the request fails with 502.
+    pub connect_timeout_ms: u64,
+    /// Timeout for each read from an upstream; past it the request fails with 504.
+    pub read_timeout_ms: u64,
+    /// How often every upstream is probed with a TCP connect.
+    pub health_check_interval_ms: u64,
+    /// On SIGTERM, how long in-flight requests get to finish after the listener stops accepting.
+    pub grace_period_secs: u64,
+    /// After the grace period, how long the runtimes get to stop before they are dropped.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            upstreams: vec!["127.0.0.1:3000".into()],
+            health_listen: "127.0.0.1:9090".into(),
+            proxy_id: "proxy-1".into(),
+            threads: 2,
+            connect_timeout_ms: 2_000,
+            read_timeout_ms: 30_000,
+            health_check_interval_ms: 1_000,
+            grace_period_secs: 1,
+            shutdown_timeout_secs: 5,
+        }
+    }
+}
+
+/// `[redis]`: where the access log and the gateway config live.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSection {
+    /// Redis URL; `REDIS_URL` overrides it.
+    pub url: String,
+    /// Prefix of every key and channel.
+    pub key_prefix: String,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: watchpost_common::keys::DEFAULT_PREFIX.into(),
+        }
+    }
+}
+
+/// `[access_log]`: the Redis Stream writer.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessLogSection {
+    /// `XADD … MAXLEN ~ N`: the stream is trimmed to about this many entries.
+    pub stream_max_len: u64,
+    /// Entries held in memory while Redis is slow or down; past it new entries are dropped.
+    pub buffer_entries: usize,
+    /// Most entries sent in one pipeline.
+    pub batch_max_entries: usize,
+    /// After the first entry of a batch arrives, how long to wait for more before sending a
+    /// batch that is not full (0 sends at once).
+    pub flush_interval_ms: u64,
+    /// On shutdown, how long the writer gets to flush what is buffered.
+    pub shutdown_flush_ms: u64,
+}
+
+impl Default for AccessLogSection {
+    fn default() -> Self {
+        Self {
+            stream_max_len: 1_000_000,
+            buffer_entries: 100_000,
+            batch_max_entries: 512,
+            flush_interval_ms: 2,
+            shutdown_flush_ms: 5_000,
+        }
+    }
+}
+
+/// `[geo]`: the GeoIP database.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeoSection {
+    /// MaxMind-format `.mmdb` file; empty disables GeoIP (every country is "").
+    pub mmdb_path: String,
+    /// How often the file is checked for a newer version.
+    pub reload_interval_secs: u64,
+}
+
+impl Default for GeoSection {
+    fn default() -> Self {
+        Self {
+            mmdb_path: String::new(),
+            reload_interval_secs: 5,
+        }
+    }
+}
+
+/// `[gateway]`: the gateway config used until Redis holds one (SPEC §4).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewaySection {
+    /// `direct`, `proxy` or `cdn`.
+    pub ip_mode: String,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_cidrs: Vec<String>,
+    /// Requests scoring at least this are rejected with 403.
+    pub risk_reject_threshold: f64,
+    /// Headers naming the client in `cdn` mode, in order (default
+    /// `CF-Connecting-IP`, `True-Client-IP`).
+    pub cdn_headers: Option<Vec<String>>,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self {
+            ip_mode: "direct".into(),
+            trusted_cidrs: Vec::new(),
+            risk_reject_threshold: 0.8,
+            cdn_headers: None,
+        }
+    }
+}
+
+/// The proxy's sections of the config file, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct FileConfig {
+    pub proxy: ProxySection,
+    pub redis: RedisSection,
+    pub access_log: AccessLogSection,
+    pub geo: GeoSection,
+    pub gateway: GatewaySection,
+    pub risk: RiskConfig,
+}
+
+/// A validated config, ready to run with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub upstreams: Vec<SocketAddr>,
+    pub health_listen: SocketAddr,
+    pub file: FileConfig,
+    /// The `[gateway]` section, validated.
+    pub gateway: GatewayConfig,
+}
+
+impl Settings {
+    /// Read the file (or only defaults and environment when `path` is `None`), apply the
+    /// environment overrides and validate everything.
+    pub fn load(path: Option<&str>, env: &[(String, String)]) -> Result<Self, ProxyError> {
+        let root: toml::Table = watchpost_common::config::load(path, &SECTIONS, env)?;
+        Self::from_table(root, path)
+    }
+
+    /// [`Settings::load`] on text already read; `path` is only used in messages.
+    pub fn load_str(
+        text: &str,
+        path: Option<&str>,
+        env: &[(String, String)],
+    ) -> Result<Self, ProxyError> {
+        let root: toml::Table = watchpost_common::config::load_str(text, path, &SECTIONS, env)?;
+        Self::from_table(root, path)
+    }
+
+    fn from_table(mut root: toml::Table, path: Option<&str>) -> Result<Self, ProxyError> {
+        let file = FileConfig {
+            proxy: section(&mut root, "proxy", path)?,
+            redis: section(&mut root, "redis", path)?,
+            access_log: section(&mut root, "access_log", path)?,
+            geo: section(&mut root, "geo", path)?,
+            gateway: section(&mut root, "gateway", path)?,
+            risk: section(&mut root, "risk", path)?,
+        };
+        Self::validate(file, path)
+    }
+
+    /// Check every value that deserialising alone cannot.
+    pub fn validate(file: FileConfig, path: Option<&str>) -> Result<Self, ProxyError> {
+        let bad = |key: &str, message: String| ProxyError::Config {
+            path: path.map(str::to_string),
+            key: key.to_string(),
+            message,
+        };
+        let p = &file.proxy;
+        let listen = parse_addr(&p.listen).map_err(|m| bad("proxy.listen", m))?;
+        let health_listen =
+            parse_addr(&p.health_listen).map_err(|m| bad("proxy.health_listen", m))?;
+        if p.upstreams.is_empty() {
+            return Err(bad(
+                "proxy.upstreams",
+                "at least one upstream is required".into(),
+            ));
+        }
+        let mut upstreams = Vec::with_capacity(p.upstreams.len());
+        for (i, u) in p.upstreams.iter().enumerate() {
+            let addr = parse_addr(u).map_err(|m| bad(&format!("proxy.upstreams[{i}]"), m))?;
+            upstreams.push(addr);
+        }
+        if p.proxy_id.trim().is_empty() {
+            return Err(bad("proxy.proxy_id", "must not be empty".into()));
+        }
+        if p.threads == 0 {
+            return Err(bad("proxy.threads", "must be at least 1".into()));
+        }
+        for (key, v) in [
+            ("proxy.connect_timeout_ms", p.connect_timeout_ms),
+            ("proxy.read_timeout_ms", p.read_timeout_ms),
+            ("proxy.health_check_interval_ms", p.health_check_interval_ms),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "must be greater than 0".into()));
+            }
+        }
+        if let Err(e) = redis::Client::open(file.redis.url.as_str()) {
+            return Err(bad("redis.url", format!("not a valid Redis URL: {e}")));
+        }
+        let a = &file.access_log;
+        if a.stream_max_len == 0 {
+            return Err(bad(
+                "access_log.stream_max_len",
+                "must be greater than 0".into(),
+            ));
+        }
+        if a.buffer_entries == 0 {
+            return Err(bad(
+                "access_log.buffer_entries",
+                "must be greater than 0".into(),
+            ));
+        }
+        if a.batch_max_entries == 0 {
+            return Err(bad(
+                "access_log.batch_max_entries",
+                "must be greater than 0".into(),
+            ));
+        }
+        if file.geo.reload_interval_secs == 0 {
+            return Err(bad(
+                "geo.reload_interval_secs",
+                "must be greater than 0".into(),
+            ));
+        }
+        let g = &file.gateway;
+        let gateway = GatewayConfig::from_doc(&GatewayConfigDoc {
+            ip_mode: g.ip_mode.clone(),
+            trusted_cidrs: g.trusted_cidrs.clone(),
+            risk_reject_threshold: g.risk_reject_threshold,
+            cdn_headers: g.cdn_headers.clone(),
+            version: 0,
+            updated_at: None,
+            updated_by: None,
+        })
+        .map_err(|e| bad("gateway", e.to_string()))?;
+        Ok(Self {
+            listen,
+            upstreams,
+            health_listen,
+            file,
+            gateway,
+        })
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.file.proxy.connect_timeout_ms)
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_millis(self.file.proxy.read_timeout_ms)
+    }
+}
+
+/// Deserialise one section, naming the section and the key path in any error.
+fn section<T: DeserializeOwned + Default>(
+    root: &mut toml::Table,
+    name: &str,
+    path: Option<&str>,
+) -> Result<T, ProxyError> {
+    let Some(value) = root.remove(name) else {
+        return Ok(T::default());
+    };
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let key = if inner == "." || inner.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name}.{inner}")
+        };
+        ProxyError::Config {
+            path: path.map(str::to_string),
+            key,
+            message: e.inner().message().to_string(),
+        }
+    })
+}
+
+/// A socket address, resolving a host name once at start (`localhost:3000` is fine).
+fn parse_addr(raw: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = raw.trim().parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    match raw.trim().to_socket_addrs() {
+        Ok(mut it) => it
+            .next()
+            .ok_or_else(|| format!("{raw:?} resolves to no address")),
+        Err(e) => Err(format!("{raw:?} is not a host:port address ({e})")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn rejects(text: &str, key: &str, mention: &str) {
+        let err = Settings::load_str(text, Some("wp.toml"), &[]).expect_err("must be refused");
+        let msg = err.to_string();
+        assert!(msg.contains(key), "{msg:?} should name {key:?}");
+        assert!(msg.contains(mention), "{msg:?} should mention {mention:?}");
+        assert!(msg.contains("wp.toml"), "{msg:?} should name the file");
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_spec() {
+        let s = Settings::load_str("", None, &[]).expect("defaults");
+        assert_eq!(s.listen, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(s.health_listen, "127.0.0.1:9090".parse().expect("addr"));
+        assert_eq!(s.upstreams, vec!["127.0.0.1:3000".parse().expect("addr")]);
+        assert_eq!(s.file.redis.key_prefix, "wp:");
+        assert_eq!(s.file.access_log.stream_max_len, 1_000_000);
+        assert_eq!(s.file.access_log.buffer_entries, 100_000);
+        assert_eq!(s.gateway.risk_reject_threshold, 0.8);
+        assert_eq!(s.file.geo.mmdb_path, "");
+    }
+
+    #[test]
+    fn other_binaries_sections_are_ignored() {
+        let text = "[admin]\nlisten = \"127.0.0.1:8081\"\nwhatever = 1\n[postgres]\nurl = \"x\"\n";
+        assert!(Settings::load_str(text, None, &[]).is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_key() {
+        rejects("[proxy]\nlistne = \"x\"\n", "proxy", "listne");
+        rejects("[proxy]\nlisten = \"nowhere\"\n", "proxy.listen", "nowhere");
+        rejects(
+            "[proxy]\nupstreams = []\n",
+            "proxy.upstreams",
+            "at least one",
+        );
+        rejects(
+            "[proxy]\nupstreams = [\"127.0.0.1:1\", \"bad host\"]\n",
+            "proxy.upstreams[1]",
+            "bad host",
+        );
+        rejects(
+            "[proxy]\nthreads = \"many\"\n",
+            "proxy.threads",
+            "invalid type",
+        );
+        rejects(
+            "[proxy]\nhealth_listen = \"1.2.3.4\"\n",
+            "proxy.health_listen",
+            "1.2.3.4",
+        );
+        rejects("[redis]\nurl = \"http://x\"\n", "redis.url", "Redis URL");
+        rejects(
+            "[access_log]\nbuffer_entries = 0\n",
+            "access_log.buffer_entries",
+            "0",
+        );
+        rejects("[access_log]\nbatch = 5\n", "access_log", "batch");
+        rejects("[geo]\nmmdb = \"x\"\n", "geo", "mmdb");
+    }
+
+    #[test]
+    fn bad_gateway_section_names_every_problem() {
+        rejects(
+            "[gateway]\ntrusted_cidrs = [\"10.0.0.0/8\", \"10.0.0.300/8\"]\n",
+            "gateway",
+            "10.0.0.300/8",
+        );
+        rejects("[gateway]\nip_mode = \"sideways\"\n", "gateway", "sideways");
+        rejects("[gateway]\nrisk_reject_threshold = 1.5\n", "gateway", "1.5");
+        rejects("[gateway]\ntrusted = []\n", "gateway", "trusted");
+    }
+
+    #[test]
+    fn environment_overrides_apply_before_validation() {
+        let env = vec![
+            (
+                "WATCHPOST_PROXY_LISTEN".to_string(),
+                "127.0.0.1:18080".to_string(),
+            ),
+            (
+                "REDIS_URL".to_string(),
+                "redis://127.0.0.1:6390".to_string(),
+            ),
+            (
+                "WATCHPOST_GATEWAY_TRUSTED_CIDRS".to_string(),
+                "[\"10.0.0.0/8\"]".to_string(),
+            ),
+        ];
+        let s =
+            Settings::load_str("[proxy]\nlisten = \"127.0.0.1:1\"\n", None, &env).expect("valid");
+        assert_eq!(s.listen.port(), 18080);
+        assert_eq!(s.file.redis.url, "redis://127.0.0.1:6390");
+        assert_eq!(s.gateway.trusted_cidrs.len(), 1);
+        let env = vec![(
+            "WATCHPOST_GATEWAY_TRUSTED_CIDRS".to_string(),
+            "[\"nope\"]".to_string(),
+        )];
+        let err = Settings::load_str("", None, &env).expect_err("bad cidr from env");
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+}

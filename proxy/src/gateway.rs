@@ -1,0 +1,508 @@
+//! The request lifecycle: one method per Pingora phase (see the phase chart in the README).
+//!
+//! - `request_filter`: take the gateway config for this request, decide the client IP, its
+//!   country and request rate, score the request, and either answer 403 (the upstream is never
+//!   contacted) or let it through. The `Connection` header is sanitised here, before Pingora
+//!   builds the upstream request from it.
+//! - `upstream_peer`: the next healthy upstream, round-robin.
+//! - `upstream_request_filter`: remove incoming copies of the proxy's headers, set ours.
+//! - `response_filter`: add `X-Request-Id` to the response.
+//! - `fail_to_connect` / `fail_to_proxy`: retry another upstream when one refuses; map
+//!   failures to deliberate statuses (502, 504) with a JSON error body.
+//! - `logging`: enqueue the access-log entry (never waits) and count metrics.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::LoadBalancer;
+use pingora::prelude::{HttpPeer, RequestHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+use pingora_limits::rate::Rate;
+use watchpost_common::client_ip::{normalize_ip, resolve_with_forwarded_for};
+use watchpost_common::{AccessLogEntry, ClientIp, Decision, GatewayConfig};
+use watchpost_geo::GeoDb;
+use watchpost_risk::{RequestFacts, RiskEngine};
+
+use crate::access_log::LogSink;
+use crate::headers::{self, keep_cdn_headers, plan_connection};
+use crate::live_config::LiveConfig;
+use crate::metrics::{status_class, Metrics};
+
+/// Longest `path` and `query` kept in an access-log entry.
+const MAX_PATH_BYTES: usize = 2048;
+/// Longest `ua` kept in an access-log entry.
+const MAX_UA_BYTES: usize = 512;
+/// Longest `host` kept in an access-log entry.
+const MAX_HOST_BYTES: usize = 255;
+/// Count-min sketch size of the per-client rate estimator: enough columns that thousands of
+/// concurrently active clients rarely share a cell (collisions only ever inflate a count).
+const RATE_HASHES: usize = 4;
+const RATE_SLOTS: usize = 65_536;
+
+/// Everything the phases share; one per proxy instance.
+pub struct Gateway {
+    pub live: Arc<LiveConfig>,
+    pub geo: Arc<GeoDb>,
+    pub risk: Arc<RiskEngine>,
+    pub upstreams: Arc<LoadBalancer<RoundRobin>>,
+    pub upstream_count: usize,
+    pub log: LogSink,
+    pub metrics: Metrics,
+    pub proxy_id: Arc<str>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    rate: Rate,
+}
+
+impl Gateway {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        live: Arc<LiveConfig>,
+        geo: Arc<GeoDb>,
+        risk: Arc<RiskEngine>,
+        upstreams: Arc<LoadBalancer<RoundRobin>>,
+        upstream_count: usize,
+        log: LogSink,
+        metrics: Metrics,
+        proxy_id: &str,
+        connect_timeout: Duration,
+        read_timeout: Duration,
+    ) -> Self {
+        let window = Duration::from_secs(risk.rate_window_secs().max(1));
+        Self {
+            live,
+            geo,
+            risk,
+            upstreams,
+            upstream_count,
+            log,
+            metrics,
+            proxy_id: Arc::from(proxy_id),
+            connect_timeout,
+            read_timeout,
+            rate: Rate::new_with_estimator_config(window, RATE_HASHES, RATE_SLOTS),
+        }
+    }
+
+    /// Requests of the client's rate key over the last window, counting this one: the
+    /// previous window's count weighted by how much of it still overlaps, plus the current.
+    fn observe_rate(&self, ip: IpAddr) -> f64 {
+        let key = watchpost_risk::rate_key(ip);
+        self.rate.observe(&key, 1);
+        self.rate.rate_with(&key, |c| {
+            c.prev_samples as f64 * (1.0 - c.current_interval_fraction) + c.curr_samples as f64
+        })
+    }
+}
+
+/// What one request carries from phase to phase.
+pub struct RequestCtx {
+    start: Instant,
+    ts_ms: u64,
+    request_id: String,
+    decided: Option<Decided>,
+    upstream: String,
+    /// The status `fail_to_proxy` answered with, when it did.
+    error_status: Option<u16>,
+    connect_failures: usize,
+}
+
+/// The outcome of `request_filter`.
+struct Decided {
+    gateway: Arc<GatewayConfig>,
+    peer: IpAddr,
+    client: ClientIp,
+    forwarded_for: String,
+    country: String,
+    score: f64,
+    reasons: Vec<String>,
+    ua_type: &'static str,
+    decision: Decision,
+}
+
+impl RequestCtx {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            ts_ms: now_ms(),
+            request_id: ulid::Ulid::new().to_string(),
+            decided: None,
+            upstream: String::new(),
+            error_status: None,
+            connect_failures: 0,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The socket peer, canonicalised (IPv4-mapped IPv6 becomes IPv4). A non-IP peer (a Unix
+/// socket, which this proxy does not listen on) reads as 0.0.0.0.
+fn peer_ip(session: &Session) -> IpAddr {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| normalize_ip(a.ip()))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// Lossy UTF-8, cut to at most `max` bytes on a character boundary.
+fn text(bytes: &[u8], max: usize) -> String {
+    let cut = &bytes[..bytes.len().min(max)];
+    let mut s = String::from_utf8_lossy(cut).into_owned();
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// The error envelope the proxy answers with (SPEC §6's shape).
+pub fn error_body(code: &str, message: &str, request_id: &str) -> Bytes {
+    let body = serde_json::json!({
+        "error": { "code": code, "message": message, "request_id": request_id }
+    });
+    Bytes::from(body.to_string())
+}
+
+async fn respond_json(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    request_id: &str,
+) -> pingora::Result<()> {
+    let mut resp = pingora::http::ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header(headers::X_REQUEST_ID, request_id)?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        let gateway = self.live.current();
+        let peer = peer_ip(session);
+        let req = session.req_header();
+        let (client, forwarded_for) = resolve_with_forwarded_for(peer, &req.headers, &gateway);
+        let country = self.geo.lookup_country(client.ip);
+        let country = country.as_ref().map(|c| c.as_str()).unwrap_or("");
+        let recent_requests = self.observe_rate(client.ip);
+        let facts = RequestFacts {
+            ip: client.ip,
+            user_agent: req.headers.get(header::USER_AGENT).map(|v| v.as_bytes()),
+            path: req.uri.path(),
+            has_accept: req.headers.contains_key(header::ACCEPT),
+            has_accept_language: req.headers.contains_key(header::ACCEPT_LANGUAGE),
+            spoofed_forwarded: client.spoofed_forwarded,
+            malformed_forwarded: client.malformed_forwarded,
+            country,
+            recent_requests,
+        };
+        let eval = self.risk.evaluate(&facts);
+        let score = eval.assessment.score;
+        let decision = if score >= gateway.risk_reject_threshold {
+            Decision::Reject
+        } else {
+            Decision::Allow
+        };
+        let reasons = eval.assessment.reason_names().map(str::to_string).collect();
+
+        // Rewrite `Connection` before Pingora derives the upstream request from it.
+        let plan = plan_connection(&req.headers, &gateway.cdn_headers);
+        if plan.changed {
+            let req = session.req_header_mut();
+            req.remove_header(&header::CONNECTION);
+            for name in &plan.remove {
+                req.remove_header(name);
+            }
+            if let Some(v) = plan.value {
+                req.insert_header(header::CONNECTION, v)?;
+            }
+        }
+
+        ctx.decided = Some(Decided {
+            gateway,
+            peer,
+            client,
+            forwarded_for,
+            country: country.to_string(),
+            score,
+            reasons,
+            ua_type: eval.ua_type.as_str(),
+            decision,
+        });
+        if decision == Decision::Reject {
+            let body = error_body("FORBIDDEN", "request rejected", &ctx.request_id);
+            // A client that went away while we answered is not our failure to report.
+            let _ = respond_json(session, 403, body, &ctx.request_id).await;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let Some(backend) = self.upstreams.select(b"", 256) else {
+            return Err(Error::explain(
+                ErrorType::ConnectNoRoute,
+                "no healthy upstream",
+            ))
+            .map_err(|mut e| {
+                e.esource = ErrorSource::Upstream;
+                e
+            });
+        };
+        ctx.upstream = backend.addr.to_string();
+        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.read_timeout = Some(self.read_timeout);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing reached the upstream, so another one may take the request.
+        ctx.connect_failures += 1;
+        if ctx.connect_failures < self.upstream_count {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        for name in headers::STRIPPED {
+            upstream_request.remove_header(name);
+        }
+        let Some(d) = &ctx.decided else {
+            return Ok(());
+        };
+        if !keep_cdn_headers(d.peer, &d.gateway) {
+            for name in &d.gateway.cdn_headers {
+                upstream_request.remove_header(name);
+            }
+        }
+        upstream_request.insert_header(headers::X_CLIENT_IP, d.client.ip.to_string())?;
+        upstream_request.insert_header(headers::X_CLIENT_COUNTRY, d.country.as_str())?;
+        upstream_request.insert_header(headers::X_RISK_SCORE, format!("{:.3}", d.score))?;
+        upstream_request.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+        upstream_request.insert_header(headers::X_FORWARDED_FOR, d.forwarded_for.as_str())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut pingora::http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        upstream_response.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let (status, code, message, kind) = classify(e);
+        if let Some(kind) = kind {
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[kind])
+                .inc();
+        }
+        if status > 0 {
+            let body = error_body(code, message, &ctx.request_id);
+            let _ = respond_json(session, status, body, &ctx.request_id).await;
+            ctx.error_status = Some(status);
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let latency = ctx.start.elapsed();
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.error_status)
+            .unwrap_or(0);
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(header::HOST)
+            .map(|h| h.as_bytes())
+            .or_else(|| req.uri.host().map(str::as_bytes))
+            .unwrap_or_default();
+        let mut entry = AccessLogEntry {
+            ts: ctx.ts_ms,
+            method: req.method.as_str().to_string(),
+            host: text(host, MAX_HOST_BYTES),
+            path: text(req.uri.path().as_bytes(), MAX_PATH_BYTES),
+            query: text(req.uri.query().unwrap_or("").as_bytes(), MAX_PATH_BYTES),
+            status,
+            ua: text(
+                req.headers
+                    .get(header::USER_AGENT)
+                    .map(|v| v.as_bytes())
+                    .unwrap_or_default(),
+                MAX_UA_BYTES,
+            ),
+            latency_us: latency.as_micros() as u64,
+            bytes_out: session.body_bytes_sent() as u64,
+            upstream: std::mem::take(&mut ctx.upstream),
+            request_id: std::mem::take(&mut ctx.request_id),
+            proxy_id: self.proxy_id.to_string(),
+            ..AccessLogEntry::default()
+        };
+        match ctx.decided.take() {
+            Some(d) => {
+                entry.ip = d.client.ip.to_string();
+                entry.ip_source = d.client.source.as_str().to_string();
+                entry.peer = d.peer.to_string();
+                entry.country = d.country;
+                entry.risk = d.score;
+                entry.reasons = d.reasons;
+                entry.ua_type = d.ua_type.to_string();
+                entry.decision = d.decision;
+                self.metrics.risk_score.observe(d.score);
+            }
+            None => {
+                // The request failed before it was scored (e.g. a malformed request).
+                let peer = peer_ip(session).to_string();
+                entry.ip = peer.clone();
+                entry.ip_source = "peer".into();
+                entry.peer = peer;
+            }
+        }
+        self.metrics
+            .requests
+            .with_label_values(&[entry.decision.as_str(), status_class(status)])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[entry.decision.as_str()])
+            .observe(latency.as_secs_f64());
+        self.log.push(entry);
+    }
+}
+
+/// Status, error code, message and upstream-error kind for a failed request.
+fn classify(e: &Error) -> (u16, &'static str, &'static str, Option<&'static str>) {
+    use ErrorType::*;
+    match (e.etype(), e.esource()) {
+        (HTTPStatus(code), _) => (*code, "UPSTREAM_ERROR", "request failed", None),
+        (ConnectTimedout | ReadTimedout | WriteTimedout, ErrorSource::Upstream) => (
+            504,
+            "GATEWAY_TIMEOUT",
+            "upstream timed out",
+            Some("timeout"),
+        ),
+        (ConnectNoRoute, ErrorSource::Upstream) => (
+            502,
+            "BAD_GATEWAY",
+            "no upstream available",
+            Some("no_healthy_upstream"),
+        ),
+        (ConnectRefused | ConnectError | SocketError, ErrorSource::Upstream) => {
+            (502, "BAD_GATEWAY", "upstream unavailable", Some("connect"))
+        }
+        (_, ErrorSource::Upstream) => (502, "BAD_GATEWAY", "upstream failed", Some("other")),
+        (WriteError | ReadError | ConnectionClosed, ErrorSource::Downstream) => {
+            // The client is gone; there is nobody to answer.
+            (0, "", "", None)
+        }
+        (_, ErrorSource::Downstream) => (400, "BAD_REQUEST", "malformed request", None),
+        (_, _) => (500, "INTERNAL_ERROR", "internal error", None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_truncates_on_char_boundaries() {
+        assert_eq!(text(b"abc", 10), "abc");
+        assert_eq!(text(b"abcdef", 3), "abc");
+        assert_eq!(text("aé".as_bytes(), 2), "a");
+        assert_eq!(text(&[0xff, b'a'], 10), "\u{fffd}a");
+    }
+
+    #[test]
+    fn error_body_is_the_spec_envelope() {
+        let b = error_body("FORBIDDEN", "request rejected", "01ABC");
+        let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"error":{"code":"FORBIDDEN","message":"request rejected","request_id":"01ABC"}})
+        );
+    }
+
+    #[test]
+    fn failures_map_to_deliberate_statuses() {
+        let up = |t: ErrorType| {
+            let mut e = Error::new(t);
+            e.esource = ErrorSource::Upstream;
+            classify(&e).0
+        };
+        assert_eq!(up(ErrorType::ConnectRefused), 502);
+        assert_eq!(up(ErrorType::ConnectNoRoute), 502);
+        assert_eq!(up(ErrorType::ConnectTimedout), 504);
+        assert_eq!(up(ErrorType::ReadTimedout), 504);
+        assert_eq!(up(ErrorType::ConnectionClosed), 502);
+        let mut e = Error::new(ErrorType::ConnectionClosed);
+        e.esource = ErrorSource::Downstream;
+        assert_eq!(classify(&e).0, 0);
+        assert_eq!(classify(&Error::new(ErrorType::InternalError)).0, 500);
+    }
+}

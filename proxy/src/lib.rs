@@ -1,0 +1,16 @@
+#![doc = include_str!("../README.md")]
+
+pub mod access_log;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod headers;
+pub mod health;
+pub mod live_config;
+pub mod metrics;
+pub mod server;
+
+pub use config::Settings;
+pub use error::ProxyError;
+pub use server::{start, RunningProxy, StopOn};

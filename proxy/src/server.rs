@@ -1,0 +1,400 @@
+//! Assembling and running one proxy instance.
+//!
+//! An instance is two threads: the Pingora server (its own runtimes for the proxy service and
+//! the upstream health check) and a control runtime that owns everything talking to Redis (the
+//! access-log writer, the gateway-config watcher), the GeoIP reloader and the health
+//! listener. The request path and the control side share only lock-free handles (an mpsc
+//! sender, an `ArcSwap`, atomics), so nothing on one runtime waits on the other, and several
+//! instances can run in one process (the integration tests do).
+//!
+//! Shutdown: Pingora stops accepting, lets in-flight requests finish (grace period), stops;
+//! then the control side stops and the writer flushes what is buffered within
+//! `[access_log] shutdown_flush_ms`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::lb::health_check::TcpHealthCheck;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::LoadBalancer;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use watchpost_common::Keys;
+use watchpost_geo::GeoDb;
+use watchpost_risk::RiskEngine;
+
+use crate::access_log::{self, wait_true, RedisStatus, WriterConfig};
+use crate::config::Settings;
+use crate::error::ProxyError;
+use crate::gateway::Gateway;
+use crate::health::{self, HealthState};
+use crate::live_config::{self, LiveConfig};
+use crate::metrics::Metrics;
+
+/// How often the gateway config is re-read even without an announcement (SPEC §4: a change
+/// applies within 1 s).
+pub const CONFIG_POLL: Duration = Duration::from_secs(1);
+/// How long the proxy listener may take to accept connections after start.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the instance learns that it should stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOn {
+    /// SIGTERM (graceful), SIGINT (fast), SIGQUIT (graceful upgrade), as Pingora handles them.
+    Signals,
+    /// Only [`RunningProxy::shutdown`] (or dropping the handle).
+    Handle,
+}
+
+/// A running proxy instance.
+pub struct RunningProxy {
+    listen: SocketAddr,
+    health: SocketAddr,
+    metrics: Metrics,
+    stop: Option<oneshot::Sender<()>>,
+    pingora: Option<JoinHandle<()>>,
+    control_stop: watch::Sender<bool>,
+    control: Option<JoinHandle<()>>,
+}
+
+struct HandleSignal(tokio::sync::Mutex<Option<oneshot::Receiver<()>>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for HandleSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        if let Some(rx) = self.0.lock().await.take() {
+            // A dropped sender means the handle is gone: stop as well.
+            let _ = rx.await;
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Validate the environment the settings describe (GeoIP file, risk config, listen address
+/// free), then start the instance and wait until its listener accepts connections.
+pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyError> {
+    let metrics = Metrics::new().map_err(|e| ProxyError::Start(format!("metrics: {e}")))?;
+    let (geo, risk) = check(&settings)?;
+    // Pingora binds inside its own runtime and cannot report a failure back, so make sure the
+    // address is free (and allowed) now, with a clear message if it is not.
+    std::net::TcpListener::bind(settings.listen).map_err(|source| ProxyError::Bind {
+        what: "proxy.listen",
+        addr: settings.listen,
+        source,
+    })?;
+
+    let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(settings.upstreams.iter().copied())
+        .map_err(|e| ProxyError::Start(format!("upstreams: {e}")))?;
+    lb.set_health_check(TcpHealthCheck::new());
+    lb.health_check_frequency = Some(Duration::from_millis(
+        settings.file.proxy.health_check_interval_ms,
+    ));
+    let hc_service = background_service("upstream health check", lb);
+    let upstreams = hc_service.task();
+
+    let status = Arc::new(RedisStatus::default());
+    let keys = Keys::new(settings.file.redis.key_prefix.clone());
+    let a = &settings.file.access_log;
+    let (log, writer) = access_log::channel(
+        a.buffer_entries,
+        WriterConfig {
+            redis_url: settings.file.redis.url.clone(),
+            keys: keys.clone(),
+            stream_max_len: a.stream_max_len,
+            batch_max_entries: a.batch_max_entries,
+            flush_interval: Duration::from_millis(a.flush_interval_ms),
+            shutdown_flush: Duration::from_millis(a.shutdown_flush_ms),
+        },
+        metrics.clone(),
+        status.clone(),
+    );
+    let proxy_id: Arc<str> = Arc::from(settings.file.proxy.proxy_id.as_str());
+
+    // Control side.
+    let (control_stop, control_rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let control = {
+        let settings = settings.clone();
+        let (metrics, log, status, upstreams, geo, proxy_id) = (
+            metrics.clone(),
+            log.clone(),
+            status.clone(),
+            upstreams.clone(),
+            geo.clone(),
+            proxy_id.clone(),
+        );
+        std::thread::Builder::new()
+            .name("wp-control".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("wp-control")
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(source) => {
+                        let _ = ready_tx.send(Err(ProxyError::Runtime {
+                            what: "control runtime",
+                            source,
+                        }));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match TcpListener::bind(settings.health_listen).await {
+                        Ok(l) => l,
+                        Err(source) => {
+                            let _ = ready_tx.send(Err(ProxyError::Bind {
+                                what: "proxy.health_listen",
+                                addr: settings.health_listen,
+                                source,
+                            }));
+                            return;
+                        }
+                    };
+                    let health_addr = listener.local_addr().unwrap_or(settings.health_listen);
+                    let url = settings.file.redis.url.clone();
+                    let initial = live_config::initial(
+                        &url,
+                        &keys,
+                        settings.gateway.clone(),
+                        &metrics,
+                        &status,
+                    )
+                    .await;
+                    let live = Arc::new(LiveConfig::new(initial, metrics.clone()));
+                    let writer_task = tokio::spawn(writer.run(control_rx.clone()));
+                    tokio::spawn(live_config::watch(
+                        live.clone(),
+                        url,
+                        keys,
+                        CONFIG_POLL,
+                        status.clone(),
+                        control_rx.clone(),
+                    ));
+                    tokio::spawn(reload_geo(
+                        geo.clone(),
+                        Duration::from_secs(settings.file.geo.reload_interval_secs),
+                        control_rx.clone(),
+                    ));
+                    let state = HealthState {
+                        live: live.clone(),
+                        metrics,
+                        log,
+                        redis: status,
+                        upstreams,
+                        geo,
+                        proxy_id,
+                    };
+                    tokio::spawn(health::serve(listener, state, control_rx.clone()));
+                    if ready_tx.send(Ok((live, health_addr))).is_err() {
+                        return;
+                    }
+                    // The writer returns once shutdown is signalled and the buffer is flushed.
+                    let _ = writer_task.await;
+                });
+            })
+            .map_err(|source| ProxyError::Runtime {
+                what: "control thread",
+                source,
+            })?
+    };
+    let (live, health) = match ready_rx.recv() {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            let _ = control.join();
+            return Err(e);
+        }
+        Err(_) => {
+            let _ = control.join();
+            return Err(ProxyError::Start("control runtime exited".into()));
+        }
+    };
+
+    let gateway = Gateway::new(
+        live,
+        geo,
+        risk,
+        upstreams,
+        settings.upstreams.len(),
+        log,
+        metrics.clone(),
+        &proxy_id,
+        settings.connect_timeout(),
+        settings.read_timeout(),
+    );
+
+    // Pingora side.
+    let (stop, stop_rx) = oneshot::channel();
+    let p = &settings.file.proxy;
+    let conf = ServerConf {
+        threads: p.threads,
+        grace_period_seconds: Some(p.grace_period_secs),
+        graceful_shutdown_timeout_seconds: Some(p.shutdown_timeout_secs),
+        ..ServerConf::default()
+    };
+    let listen = settings.listen;
+    let pingora = std::thread::Builder::new()
+        .name("wp-pingora".into())
+        .spawn(move || {
+            let mut server = Server::new_with_opt_and_conf(None, conf);
+            server.bootstrap();
+            let mut proxy = pingora::proxy::http_proxy_service_with_name(
+                &server.configuration,
+                gateway,
+                "watchpost-proxy",
+            );
+            proxy.add_tcp(&listen.to_string());
+            server.add_service(proxy);
+            server.add_service(hc_service);
+            let run_args = match stop_on {
+                StopOn::Signals => RunArgs::default(),
+                StopOn::Handle => RunArgs {
+                    shutdown_signal: Box::new(HandleSignal(tokio::sync::Mutex::new(Some(stop_rx)))),
+                },
+            };
+            server.run(run_args);
+        })
+        .map_err(|source| ProxyError::Runtime {
+            what: "proxy thread",
+            source,
+        })?;
+
+    let running = RunningProxy {
+        listen,
+        health,
+        metrics,
+        stop: Some(stop),
+        pingora: Some(pingora),
+        control_stop,
+        control: Some(control),
+    };
+    wait_accepting(listen)?;
+    tracing::info!(
+        listen = %listen,
+        health = %health,
+        upstreams = ?settings.upstreams,
+        "watchpost-proxy is serving"
+    );
+    Ok(running)
+}
+
+/// Open what the settings point at: the GeoIP database and the risk engine (whose lists and
+/// weights are validated here). `--check` runs exactly this.
+pub fn check(settings: &Settings) -> Result<(Arc<GeoDb>, Arc<RiskEngine>), ProxyError> {
+    let geo = Arc::new(if settings.file.geo.mmdb_path.is_empty() {
+        GeoDb::disabled()
+    } else {
+        GeoDb::open(&settings.file.geo.mmdb_path)?
+    });
+    let risk = RiskEngine::new(&settings.file.risk).map_err(|e| ProxyError::Risk(e.to_string()))?;
+    Ok((geo, Arc::new(risk)))
+}
+
+/// Poll until the listener accepts a connection.
+fn wait_accepting(listen: SocketAddr) -> Result<(), ProxyError> {
+    let target = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), listen.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), listen.port())
+        }
+        _ => listen,
+    };
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(ProxyError::Start(format!(
+        "{listen} did not accept connections within {START_TIMEOUT:?}"
+    )))
+}
+
+/// Check the GeoIP file for a newer version now and then (file I/O, so off the async threads).
+async fn reload_geo(geo: Arc<GeoDb>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    if geo.path().is_none() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = wait_true(&mut shutdown) => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let g = geo.clone();
+        match tokio::task::spawn_blocking(move || g.reload_if_changed()).await {
+            Ok(Ok(true)) => tracing::info!("geo: database reloaded"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "geo: reload failed; keeping the loaded database")
+            }
+            Err(e) => tracing::warn!(error = %e, "geo: reload task failed"),
+        }
+    }
+}
+
+impl RunningProxy {
+    /// The client-facing address.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The bound `/healthz` + `/metrics` address (the real port when configured with port 0).
+    pub fn health_addr(&self) -> SocketAddr {
+        self.health
+    }
+
+    /// This instance's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Stop gracefully: stop accepting, finish in-flight requests, flush the access log.
+    pub fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.finish();
+    }
+
+    /// Block until the Pingora server stops (on a signal), then flush the access log.
+    pub fn wait(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if let Some(p) = self.pingora.take() {
+            let _ = p.join();
+        }
+        let _ = self.control_stop.send(true);
+        if let Some(c) = self.control.take() {
+            let _ = c.join();
+        }
+        tracing::info!(
+            log_written = self.metrics.log_written.get(),
+            log_dropped = self.metrics.log_dropped.get(),
+            "watchpost-proxy stopped"
+        );
+    }
+}
+
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        // A handle dropped without `shutdown` (a failing test) still stops the instance, in the
+        // background, without blocking the dropper.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = self.control_stop.send(true);
+    }
+}
