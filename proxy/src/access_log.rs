@@ -154,8 +154,12 @@ impl LogWriter {
                 }
             }
             if batch.len() < batch_max && !self.cfg.flush_interval.is_zero() {
-                // Give a burst a moment to arrive so it goes out as one pipeline.
-                sleep(self.cfg.flush_interval).await;
+                // Give a burst a moment to arrive so it goes out as one pipeline (shutdown
+                // cuts the wait short: the final flush takes over).
+                tokio::select! {
+                    _ = wait_true(&mut shutdown) => {}
+                    _ = sleep(self.cfg.flush_interval) => {}
+                }
                 while batch.len() < batch_max {
                     match self.rx.try_recv() {
                         Ok(e) => batch.push(e),

@@ -1,0 +1,9 @@
+//! Integration tests of watchpost-proxy against real Redis and a mock origin. Every test
+//! starts its own proxy instance (own ports, own Redis key prefix).
+
+mod access_log;
+mod client_ip;
+mod live_config;
+mod reject;
+mod support;
+mod upstream;

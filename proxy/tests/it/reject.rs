@@ -1,0 +1,31 @@
+//! Rejection: a request scoring at least the threshold gets the 403 envelope and never
+//! reaches the origin, and is still logged.
+
+use crate::support::{Origin, TestProxy, BROWSER};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_request_never_reaches_the_origin_and_is_logged() {
+    let origin = Origin::start().await;
+    let mut p = TestProxy::start("reject", &[origin.addr], "").await;
+    let r = p.get("/.env", &[("User-Agent", "curl/8.5.0")]).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let id = r.header("x-request-id").expect("request id").to_string();
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error":{"code":"FORBIDDEN","message":"request rejected","request_id": id}})
+    );
+    let entry = p.entry_for(&id).await;
+    assert_eq!(entry["decision"], "reject");
+    assert_eq!(entry["status"], "403");
+    assert_eq!(entry["upstream"], "");
+    let reasons: Vec<&str> = entry["reasons"].split(',').collect();
+    assert!(reasons.contains(&"path_probe"), "{entry:?}");
+    assert!(entry["risk"].parse::<f64>().expect("risk") >= 0.8);
+    // An allowed request afterwards does reach it: the origin really was reachable.
+    let ok = p.get("/fine", BROWSER).await;
+    assert_eq!(ok.status, 200);
+    let seen: Vec<String> = origin.received().into_iter().map(|r| r.path).collect();
+    assert_eq!(seen, vec!["/fine".to_string()]);
+    p.cleanup().await;
+}
