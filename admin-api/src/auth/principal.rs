@@ -1,0 +1,246 @@
+//! Who is calling: bearer-token authentication, the `CurrentUser` / `PlatformAdmin`
+//! extractors and the `/api/admin` guard (authentication, role, rate limit).
+
+use axum::{
+    extract::{FromRequestParts, Request, State},
+    http::{header, request::Parts},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use deadpool_postgres::GenericClient;
+
+use super::tokens::{hash_token, hashes_equal, TokenKind};
+use crate::{
+    audit::AuditCtx, error::ApiError, extract::RequestMeta, models::col, models::Role, rate_limit,
+    state::AppState,
+};
+
+/// The authenticated caller of one request.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user_id: String,
+    pub role: Role,
+    /// Set when the token is a session token.
+    pub session_id: Option<String>,
+    /// Set when the token is an API key.
+    pub api_key_id: Option<String>,
+    /// The admin who obtained this (impersonation) session.
+    pub impersonator_id: Option<String>,
+    /// Peer address, user agent, request id.
+    pub meta: RequestMeta,
+}
+
+impl Principal {
+    /// Audit context for mutations made by this caller.
+    pub fn audit(&self) -> AuditCtx {
+        AuditCtx::new(&self.user_id, self.impersonator_id.as_deref(), &self.meta)
+    }
+
+    /// Whether the caller is a platform admin.
+    pub fn is_platform_admin(&self) -> bool {
+        self.role == Role::PlatformAdmin
+    }
+}
+
+const SESSION_QUERY: &str = "\
+SELECT s.id AS credential_id, s.token_hash AS hash, s.user_id, s.impersonator_id, u.role, \
+       u.status, \
+       (u.last_active_at IS NULL OR u.last_active_at < now() - interval '1 minute') AS stale, \
+       EXISTS (SELECT 1 FROM memberships m JOIN organizations o ON o.id = m.organization_id \
+               WHERE m.user_id = u.id AND NOT o.enabled) AS org_disabled, \
+       (s.impersonator_id IS NULL OR imp.status = 'active') AS impersonator_ok \
+FROM sessions s \
+JOIN users u ON u.id = s.user_id \
+LEFT JOIN users imp ON imp.id = s.impersonator_id \
+WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()";
+
+const API_KEY_QUERY: &str = "\
+SELECT k.id AS credential_id, k.key_hash AS hash, k.user_id, NULL::text AS impersonator_id, \
+       u.role, u.status, \
+       (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute') AS stale, \
+       EXISTS (SELECT 1 FROM memberships m JOIN organizations o ON o.id = m.organization_id \
+               WHERE m.user_id = u.id AND NOT o.enabled) AS org_disabled, \
+       true AS impersonator_ok \
+FROM api_keys k JOIN users u ON u.id = k.user_id \
+WHERE k.key_hash = $1 AND k.revoked_at IS NULL";
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or_else(|| ApiError::unauthorized("malformed Authorization header"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::unauthorized("expected a Bearer token"));
+    }
+    Ok(token.trim())
+}
+
+/// Authenticates the request's bearer token: 401 when missing, unknown, revoked, expired, or
+/// when the user is disabled or belongs to a disabled organization; 503 when PostgreSQL is
+/// down. One indexed query per request.
+pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, ApiError> {
+    let token = bearer(parts)?;
+    let invalid = || ApiError::unauthorized("invalid or expired token");
+    let kind = TokenKind::of(token).ok_or_else(invalid)?;
+    let hash = hash_token(token);
+    let conn = state.db().await?;
+    let query = match kind {
+        TokenKind::ApiKey => API_KEY_QUERY,
+        TokenKind::Session => SESSION_QUERY,
+    };
+    let row = conn.query_opt(query, &[&hash]).await?.ok_or_else(invalid)?;
+    let stored: String = col(&row, "hash")?;
+    if !hashes_equal(&stored, &hash) {
+        return Err(invalid());
+    }
+    let status: String = col(&row, "status")?;
+    let org_disabled: bool = col(&row, "org_disabled")?;
+    let impersonator_ok: bool = col(&row, "impersonator_ok")?;
+    if status != "active" {
+        return Err(ApiError::unauthorized("account is disabled"));
+    }
+    if org_disabled {
+        return Err(ApiError::unauthorized("organization is disabled"));
+    }
+    if !impersonator_ok {
+        return Err(invalid());
+    }
+    let role_text: String = col(&row, "role")?;
+    let role = Role::parse(&role_text)
+        .ok_or_else(|| ApiError::internal(format!("unknown role {role_text}")))?;
+    let credential_id: String = col(&row, "credential_id")?;
+    let user_id: String = col(&row, "user_id")?;
+    if col::<bool>(&row, "stale")? {
+        touch(state, kind, &user_id, &credential_id);
+    }
+    let (session_id, api_key_id) = match kind {
+        TokenKind::Session => (Some(credential_id), None),
+        TokenKind::ApiKey => (None, Some(credential_id)),
+    };
+    Ok(Principal {
+        user_id,
+        role,
+        session_id,
+        api_key_id,
+        impersonator_id: col(&row, "impersonator_id")?,
+        meta: RequestMeta::from_parts(parts),
+    })
+}
+
+/// Updates `last_active_at` (and an API key's `last_used_at`) at most once a minute, in the
+/// background: activity tracking must not slow requests or fail them.
+fn touch(state: &AppState, kind: TokenKind, user_id: &str, credential_id: &str) {
+    let pool = state.pool().clone();
+    let (user_id, credential_id) = (user_id.to_string(), credential_id.to_string());
+    tokio::spawn(async move {
+        let result = async {
+            let conn = pool.get().await.map_err(|e| e.to_string())?;
+            conn.execute(
+                "UPDATE users SET last_active_at = now() WHERE id = $1 AND \
+                 (last_active_at IS NULL OR last_active_at < now() - interval '1 minute')",
+                &[&user_id],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            if kind == TokenKind::ApiKey {
+                conn.execute(
+                    "UPDATE api_keys SET last_used_at = now() WHERE id = $1",
+                    &[&credential_id],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(user_id, error = %e, "could not record activity");
+        }
+    });
+}
+
+/// Extractor: any authenticated user (401 otherwise).
+#[derive(Debug, Clone)]
+pub struct CurrentUser(pub Principal);
+
+impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(p) = parts.extensions.get::<Principal>() {
+            return Ok(Self(p.clone()));
+        }
+        Ok(Self(authenticate(state, parts).await?))
+    }
+}
+
+/// Extractor: an authenticated platform admin (401 / 403 otherwise). Under `/api/admin` the
+/// [`admin_guard`] has already authenticated and rate-limited the caller; this just reads its
+/// result.
+#[derive(Debug, Clone)]
+pub struct PlatformAdmin(pub Principal);
+
+impl PlatformAdmin {
+    /// Audit context for mutations made by this admin.
+    pub fn audit(&self) -> AuditCtx {
+        self.0.audit()
+    }
+
+    /// The admin's user id.
+    pub fn id(&self) -> &str {
+        &self.0.user_id
+    }
+}
+
+impl FromRequestParts<AppState> for PlatformAdmin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let principal = match parts.extensions.get::<Principal>() {
+            Some(p) => p.clone(),
+            None => authenticate(state, parts).await?,
+        };
+        require_admin(&principal)?;
+        Ok(Self(principal))
+    }
+}
+
+fn require_admin(principal: &Principal) -> Result<(), ApiError> {
+    if principal.is_platform_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("platform_admin role required"))
+    }
+}
+
+/// Middleware on every `/api/admin` route: authenticate (401), require `platform_admin` (403),
+/// count the request against the admin's rate limits (429), and add the `RateLimit-*`
+/// headers to the response.
+pub async fn admin_guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let principal = match authenticate(&state, &parts).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = require_admin(&principal) {
+        return e.into_response();
+    }
+    let decision = rate_limit::check(&state, &principal.user_id).await;
+    if let Some(d) = decision.filter(|d| !d.allowed) {
+        let mut response = d.error().into_response();
+        d.apply_headers(response.headers_mut());
+        return response;
+    }
+    parts.extensions.insert(principal);
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    if let Some(d) = decision {
+        d.apply_headers(response.headers_mut());
+    }
+    response
+}

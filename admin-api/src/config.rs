@@ -1,0 +1,228 @@
+//! The admin API's sections of the shared TOML file: `[admin]`, `[redis]`, `[postgres]`.
+//!
+//! Other sections (the proxy's) are ignored; inside each of ours an unknown key is an error,
+//! so that a typo never silently falls back to a default. [`Config::validate`] runs before
+//! any port is bound.
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde::Deserialize;
+
+use crate::StartupError;
+
+/// Sections this binary reads (and whose `WATCHPOST_<SECTION>_*` variables it claims).
+pub const SECTIONS: &[&str] = &["admin", "redis", "postgres"];
+
+/// Everything the admin API reads from the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub admin: AdminConfig,
+    pub redis: RedisConfig,
+    pub postgres: PostgresConfig,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// HTTP listener. Default `127.0.0.1:8081`.
+    pub listen: String,
+    /// Largest accepted request body in bytes. Default 1 MiB.
+    pub body_limit_bytes: usize,
+    /// A request taking longer is answered 503 `UNAVAILABLE`. Default 30 000 ms.
+    pub request_timeout_ms: u64,
+    /// Requests per admin per fixed minute window. Default 500.
+    pub rate_limit_per_minute: u64,
+    /// Requests per admin per fixed hour window. Default 5000.
+    pub rate_limit_per_hour: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8081".into(),
+            body_limit_bytes: 1024 * 1024,
+            request_timeout_ms: 30_000,
+            rate_limit_per_minute: 500,
+            rate_limit_per_hour: 5000,
+        }
+    }
+}
+
+/// `[redis]` (shared with the proxy).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Default `redis://127.0.0.1:6379`; `REDIS_URL` overrides it.
+    pub url: String,
+    /// Prefix of every key and channel. Default `wp:`.
+    pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: watchpost_common::keys::DEFAULT_PREFIX.into(),
+        }
+    }
+}
+
+/// `[postgres]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Default `postgres://watchpost:watchpost@127.0.0.1:5432/watchpost`; `DATABASE_URL`
+    /// overrides it. The database is created when missing.
+    pub url: String,
+    /// Most connections held by the pool. Default 16.
+    pub pool_size: usize,
+    /// Longest wait for a free pooled connection. Default 2000 ms.
+    pub wait_timeout_ms: u64,
+    /// Longest time to open a new connection. Default 2000 ms.
+    pub connect_timeout_ms: u64,
+    /// Longest time to check a pooled connection before reuse. Default 2000 ms.
+    pub recycle_timeout_ms: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://watchpost:watchpost@127.0.0.1:5432/watchpost".into(),
+            pool_size: 16,
+            wait_timeout_ms: 2000,
+            connect_timeout_ms: 2000,
+            recycle_timeout_ms: 2000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file (if any) and the environment, then validates.
+    pub fn load(path: Option<&str>, env: &[(String, String)]) -> Result<Self, StartupError> {
+        let config: Self = watchpost_common::config::load(path, SECTIONS, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value; the message names the key at fault.
+    pub fn validate(&self) -> Result<(), StartupError> {
+        let bad = |key: &str, why: &str| Err(StartupError::Config(format!("{key}: {why}")));
+        if self.admin.listen.parse::<SocketAddr>().is_err() {
+            return bad("[admin] listen", "must be an address like 127.0.0.1:8081");
+        }
+        if self.admin.body_limit_bytes < 1024 {
+            return bad("[admin] body_limit_bytes", "must be at least 1024");
+        }
+        if self.admin.request_timeout_ms == 0 {
+            return bad("[admin] request_timeout_ms", "must be positive");
+        }
+        if self.admin.rate_limit_per_minute == 0 || self.admin.rate_limit_per_hour == 0 {
+            return bad("[admin] rate_limit_per_*", "must be positive");
+        }
+        if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
+            return bad("[redis] url", "must start with redis:// or rediss://");
+        }
+        if let Err(e) = self.postgres.url.parse::<tokio_postgres::Config>() {
+            return bad("[postgres] url", &e.to_string());
+        }
+        if crate::db::database_name(&self.postgres.url).is_none() {
+            return bad("[postgres] url", "must name a database");
+        }
+        if self.postgres.pool_size == 0 {
+            return bad("[postgres] pool_size", "must be positive");
+        }
+        for (key, v) in [
+            ("[postgres] wait_timeout_ms", self.postgres.wait_timeout_ms),
+            (
+                "[postgres] connect_timeout_ms",
+                self.postgres.connect_timeout_ms,
+            ),
+            (
+                "[postgres] recycle_timeout_ms",
+                self.postgres.recycle_timeout_ms,
+            ),
+        ] {
+            if v == 0 {
+                return bad(key, "must be positive");
+            }
+        }
+        Ok(())
+    }
+
+    /// The listener address (validated).
+    pub fn listen_addr(&self) -> Result<SocketAddr, StartupError> {
+        self.admin
+            .listen
+            .parse()
+            .map_err(|_| StartupError::Config("[admin] listen: invalid address".into()))
+    }
+
+    /// `[admin] request_timeout_ms` as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.admin.request_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, StartupError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let c: Config = watchpost_common::config::load_str(text, Some("t.toml"), SECTIONS, &env)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_spec() {
+        let c = load("", &[]).expect("defaults");
+        assert_eq!(c.admin.listen, "127.0.0.1:8081");
+        assert_eq!(c.admin.rate_limit_per_minute, 500);
+        assert_eq!(c.admin.rate_limit_per_hour, 5000);
+        assert_eq!(c.redis.key_prefix, "wp:");
+    }
+
+    #[test]
+    fn other_sections_are_ignored_but_typos_are_not() {
+        load("[proxy]\nanything = 1\n[gateway]\nip_mode = \"cdn\"\n", &[]).expect("ignored");
+        let err = load("[admin]\nlistn = \"x\"\n", &[]).expect_err("typo");
+        assert!(err.to_string().contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_apply() {
+        let c = load(
+            "",
+            &[
+                ("DATABASE_URL", "postgres://a:b@h:1/other"),
+                ("WATCHPOST_ADMIN_RATE_LIMIT_PER_MINUTE", "3"),
+            ],
+        )
+        .expect("env");
+        assert_eq!(c.postgres.url, "postgres://a:b@h:1/other");
+        assert_eq!(c.admin.rate_limit_per_minute, 3);
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        for (text, key) in [
+            ("[admin]\nlisten = \"nope\"\n", "listen"),
+            ("[admin]\nrate_limit_per_hour = 0\n", "rate_limit"),
+            ("[redis]\nurl = \"http://x\"\n", "[redis] url"),
+            ("[postgres]\npool_size = 0\n", "pool_size"),
+            (
+                "[postgres]\nurl = \"postgres://u@h:5432\"\n",
+                "[postgres] url",
+            ),
+        ] {
+            let err = load(text, &[]).expect_err(text);
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+    }
+}

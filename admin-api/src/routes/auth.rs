@@ -1,0 +1,326 @@
+//! User-facing authentication: `POST /api/auth/register`, `POST /api/auth/sessions`,
+//! `DELETE /api/auth/sessions/current`, `GET /api/me`.
+
+use std::net::IpAddr;
+
+use axum::{extract::State, http::StatusCode};
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    audit::{self, AuditCtx},
+    auth::{
+        issue_session,
+        password::{hash_password, verify_password},
+        AuthSettings, CurrentUser,
+    },
+    error::{ApiError, ErrorEnvelope},
+    extract::{Json, RequestMeta},
+    ids::IdKind,
+    invitations,
+    models::{col, User, UserOrganization},
+    state::AppState,
+    validate,
+};
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(sign_in))
+        .routes(routes!(sign_out))
+        .routes(routes!(me))
+}
+
+/// `POST /api/auth/register` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub email: String,
+    pub password: String,
+    pub username: String,
+    pub name: Option<String>,
+    pub invitation_code: Option<String>,
+}
+
+/// `POST /api/auth/sessions` body: `email` or `username`, and `password`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignInRequest {
+    pub email: Option<String>,
+    pub username: Option<String>,
+    pub password: String,
+}
+
+/// A new session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionResponse {
+    /// Bearer token (`wps_…`), shown once.
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+    pub user: User,
+}
+
+/// The caller.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    #[serde(flatten)]
+    pub user: User,
+    pub organizations: Vec<UserOrganization>,
+    /// The admin who obtained this impersonation token; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub impersonated_by: Option<String>,
+}
+
+/// Creates an account and signs it in.
+///
+/// Field formats are checked first (400); then policy: a password shorter than
+/// `password_min_length`, a missing invitation code when `registration_requires_invitation`,
+/// or a refused code are 422. A taken email or username is 409.
+#[utoipa::path(
+    post,
+    path = "/api/auth/register",
+    tag = "auth",
+    security(()),
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, body = SessionResponse),
+        (status = 400, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope),
+        (status = 422, body = ErrorEnvelope)
+    )
+)]
+async fn register(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    Json(body): Json<RegisterRequest>,
+) -> Result<(StatusCode, Json<SessionResponse>), ApiError> {
+    let email = validate::email(&body.email)?;
+    let username = validate::username(&body.username)?;
+    let name = body
+        .name
+        .as_deref()
+        .map(|n| validate::text("name", n, 200))
+        .transpose()?;
+    let code = body
+        .invitation_code
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    let mut conn = state.db().await?;
+    let settings = AuthSettings::load(&conn).await?;
+    settings.check_password(&body.password)?;
+    if settings.registration_requires_invitation && code.is_none() {
+        return Err(ApiError::unprocessable("an invitation code is required"));
+    }
+    let password_hash = hash_password(body.password).await?;
+    let tx = conn.transaction().await?;
+    let id = IdKind::User.new_id();
+    let row = tx
+        .query_one(
+            &format!(
+                "INSERT INTO users (id, email, username, name, password_hash) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING {}",
+                User::COLUMNS
+            ),
+            &[&id, &email, &username, &name, &password_hash],
+        )
+        .await?;
+    let user = User::from_row(&row)?;
+    if let Some(code) = code {
+        invitations::redeem_for_registration(&tx, code, &id).await?;
+    }
+    let session = issue_session(
+        &tx,
+        &id,
+        settings.session_ttl(),
+        None,
+        meta.ip,
+        meta.user_agent.as_deref(),
+    )
+    .await?;
+    audit::record(
+        &tx,
+        &AuditCtx::new(&id, None, &meta),
+        "user.registered",
+        "user",
+        &id,
+        audit::created(&audit::snapshot(&user)?),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SessionResponse {
+            token: session.token,
+            expires_at: session.expires_at,
+            user,
+        }),
+    ))
+}
+
+async fn record_sign_in(
+    client: &impl GenericClient,
+    user_id: Option<&str>,
+    success: bool,
+    reason: Option<&str>,
+    ip: Option<IpAddr>,
+) -> Result<(), ApiError> {
+    client
+        .execute(
+            "INSERT INTO sign_in_events (user_id, success, reason, ip) VALUES ($1, $2, $3, $4)",
+            &[&user_id, &success, &reason, &ip],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Signs in with email or username and password.
+///
+/// Wrong credentials are 401. With the right password, a disabled account or a member of any
+/// disabled organization is refused with 403. Every attempt is recorded for the stats.
+#[utoipa::path(
+    post,
+    path = "/api/auth/sessions",
+    tag = "auth",
+    security(()),
+    request_body = SignInRequest,
+    responses(
+        (status = 201, body = SessionResponse),
+        (status = 400, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope)
+    )
+)]
+async fn sign_in(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    Json(body): Json<SignInRequest>,
+) -> Result<(StatusCode, Json<SessionResponse>), ApiError> {
+    let (column, identifier) = match (body.email.as_deref(), body.username.as_deref()) {
+        (Some(e), None) => ("email", e.trim()),
+        (None, Some(u)) => ("username", u.trim()),
+        _ => return Err(ApiError::bad_request("give either email or username")),
+    };
+    if identifier.is_empty() || identifier.len() > 254 {
+        return Err(ApiError::bad_request(format!("{column} must not be empty")));
+    }
+    let mut conn = state.db().await?;
+    let row = conn
+        .query_opt(
+            &format!(
+                "SELECT {}, password_hash, \
+                 EXISTS (SELECT 1 FROM memberships m JOIN organizations o \
+                         ON o.id = m.organization_id \
+                         WHERE m.user_id = users.id AND NOT o.enabled) AS org_disabled \
+                 FROM users WHERE lower({column}) = lower($1)",
+                User::COLUMNS
+            ),
+            &[&identifier],
+        )
+        .await?;
+    let stored_hash: Option<String> = match &row {
+        Some(r) => col(r, "password_hash")?,
+        None => None,
+    };
+    let password_ok = verify_password(body.password, stored_hash).await?;
+    let Some(row) = row.filter(|_| password_ok) else {
+        record_sign_in(&conn, None, false, Some("bad_credentials"), meta.ip).await?;
+        return Err(ApiError::unauthorized("invalid credentials"));
+    };
+    let user = User::from_row(&row)?;
+    if user.status != "active" {
+        record_sign_in(&conn, Some(&user.id), false, Some("user_disabled"), meta.ip).await?;
+        return Err(ApiError::forbidden("account is disabled"));
+    }
+    if col::<bool>(&row, "org_disabled")? {
+        record_sign_in(
+            &conn,
+            Some(&user.id),
+            false,
+            Some("organization_disabled"),
+            meta.ip,
+        )
+        .await?;
+        return Err(ApiError::forbidden("organization is disabled"));
+    }
+    let settings = AuthSettings::load(&conn).await?;
+    let tx = conn.transaction().await?;
+    let session = issue_session(
+        &tx,
+        &user.id,
+        settings.session_ttl(),
+        None,
+        meta.ip,
+        meta.user_agent.as_deref(),
+    )
+    .await?;
+    record_sign_in(&tx, Some(&user.id), true, None, meta.ip).await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SessionResponse {
+            token: session.token,
+            expires_at: session.expires_at,
+            user,
+        }),
+    ))
+}
+
+/// Signs out: revokes the session whose token authenticates this request.
+#[utoipa::path(
+    delete,
+    path = "/api/auth/sessions/current",
+    tag = "auth",
+    responses(
+        (status = 204, description = "Signed out"),
+        (status = 400, body = ErrorEnvelope, description = "The token is an API key"),
+        (status = 401, body = ErrorEnvelope)
+    )
+)]
+async fn sign_out(
+    State(state): State<AppState>,
+    CurrentUser(principal): CurrentUser,
+) -> Result<StatusCode, ApiError> {
+    let session_id = principal
+        .session_id
+        .ok_or_else(|| ApiError::bad_request("this token is an API key, not a session"))?;
+    let conn = state.db().await?;
+    conn.execute(
+        "UPDATE sessions SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+        &[&session_id],
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The authenticated user with their organizations (and `impersonated_by` for an
+/// impersonation token).
+#[utoipa::path(
+    get,
+    path = "/api/me",
+    tag = "auth",
+    responses((status = 200, body = Me), (status = 401, body = ErrorEnvelope))
+)]
+async fn me(
+    State(state): State<AppState>,
+    CurrentUser(principal): CurrentUser,
+) -> Result<Json<Me>, ApiError> {
+    let conn = state.db().await?;
+    let row = conn
+        .query_opt(
+            &format!("SELECT {} FROM users WHERE id = $1", User::COLUMNS),
+            &[&principal.user_id],
+        )
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("invalid or expired token"))?;
+    let user = User::from_row(&row)?;
+    let organizations = UserOrganization::for_user(&conn, &user.id).await?;
+    Ok(Json(Me {
+        user,
+        organizations,
+        impersonated_by: principal.impersonator_id,
+    }))
+}

@@ -1,0 +1,136 @@
+//! The HTTP server: server-wide layers (request ids, tracing, error envelope, panics,
+//! timeout, body limit) and graceful shutdown.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use axum::{
+    extract::{DefaultBodyLimit, Request, State},
+    http::{HeaderName, HeaderValue},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    Router,
+};
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+
+use crate::{error::ApiError, state::AppState, StartupError};
+
+/// The request id header: taken from the client when sane, generated otherwise, echoed on the
+/// response, and used in error envelopes, logs and audit rows.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Builds the complete application: routes plus every server-wide layer.
+pub fn app(state: AppState) -> Router {
+    let timeout = state.config().request_timeout();
+    let body_limit = state.config().admin.body_limit_bytes;
+    crate::routes::router(state).layer(
+        ServiceBuilder::new()
+            .layer(middleware::from_fn(request_id))
+            .layer(
+                TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                    let id = req
+                        .headers()
+                        .get(REQUEST_ID_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                }),
+            )
+            .layer(middleware::from_fn(crate::error::render_errors))
+            .layer(CatchPanicLayer::new())
+            .layer(middleware::from_fn_with_state(timeout, request_timeout))
+            .layer(DefaultBodyLimit::max(body_limit)),
+    )
+}
+
+fn sane_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = match request.headers().get(REQUEST_ID_HEADER) {
+        Some(v) if sane_request_id(v) => v.clone(),
+        _ => {
+            let generated = ulid::Ulid::new().to_string();
+            let value = HeaderValue::from_str(&generated)
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+            request
+                .headers_mut()
+                .insert(REQUEST_ID_HEADER, value.clone());
+            value
+        }
+    };
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(REQUEST_ID_HEADER, id);
+    response
+}
+
+async fn request_timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError> {
+    let app = app(state);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(StartupError::Io)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_from_clients_are_bounded() {
+        assert!(sane_request_id(&HeaderValue::from_static("abc-123")));
+        assert!(!sane_request_id(&HeaderValue::from_static("")));
+        assert!(!sane_request_id(&HeaderValue::from_static("a b")));
+        let long = "x".repeat(129);
+        assert!(!sane_request_id(
+            &HeaderValue::from_str(&long).expect("header")
+        ));
+    }
+}

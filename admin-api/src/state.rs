@@ -1,0 +1,91 @@
+//! Shared state handed to every handler.
+
+use std::{sync::Arc, time::Duration};
+
+use deadpool_postgres::{Object, Pool};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use watchpost_common::Keys;
+
+use crate::{config::Config, error::ApiError, StartupError};
+
+/// Longest wait for one Redis command before the request treats Redis as down.
+pub const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// Cheap to clone; everything lives behind one `Arc`.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    pool: Pool,
+    redis: ConnectionManager,
+    keys: Keys,
+}
+
+impl AppState {
+    /// Builds the state without touching the network: the pool and the Redis connection
+    /// manager both connect lazily, so the server starts (and answers 503 where needed) while
+    /// a store is down.
+    pub fn new(config: Config) -> Result<Self, StartupError> {
+        let pool = crate::db::create_pool(&config.postgres)?;
+        let client = redis::Client::open(config.redis.url.as_str())
+            .map_err(|e| StartupError::Config(format!("[redis] url: {e}")))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(1000)))
+            .set_response_timeout(Some(Duration::from_millis(1000)))
+            // Fail the current command quickly; the manager keeps reconnecting in the
+            // background, so the next request finds Redis as soon as it is back.
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(1000));
+        let redis = ConnectionManager::new_lazy_with_config(client, manager_config)
+            .map_err(|e| StartupError::Redis(e.to_string()))?;
+        let keys = Keys::new(config.redis.key_prefix.clone());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                pool,
+                redis,
+                keys,
+            }),
+        })
+    }
+
+    /// The loaded config.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The PostgreSQL pool (for background tasks; handlers use [`AppState::db`]).
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// A pooled PostgreSQL connection; 503 `UNAVAILABLE` when PostgreSQL is unreachable.
+    pub async fn db(&self) -> Result<Object, ApiError> {
+        Ok(self.inner.pool.get().await?)
+    }
+
+    /// A handle on the shared, reconnecting Redis connection. Wrap commands in
+    /// [`AppState::redis_timeout`].
+    pub fn redis(&self) -> ConnectionManager {
+        self.inner.redis.clone()
+    }
+
+    /// Runs a Redis future with [`REDIS_COMMAND_TIMEOUT`]; a timeout or error is 503.
+    pub async fn redis_timeout<T, F>(&self, fut: F) -> Result<T, ApiError>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(REDIS_COMMAND_TIMEOUT, fut).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(ApiError::unavailable("redis: command timed out")),
+        }
+    }
+
+    /// Redis key names under the configured prefix.
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+}
