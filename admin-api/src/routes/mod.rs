@@ -20,6 +20,10 @@ pub mod audit;
 pub mod auth;
 pub mod auth_config;
 pub mod health;
+pub mod organizations;
+pub mod sessions;
+pub mod stats;
+pub mod users;
 
 /// Base path of the admin API.
 pub const ADMIN_BASE: &str = "/api/admin";
@@ -30,6 +34,10 @@ pub fn admin_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(audit::routes())
         .merge(auth_config::routes())
+        .merge(users::routes())
+        .merge(sessions::routes())
+        .merge(organizations::routes())
+        .merge(stats::routes())
 }
 
 /// Routes outside `/api/admin` (sign-up, sign-in, `/api/me`, health).
