@@ -79,14 +79,15 @@ pub struct TestUser {
 
 /// Builder for [`TestApp`].
 pub struct TestAppBuilder {
-    config: Config,
+    changes: Vec<Box<dyn FnOnce(&mut Config) + Send>>,
     postgres_via: Option<SocketAddr>,
 }
 
 impl TestAppBuilder {
-    /// Changes the config before the app starts (e.g. tiny rate limits).
-    pub fn configure(mut self, f: impl FnOnce(&mut Config)) -> Self {
-        f(&mut self.config);
+    /// Changes the config before the app starts (e.g. tiny rate limits), after the test
+    /// defaults (database, Redis URL and prefix) are set.
+    pub fn configure(mut self, f: impl FnOnce(&mut Config) + Send + 'static) -> Self {
+        self.changes.push(Box::new(f));
         self
     }
 
@@ -105,11 +106,14 @@ impl TestAppBuilder {
         let db_name = format!("wp_test_{suffix}");
         let key_prefix = format!("wpt_{suffix}:");
 
-        let mut config = self.config;
+        let mut config = Config::default();
         config.postgres.url = postgres_url(&base_db, &db_name, None);
         config.postgres.pool_size = 4;
         config.redis.url = redis_url.clone();
         config.redis.key_prefix = key_prefix.clone();
+        for change in self.changes {
+            change(&mut config);
+        }
         config.validate().expect("test config is valid");
 
         // The database is created first, so the cleanup guard must exist right after.
@@ -201,7 +205,7 @@ impl TestApp {
     /// An app with config changes.
     pub fn builder() -> TestAppBuilder {
         TestAppBuilder {
-            config: Config::default(),
+            changes: Vec::new(),
             postgres_via: None,
         }
     }
