@@ -77,9 +77,12 @@ pub struct TestUser {
     pub token: String,
 }
 
+/// A config change applied by [`TestAppBuilder::configure`].
+type ConfigChange = Box<dyn FnOnce(&mut Config) + Send>;
+
 /// Builder for [`TestApp`].
 pub struct TestAppBuilder {
-    changes: Vec<Box<dyn FnOnce(&mut Config) + Send>>,
+    changes: Vec<ConfigChange>,
     postgres_via: Option<SocketAddr>,
 }
 
