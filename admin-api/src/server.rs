@@ -24,7 +24,12 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id"
 pub fn app(state: AppState) -> Router {
     let timeout = state.config().request_timeout();
     let body_limit = state.config().admin.body_limit_bytes;
-    crate::routes::router(state).layer(
+    with_layers(crate::routes::router(state), timeout, body_limit)
+}
+
+/// Wraps a router in the server-wide layers.
+fn with_layers(router: Router, timeout: Duration, body_limit: usize) -> Router {
+    router.layer(
         ServiceBuilder::new()
             .layer(middleware::from_fn(request_id))
             .layer(
@@ -122,6 +127,62 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::{body::Body, routing::get};
+    use tower::ServiceExt;
+
+    async fn envelope_of(router: Router, path: &str) -> (u16, serde_json::Value, String) {
+        let app = with_layers(router, Duration::from_millis(50), 4096);
+        let request = http::Request::builder()
+            .uri(path)
+            .body(Body::empty())
+            .expect("request");
+        let response = app.oneshot(request).await.expect("infallible");
+        let status = response.status().as_u16();
+        let id = response
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        let body = serde_json::from_slice(&bytes).expect("json body");
+        (status, body, id)
+    }
+
+    #[tokio::test]
+    async fn panics_become_a_500_envelope_without_details() {
+        let router = Router::new().route(
+            "/boom",
+            get(|| async {
+                if std::hint::black_box(true) {
+                    panic!("secret detail");
+                }
+                "unreachable"
+            }),
+        );
+        let (status, body, id) = envelope_of(router, "/boom").await;
+        assert_eq!(status, 500);
+        assert_eq!(body["error"]["code"], "INTERNAL_ERROR");
+        assert_eq!(body["error"]["request_id"], id.as_str());
+        assert!(!body.to_string().contains("secret detail"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn slow_requests_become_a_503_envelope() {
+        let router = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late"
+            }),
+        );
+        let (status, body, _) = envelope_of(router, "/slow").await;
+        assert_eq!(status, 503);
+        assert_eq!(body["error"]["code"], "UNAVAILABLE");
+        assert_eq!(body["error"]["message"], "request timed out");
+    }
 
     #[test]
     fn request_ids_from_clients_are_bounded() {
