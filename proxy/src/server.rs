@@ -398,3 +398,28 @@ impl Drop for RunningProxy {
         let _ = self.control_stop.send(true);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_opens_the_geo_file_and_validates_risk_settings() {
+        let ok = Settings::load_str("", None, &[]).expect("defaults");
+        assert!(check(&ok).is_ok());
+        let missing = Settings::load_str(
+            "[geo]\nmmdb_path = \"/nonexistent/country.mmdb\"\n",
+            None,
+            &[],
+        )
+        .expect("paths are checked by `check`, not by parsing");
+        let err = check(&missing)
+            .err()
+            .expect("a missing database is refused");
+        assert!(err.to_string().contains("geo.mmdb_path"), "{err}");
+        let bad_risk = Settings::load_str("[risk.weights]\nrate = 2.0\n", None, &[])
+            .expect("weights are checked by the engine");
+        let err = check(&bad_risk).err().expect("a weight above 1 is refused");
+        assert!(err.to_string().starts_with("risk:"), "{err}");
+    }
+}

@@ -3,6 +3,7 @@
 
 mod access_log;
 mod client_ip;
+mod geo;
 mod live_config;
 mod reject;
 mod support;

@@ -29,3 +29,25 @@ async fn rejected_request_never_reaches_the_origin_and_is_logged() {
     assert_eq!(seen, vec!["/fine".to_string()]);
     p.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_client_raises_the_rate_signal_until_rejected() {
+    let origin = Origin::start().await;
+    let extra = "[risk]\nrate_limit = 3.0\nrate_window_secs = 60\n[risk.weights]\nrate = 0.9\n";
+    let mut p = TestProxy::start("rate", &[origin.addr], extra).await;
+    let first = p.get("/", BROWSER).await;
+    assert_eq!(first.status, 200);
+    let first_entry = p.entry_for(first.header("x-request-id").expect("id")).await;
+    assert!(!first_entry["reasons"].contains("rate"), "{first_entry:?}");
+    // Twice the limit and more: intensity 1, score 0.9 ≥ 0.8.
+    let mut last = None;
+    for _ in 0..7 {
+        last = Some(p.get("/", BROWSER).await);
+    }
+    let last = last.expect("responses");
+    assert_eq!(last.status, 403, "{last:?}");
+    let entry = p.entry_for(last.header("x-request-id").expect("id")).await;
+    assert_eq!(entry["reasons"], "rate");
+    assert_eq!(entry["decision"], "reject");
+    p.cleanup().await;
+}
