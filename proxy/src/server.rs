@@ -413,13 +413,15 @@ mod tests {
             &[],
         )
         .expect("paths are checked by `check`, not by parsing");
-        let err = check(&missing)
-            .err()
-            .expect("a missing database is refused");
+        let Err(err) = check(&missing) else {
+            panic!("a missing database is refused")
+        };
         assert!(err.to_string().contains("geo.mmdb_path"), "{err}");
         let bad_risk = Settings::load_str("[risk.weights]\nrate = 2.0\n", None, &[])
             .expect("weights are checked by the engine");
-        let err = check(&bad_risk).err().expect("a weight above 1 is refused");
+        let Err(err) = check(&bad_risk) else {
+            panic!("a weight above 1 is refused")
+        };
         assert!(err.to_string().starts_with("risk:"), "{err}");
     }
 }
