@@ -265,6 +265,11 @@ impl ProxyHttp for Gateway {
             decision,
         });
         if decision == Decision::Reject {
+            if !session.is_body_empty() {
+                // Keeping the connection would mean reading the rejected body to its end;
+                // closing is cheaper and gives a hostile client nothing to hold open.
+                session.set_keepalive(None);
+            }
             let body = error_body("FORBIDDEN", "request rejected", &ctx.request_id);
             // A client that went away while we answered is not our failure to report.
             let _ = respond_json(session, 403, body, &ctx.request_id).await;

@@ -51,3 +51,19 @@ async fn a_fast_client_raises_the_rate_signal_until_rejected() {
     assert_eq!(entry["decision"], "reject");
     p.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_request_with_a_body_closes_the_connection() {
+    let origin = Origin::start().await;
+    let mut p = TestProxy::start("reject-body", &[origin.addr], "").await;
+    let raw = "POST /wp-login.php HTTP/1.1\r\nHost: test.local\r\nUser-Agent: curl/8.5.0\r\n\
+               Content-Length: 11\r\nConnection: keep-alive\r\n\r\nhello world";
+    let r = crate::support::send_raw(p.addr, raw).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(origin.received().is_empty());
+    let entry = p.entry_for(r.header("x-request-id").expect("id")).await;
+    assert_eq!(entry["method"], "POST");
+    assert_eq!(entry["decision"], "reject");
+    p.cleanup().await;
+}

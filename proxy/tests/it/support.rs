@@ -184,9 +184,14 @@ pub async fn send(addr: SocketAddr, method: &str, target: &str, headers: &[(&str
         req.push_str("Connection: close\r\n");
     }
     req.push_str("\r\n");
+    send_raw(addr, &req).await
+}
+
+/// Send bytes as they are and read one response.
+pub async fn send_raw(addr: SocketAddr, raw: &str) -> Reply {
     let mut stream = TcpStream::connect(addr).await.expect("connect to proxy");
     stream
-        .write_all(req.as_bytes())
+        .write_all(raw.as_bytes())
         .await
         .expect("write request");
     read_response(&mut stream).await
