@@ -151,3 +151,34 @@ async fn redis_outage_never_fails_a_request_and_writing_resumes() {
     .await;
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_and_serves_while_redis_is_down_then_writes_when_it_appears() {
+    let origin = Origin::start().await;
+    let mut redis = OwnRedis::not_started();
+    let mut p = TestProxy::start_on("cold", &[origin.addr], &redis.url(), "").await;
+    let h = p.healthz().await;
+    assert_eq!(h["redis"], "down");
+    assert_eq!(h["config_version"], 0, "the file's [gateway] applies");
+    for _ in 0..5 {
+        assert_eq!(p.get("/", BROWSER).await.status, 200);
+    }
+    eventually("drops to be counted", Duration::from_secs(20), || async {
+        (p.metrics().log_dropped.get() > 0).then_some(())
+    })
+    .await;
+
+    redis.restart().await;
+    let key = p.stream_key();
+    eventually("writing to start", Duration::from_secs(20), || {
+        let p = &p;
+        let url = redis.url();
+        let key = key.clone();
+        async move {
+            assert_eq!(p.get("/", BROWSER).await.status, 200);
+            (!read_stream(&url, &key).await.is_empty()).then_some(())
+        }
+    })
+    .await;
+    p.shutdown().await;
+}

@@ -2,6 +2,7 @@
 //! starts its own proxy instance (own ports, own Redis key prefix).
 
 mod access_log;
+mod binary;
 mod client_ip;
 mod geo;
 mod live_config;

@@ -416,12 +416,17 @@ pub struct OwnRedis {
 
 impl OwnRedis {
     pub async fn start() -> Self {
-        let mut r = Self {
-            port: free_port(),
-            child: None,
-        };
+        let mut r = Self::not_started();
         r.restart().await;
         r
+    }
+
+    /// A port for a Redis that is not running yet ([`OwnRedis::restart`] starts it).
+    pub fn not_started() -> Self {
+        Self {
+            port: free_port(),
+            child: None,
+        }
     }
 
     pub fn url(&self) -> String {
