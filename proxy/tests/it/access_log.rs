@@ -182,3 +182,21 @@ async fn starts_and_serves_while_redis_is_down_then_writes_when_it_appears() {
     .await;
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_is_capped_near_stream_max_len() {
+    let origin = Origin::start().await;
+    let extra = "[access_log]\nstream_max_len = 10\n[risk]\nrate_limit = 1000000.0\n";
+    let mut p = TestProxy::start("maxlen", &[origin.addr], extra).await;
+    for _ in 0..300 {
+        assert_eq!(p.get("/", BROWSER).await.status, 200);
+    }
+    eventually("every entry written", Duration::from_secs(10), || async {
+        (p.metrics().log_written.get() == 300).then_some(())
+    })
+    .await;
+    // `MAXLEN ~` trims whole stream nodes (100 entries by default), never below the cap.
+    let len = p.entries().await.len();
+    assert!((10..300).contains(&len), "XLEN {len}");
+    p.cleanup().await;
+}
