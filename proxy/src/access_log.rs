@@ -36,11 +36,13 @@ pub struct RedisStatus {
 }
 
 impl RedisStatus {
+    /// Record the outcome of a Redis operation (also the `redis_up` gauge).
     pub fn set(&self, up: bool, metrics: &Metrics) {
         self.up.store(up, Ordering::Relaxed);
         metrics.redis_up.set(i64::from(up));
     }
 
+    /// Whether the last Redis operation succeeded.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
@@ -74,11 +76,17 @@ impl LogSink {
 /// Tuning of the writer.
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
+    /// `[redis] url`.
     pub redis_url: String,
+    /// Key names under `[redis] key_prefix`.
     pub keys: Keys,
+    /// `XADD … MAXLEN ~` bound.
     pub stream_max_len: u64,
+    /// Most entries per pipeline.
     pub batch_max_entries: usize,
+    /// Wait for a partial batch to fill.
     pub flush_interval: Duration,
+    /// Deadline of the final flush.
     pub shutdown_flush: Duration,
 }
 

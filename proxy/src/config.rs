@@ -161,20 +161,30 @@ impl Default for GatewaySection {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct FileConfig {
+    /// `[proxy]`.
     pub proxy: ProxySection,
+    /// `[redis]`.
     pub redis: RedisSection,
+    /// `[access_log]`.
     pub access_log: AccessLogSection,
+    /// `[geo]`.
     pub geo: GeoSection,
+    /// `[gateway]`, as written.
     pub gateway: GatewaySection,
+    /// `[risk]`, validated by `RiskEngine::new`.
     pub risk: RiskConfig,
 }
 
 /// A validated config, ready to run with.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// `proxy.listen`, parsed.
     pub listen: SocketAddr,
+    /// `proxy.upstreams`, parsed (host names resolved once).
     pub upstreams: Vec<SocketAddr>,
+    /// `proxy.health_listen`, parsed.
     pub health_listen: SocketAddr,
+    /// Every section as read.
     pub file: FileConfig,
     /// The `[gateway]` section, validated.
     pub gateway: GatewayConfig,
@@ -295,10 +305,12 @@ impl Settings {
         })
     }
 
+    /// `proxy.connect_timeout_ms`.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.file.proxy.connect_timeout_ms)
     }
 
+    /// `proxy.read_timeout_ms`.
     pub fn read_timeout(&self) -> Duration {
         Duration::from_millis(self.file.proxy.read_timeout_ms)
     }

@@ -12,8 +12,11 @@ pub enum ProxyError {
     /// A value is invalid; `key` is the dotted path (`proxy.upstreams[1]`).
     #[error("invalid config{}: {key}: {message}", .path.as_deref().map(|p| format!(" in {p}")).unwrap_or_default())]
     Config {
+        /// The file, when there is one.
         path: Option<String>,
+        /// Dotted key path.
         key: String,
+        /// What is wrong with it.
         message: String,
     },
     /// The GeoIP database could not be opened.
@@ -25,8 +28,11 @@ pub enum ProxyError {
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
+        /// The config key of the address.
         what: &'static str,
+        /// The address.
         addr: std::net::SocketAddr,
+        /// The operating system's answer.
         source: std::io::Error,
     },
     /// The proxy did not start serving in time.
@@ -35,7 +41,9 @@ pub enum ProxyError {
     /// A thread or runtime could not be created.
     #[error("cannot start {what}: {source}")]
     Runtime {
+        /// Which one.
         what: &'static str,
+        /// The operating system's answer.
         source: std::io::Error,
     },
 }

@@ -47,20 +47,21 @@ const RATE_SLOTS: usize = 65_536;
 
 /// Everything the phases share; one per proxy instance.
 pub struct Gateway {
-    pub live: Arc<LiveConfig>,
-    pub geo: Arc<GeoDb>,
-    pub risk: Arc<RiskEngine>,
-    pub upstreams: Arc<LoadBalancer<RoundRobin>>,
-    pub upstream_count: usize,
-    pub log: LogSink,
-    pub metrics: Metrics,
-    pub proxy_id: Arc<str>,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
+    live: Arc<LiveConfig>,
+    geo: Arc<GeoDb>,
+    risk: Arc<RiskEngine>,
+    upstreams: Arc<LoadBalancer<RoundRobin>>,
+    upstream_count: usize,
+    log: LogSink,
+    metrics: Metrics,
+    proxy_id: Arc<str>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
     rate: Rate,
 }
 
 impl Gateway {
+    /// Wire the phases to the instance's shared parts.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         live: Arc<LiveConfig>,

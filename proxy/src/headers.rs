@@ -28,8 +28,11 @@ pub const X_CLIENT_COUNTRY: &str = "x-client-country";
 pub const X_RISK_SCORE: &str = "x-risk-score";
 /// Unique id of the request, also in the access log and the response.
 pub const X_REQUEST_ID: &str = "x-request-id";
+/// Rewritten by the proxy.
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+/// RFC 7239; removed from upstream requests.
 pub const FORWARDED: &str = "forwarded";
+/// Removed from upstream requests.
 pub const X_REAL_IP: &str = "x-real-ip";
 
 /// Removed from every upstream request before the proxy sets its own.

@@ -24,12 +24,19 @@ use crate::metrics::Metrics;
 /// What the endpoints report on.
 #[derive(Clone)]
 pub struct HealthState {
+    /// The applied gateway config.
     pub live: Arc<LiveConfig>,
+    /// The instance's metrics.
     pub metrics: Metrics,
+    /// The access-log buffer (for its depth).
     pub log: LogSink,
+    /// Whether Redis answered last time.
     pub redis: Arc<RedisStatus>,
+    /// Upstreams and their health.
     pub upstreams: Arc<LoadBalancer<RoundRobin>>,
+    /// The GeoIP database.
     pub geo: Arc<GeoDb>,
+    /// `proxy.proxy_id`.
     pub proxy_id: Arc<str>,
 }
 

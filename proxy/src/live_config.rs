@@ -36,12 +36,18 @@ pub enum Applied {
     /// The version equals the applied one; nothing changed.
     Unchanged,
     /// The new config is live.
-    Applied { from: u64, to: u64 },
+    Applied {
+        /// The version replaced.
+        from: u64,
+        /// The version now live.
+        to: u64,
+    },
     /// The document does not validate; the last good config stays.
     Refused(String),
 }
 
 impl LiveConfig {
+    /// Start with `initial` applied.
     pub fn new(initial: GatewayConfig, metrics: Metrics) -> Self {
         metrics.config_version.set(version_gauge(initial.version));
         Self {
