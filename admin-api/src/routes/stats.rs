@@ -1,9 +1,222 @@
-//! Placeholder: the stats endpoints are added here (see "Adding an endpoint" in the README).
+//! `GET /api/admin/stats`: platform-wide figures.
+//!
+//! Everything but the gateway block comes from one PostgreSQL statement. The gateway block sums
+//! the proxy's per-minute Redis counters (`Keys::requests_in_minute` /
+//! `Keys::rejects_in_minute`) over the last 60 minutes, the current one included, with one
+//! `MGET`; absent minutes count 0.
+//!
+//! Decision: when Redis is unreachable the endpoint still answers 200 with the PostgreSQL
+//! figures and a gateway block of zeros with `available: false`, because most of the page does
+//! not need Redis (SPEC §7: only what needs the missing store fails). When PostgreSQL is down
+//! the whole endpoint is 503.
 
-use utoipa_axum::router::OpenApiRouter;
+use axum::extract::State;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::state::AppState;
+use crate::{
+    auth::PlatformAdmin,
+    error::{ApiError, ErrorEnvelope},
+    extract::Json,
+    models::col,
+    state::AppState,
+};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
+    OpenApiRouter::new().routes(routes!(get_stats))
+}
+
+/// Minutes summed by the gateway block.
+pub const GATEWAY_WINDOW_MINUTES: u64 = 60;
+
+/// Platform-wide figures.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Stats {
+    pub total_organizations: i64,
+    pub total_users: i64,
+    /// Runs recorded (0 until the runs ledger exists).
+    pub total_executions: i64,
+    /// Credits spent by runs (0 until the credits ledger exists).
+    pub total_credits_used: i64,
+    /// Organizations with at least one member active in the last 7 days.
+    pub active_organizations_7d: i64,
+    pub users: UserStats,
+    pub sessions: SessionStats,
+    pub auth: AuthStats,
+    pub gateway: GatewayStats,
+}
+
+/// User figures (activity is `last_active_at`, updated at most once a minute).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserStats {
+    pub total: i64,
+    pub active_last_7d: i64,
+    pub active_last_30d: i64,
+    pub new_last_7d: i64,
+    pub new_last_30d: i64,
+}
+
+/// Session figures.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionStats {
+    /// Not revoked and not expired.
+    pub active: i64,
+    pub created_last_24h: i64,
+}
+
+/// Sign-in attempts (`POST /api/auth/sessions`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuthStats {
+    pub sign_ins_last_24h: i64,
+    pub failed_sign_ins_last_24h: i64,
+}
+
+/// The proxy's counters over the last hour.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GatewayStats {
+    pub requests_last_hour: i64,
+    pub rejected_last_hour: i64,
+    /// `false` when Redis could not be read: the counts are then 0 and mean nothing.
+    pub available: bool,
+}
+
+const STATS_QUERY: &str = "\
+SELECT
+  (SELECT count(*) FROM organizations) AS total_organizations,
+  (SELECT count(*) FROM users) AS total_users,
+  (SELECT count(DISTINCT m.organization_id) FROM memberships m JOIN users u ON u.id = m.user_id
+     WHERE u.last_active_at >= now() - interval '7 days') AS active_organizations_7d,
+  (SELECT count(*) FROM users WHERE last_active_at >= now() - interval '7 days') AS active_7d,
+  (SELECT count(*) FROM users WHERE last_active_at >= now() - interval '30 days') AS active_30d,
+  (SELECT count(*) FROM users WHERE created_at >= now() - interval '7 days') AS new_7d,
+  (SELECT count(*) FROM users WHERE created_at >= now() - interval '30 days') AS new_30d,
+  (SELECT count(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > now()) AS sessions_active,
+  (SELECT count(*) FROM sessions WHERE created_at >= now() - interval '24 hours') AS sessions_24h,
+  (SELECT count(*) FROM sign_in_events WHERE success AND created_at >= now() - interval '24 hours')
+     AS sign_ins_24h,
+  (SELECT count(*) FROM sign_in_events WHERE NOT success AND created_at >= now() - interval '24 hours')
+     AS failed_24h,
+  to_regclass('runs') IS NOT NULL AS has_runs,
+  (SELECT count(*) = 2 FROM information_schema.columns
+     WHERE table_schema = current_schema() AND table_name = 'credit_transactions'
+       AND column_name IN ('credits_amount', 'transaction_type')) AS has_ledger";
+
+/// Runs and credits totals. The `runs` and `credit_transactions` tables arrive with the credits
+/// schema; until they exist both totals are 0, so this endpoint works on any schema version.
+async fn execution_totals(
+    conn: &deadpool_postgres::Object,
+    has_runs: bool,
+    has_ledger: bool,
+) -> Result<(i64, i64), ApiError> {
+    let executions = if has_runs {
+        col(
+            &conn
+                .query_one("SELECT count(*) AS n FROM runs", &[])
+                .await?,
+            "n",
+        )?
+    } else {
+        0
+    };
+    let used = if has_ledger {
+        // Execution debits are stored negative.
+        let row = conn
+            .query_one(
+                "SELECT COALESCE(-sum(credits_amount), 0)::bigint AS n FROM credit_transactions \
+                 WHERE transaction_type = 'execution'",
+                &[],
+            )
+            .await?;
+        col(&row, "n")?
+    } else {
+        0
+    };
+    Ok((executions, used))
+}
+
+/// Sums the last hour of per-minute counters with one `MGET`.
+async fn gateway_stats(state: &AppState) -> GatewayStats {
+    let now_minute = chrono::Utc::now().timestamp().max(0).unsigned_abs() / 60;
+    let minutes = (0..GATEWAY_WINDOW_MINUTES).map(|i| now_minute.saturating_sub(i));
+    let keys = state.keys();
+    let names: Vec<String> = minutes
+        .clone()
+        .map(|m| keys.requests_in_minute(m))
+        .chain(minutes.map(|m| keys.rejects_in_minute(m)))
+        .collect();
+    let mut redis = state.redis();
+    let values: Result<Vec<Option<i64>>, ApiError> = state
+        .redis_timeout(
+            redis::cmd("MGET")
+                .arg(&names)
+                .query_async::<Vec<Option<i64>>>(&mut redis),
+        )
+        .await;
+    match values {
+        Ok(values) => {
+            let window = usize::try_from(GATEWAY_WINDOW_MINUTES).unwrap_or(usize::MAX);
+            let sum = |vs: &[Option<i64>]| vs.iter().flatten().copied().sum::<i64>();
+            let (requests, rejects) = values.split_at(window.min(values.len()));
+            GatewayStats {
+                requests_last_hour: sum(requests),
+                rejected_last_hour: sum(rejects),
+                available: true,
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e.public_message(), "stats: gateway counters unavailable");
+            GatewayStats {
+                requests_last_hour: 0,
+                rejected_last_hour: 0,
+                available: false,
+            }
+        }
+    }
+}
+
+/// Platform-wide figures (SPEC §6).
+#[utoipa::path(
+    get,
+    path = "/stats",
+    tag = "stats",
+    responses(
+        (status = 200, body = Stats),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope)
+    )
+)]
+async fn get_stats(
+    State(state): State<AppState>,
+    _admin: PlatformAdmin,
+) -> Result<Json<Stats>, ApiError> {
+    let conn = state.db().await?;
+    let row = conn.query_one(STATS_QUERY, &[]).await?;
+    let (total_executions, total_credits_used) =
+        execution_totals(&conn, col(&row, "has_runs")?, col(&row, "has_ledger")?).await?;
+    let gateway = gateway_stats(&state).await;
+    Ok(Json(Stats {
+        total_organizations: col(&row, "total_organizations")?,
+        total_users: col(&row, "total_users")?,
+        total_executions,
+        total_credits_used,
+        active_organizations_7d: col(&row, "active_organizations_7d")?,
+        users: UserStats {
+            total: col(&row, "total_users")?,
+            active_last_7d: col(&row, "active_7d")?,
+            active_last_30d: col(&row, "active_30d")?,
+            new_last_7d: col(&row, "new_7d")?,
+            new_last_30d: col(&row, "new_30d")?,
+        },
+        sessions: SessionStats {
+            active: col(&row, "sessions_active")?,
+            created_last_24h: col(&row, "sessions_24h")?,
+        },
+        auth: AuthStats {
+            sign_ins_last_24h: col(&row, "sign_ins_24h")?,
+            failed_sign_ins_last_24h: col(&row, "failed_24h")?,
+        },
+        gateway,
+    }))
 }
