@@ -36,6 +36,16 @@ pub struct AdminConfig {
     pub rate_limit_per_minute: u64,
     /// Requests per admin per fixed hour window. Default 5000.
     pub rate_limit_per_hour: u64,
+    /// Most stream entries one filtered access-log page examines. Default 5000.
+    pub access_log_scan_budget: usize,
+    /// Most entries one access-log summary counts. Default 100 000.
+    pub access_log_summary_max_entries: usize,
+    /// `XREAD BLOCK` time of a live tail. Default 5000 ms.
+    pub access_log_tail_block_ms: u64,
+    /// Interval of a live tail's heartbeat comments. Default 15 s.
+    pub access_log_tail_heartbeat_secs: u64,
+    /// Most concurrent live tails per server (each holds a Redis connection). Default 32.
+    pub access_log_max_tails: usize,
 }
 
 impl Default for AdminConfig {
@@ -46,6 +56,11 @@ impl Default for AdminConfig {
             request_timeout_ms: 30_000,
             rate_limit_per_minute: 500,
             rate_limit_per_hour: 5000,
+            access_log_scan_budget: 5000,
+            access_log_summary_max_entries: 100_000,
+            access_log_tail_block_ms: 5000,
+            access_log_tail_heartbeat_secs: 15,
+            access_log_max_tails: 32,
         }
     }
 }
@@ -121,6 +136,7 @@ impl Config {
         if self.admin.rate_limit_per_minute == 0 || self.admin.rate_limit_per_hour == 0 {
             return bad("[admin] rate_limit_per_*", "must be positive");
         }
+        crate::stream::validate_config(&self.admin).map_err(StartupError::Config)?;
         if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
             return bad("[redis] url", "must start with redis:// or rediss://");
         }

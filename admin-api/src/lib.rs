@@ -15,6 +15,7 @@ pub mod rate_limit;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod stream;
 pub mod validate;
 
 pub use config::Config;

@@ -16,9 +16,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{auth::admin_guard, error::ErrorEnvelope, state::AppState};
 
+pub mod access_log;
 pub mod audit;
 pub mod auth;
 pub mod auth_config;
+pub mod gateway;
 pub mod health;
 pub mod organizations;
 pub mod sessions;
@@ -38,6 +40,8 @@ pub fn admin_routes() -> OpenApiRouter<AppState> {
         .merge(sessions::routes())
         .merge(organizations::routes())
         .merge(stats::routes())
+        .merge(gateway::routes())
+        .merge(access_log::routes())
 }
 
 /// Routes outside `/api/admin` (sign-up, sign-in, `/api/me`, health).

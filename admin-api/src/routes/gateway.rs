@@ -1,0 +1,378 @@
+//! `GET/PUT /api/admin/gateway/config` and `GET /api/admin/gateway/config/versions` (SPEC §4).
+//!
+//! PostgreSQL keeps every version (`gateway_config_versions`); Redis holds the current one
+//! (`<prefix>gateway:config`), which the proxies load, re-read periodically and are told about
+//! on `<prefix>gateway:config:changed`.
+//!
+//! Order of a PUT, chosen so that a version is never half-applied: in one transaction, under
+//! a lock that serialises PUTs, insert the version row and its audit row; then, still before
+//! committing, write Redis (`SET` + `PUBLISH`, one `MULTI`); commit last. When Redis fails
+//! the transaction rolls back and the answer is 503: nothing changed anywhere. The remaining
+//! window is a commit that fails after Redis was written: the handler then puts the previous
+//! document back into Redis (best effort) and answers 503. Should that also fail, proxies run a
+//! version PostgreSQL does not list until the next PUT, which always carries a new version
+//! number (versions come from a sequence and are never reused), so proxies apply it.
+
+use axum::extract::State;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use watchpost_common::gateway::{GatewayConfigDoc, DEFAULT_CDN_HEADERS};
+use watchpost_common::GatewayConfig;
+
+use crate::{
+    audit,
+    auth::PlatformAdmin,
+    error::{ApiError, ErrorEnvelope},
+    extract::{Json, Query},
+    models::col,
+    state::AppState,
+};
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_gateway_config, put_gateway_config))
+        .routes(routes!(list_gateway_config_versions))
+}
+
+/// Advisory-lock key serialising gateway config writes ("gwconfig").
+const GATEWAY_LOCK_KEY: i64 = 0x6777_636f_6e66_6967;
+
+/// The gateway config as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GatewayConfigView {
+    /// `direct`, `proxy` or `cdn`.
+    pub ip_mode: String,
+    /// Normalised CIDRs whose forwarding headers are believed.
+    pub trusted_cidrs: Vec<String>,
+    /// Requests scoring at least this are rejected.
+    pub risk_reject_threshold: f64,
+    /// Headers consulted in `cdn` mode, in order.
+    pub cdn_headers: Vec<String>,
+    /// 0 until the first PUT.
+    pub version: u64,
+    /// RFC 3339; null until the first PUT.
+    pub updated_at: Option<String>,
+    /// The admin who made this version.
+    pub updated_by: Option<String>,
+}
+
+impl From<GatewayConfigDoc> for GatewayConfigView {
+    fn from(d: GatewayConfigDoc) -> Self {
+        Self {
+            ip_mode: d.ip_mode,
+            trusted_cidrs: d.trusted_cidrs,
+            risk_reject_threshold: d.risk_reject_threshold,
+            cdn_headers: d
+                .cdn_headers
+                .unwrap_or_else(|| DEFAULT_CDN_HEADERS.iter().map(|h| h.to_string()).collect()),
+            version: d.version,
+            updated_at: d.updated_at,
+            updated_by: d.updated_by,
+        }
+    }
+}
+
+/// `PUT /api/admin/gateway/config` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfigInput {
+    /// `direct`, `proxy` or `cdn`.
+    pub ip_mode: String,
+    /// CIDRs (or single addresses); every unparseable one is listed in the 400.
+    #[serde(default)]
+    pub trusted_cidrs: Vec<String>,
+    /// In [0, 1].
+    pub risk_reject_threshold: f64,
+    /// Headers consulted in `cdn` mode; default `cf-connecting-ip`, `true-client-ip`.
+    pub cdn_headers: Option<Vec<String>>,
+    /// The version this change was based on; a different current version is 409.
+    pub version: Option<u64>,
+}
+
+/// One version of the history.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct GatewayConfigVersion {
+    pub version: u64,
+    pub config: GatewayConfigView,
+    /// RFC 3339.
+    pub created_at: String,
+    pub created_by: Option<String>,
+}
+
+/// A page of the history, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GatewayConfigVersionPage {
+    pub items: Vec<GatewayConfigVersion>,
+    /// Pass back as `cursor`; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Query of the history list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct VersionsQuery {
+    /// Page size, default 20, at most 100.
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A stored version row.
+struct Row {
+    version: u64,
+    doc: GatewayConfigDoc,
+    created_at: DateTime<Utc>,
+    created_by: Option<String>,
+}
+
+impl Row {
+    fn from_row(row: &tokio_postgres::Row) -> Result<Self, ApiError> {
+        let version: i64 = col(row, "version")?;
+        let config: serde_json::Value = col(row, "config")?;
+        let doc: GatewayConfigDoc = serde_json::from_value(config)
+            .map_err(|e| ApiError::internal(format!("stored gateway config: {e}")))?;
+        Ok(Self {
+            version: u64::try_from(version).unwrap_or_default(),
+            doc,
+            created_at: col(row, "created_at")?,
+            created_by: col(row, "created_by")?,
+        })
+    }
+}
+
+const ROW_COLUMNS: &str = "version, config, created_at, created_by";
+
+async fn latest(client: &impl deadpool_postgres::GenericClient) -> Result<Option<Row>, ApiError> {
+    client
+        .query_opt(
+            &format!(
+                "SELECT {ROW_COLUMNS} FROM gateway_config_versions ORDER BY version DESC LIMIT 1"
+            ),
+            &[],
+        )
+        .await?
+        .map(|r| Row::from_row(&r))
+        .transpose()
+}
+
+/// The document of the newest version, or the built-in default (version 0).
+fn current_doc(row: Option<&Row>) -> GatewayConfigDoc {
+    row.map_or_else(|| GatewayConfig::default().to_doc(), |r| r.doc.clone())
+}
+
+/// The current gateway config: the newest version, or the default (version 0) before the first
+/// PUT.
+#[utoipa::path(
+    get,
+    path = "/gateway/config",
+    tag = "gateway",
+    responses(
+        (status = 200, body = GatewayConfigView),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope)
+    )
+)]
+async fn get_gateway_config(
+    State(state): State<AppState>,
+    _admin: PlatformAdmin,
+) -> Result<Json<GatewayConfigView>, ApiError> {
+    let conn = state.db().await?;
+    let row = latest(&conn).await?;
+    Ok(Json(current_doc(row.as_ref()).into()))
+}
+
+/// Replaces the gateway config: a new version, audited as `gateway_config.updated`, written to
+/// Redis and announced to the proxies. Invalid input is 400 listing every problem; a stale
+/// `version` is 409; Redis down is 503. In every error case nothing changes.
+#[utoipa::path(
+    put,
+    path = "/gateway/config",
+    tag = "gateway",
+    request_body = GatewayConfigInput,
+    responses(
+        (status = 200, body = GatewayConfigView),
+        (status = 400, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope)
+    )
+)]
+async fn put_gateway_config(
+    State(state): State<AppState>,
+    admin: PlatformAdmin,
+    Json(input): Json<GatewayConfigInput>,
+) -> Result<Json<GatewayConfigView>, ApiError> {
+    let mut doc = GatewayConfigDoc {
+        ip_mode: input.ip_mode,
+        trusted_cidrs: input.trusted_cidrs,
+        risk_reject_threshold: input.risk_reject_threshold,
+        cdn_headers: input.cdn_headers,
+        version: 0,
+        updated_at: None,
+        updated_by: None,
+    };
+    GatewayConfig::from_doc(&doc).map_err(|e| ApiError::bad_request(e.to_string()))?;
+
+    let mut conn = state.db().await?;
+    let tx = conn.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&GATEWAY_LOCK_KEY])
+        .await?;
+    let previous = latest(&tx).await?;
+    let current_version = previous.as_ref().map_or(0, |r| r.version);
+    if let Some(expected) = input.version {
+        if expected != current_version {
+            return Err(ApiError::conflict(format!(
+                "gateway config is at version {current_version}, not {expected}"
+            )));
+        }
+    }
+    let version: i64 = tx
+        .query_one("SELECT nextval('gateway_config_version_seq') AS v", &[])
+        .await?
+        .try_get("v")?;
+    let now = Utc::now();
+    // Stored with microsecond precision; show exactly what PostgreSQL keeps.
+    let created_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+    doc.version = u64::try_from(version).unwrap_or_default();
+    doc.updated_at = Some(rfc3339(created_at));
+    doc.updated_by = Some(admin.id().to_string());
+    // Validated above; re-validating gives the normalised form (CIDR host bits cleared).
+    let config = GatewayConfig::from_doc(&doc).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let doc = config.to_doc();
+    let stored = serde_json::to_value(&doc).map_err(ApiError::internal)?;
+    tx.execute(
+        "INSERT INTO gateway_config_versions (version, config, created_at, created_by) \
+         VALUES ($1, $2, $3, $4)",
+        &[&version, &stored, &created_at, &doc.updated_by],
+    )
+    .await?;
+    let before = GatewayConfigView::from(current_doc(previous.as_ref()));
+    let after = GatewayConfigView::from(doc.clone());
+    audit::record(
+        &tx,
+        &admin.audit(),
+        "gateway_config.updated",
+        "gateway_config",
+        &doc.version.to_string(),
+        audit::diff(&audit::snapshot(&before)?, &audit::snapshot(&after)?),
+    )
+    .await?;
+
+    // Redis before the commit: if it fails, the transaction rolls back when `tx` drops.
+    let keys = state.keys();
+    let mut con = state.redis();
+    let published = state
+        .redis_timeout(
+            redis::pipe()
+                .atomic()
+                .set(keys.gateway_config(), config.to_json())
+                .ignore()
+                .publish(keys.gateway_config_changed(), doc.version)
+                .ignore()
+                .query_async::<()>(&mut con),
+        )
+        .await;
+    if let Err(e) = published {
+        restore_redis(&state, previous.as_ref()).await;
+        return Err(e);
+    }
+    if let Err(e) = tx.commit().await {
+        restore_redis(&state, previous.as_ref()).await;
+        return Err(e.into());
+    }
+    tracing::info!(
+        gateway.version = doc.version,
+        "gateway config: new version applied"
+    );
+    Ok(Json(after))
+}
+
+/// Best effort: put the previous document back into Redis (or remove the key when there was
+/// none) after a PUT failed half-way, and announce it.
+async fn restore_redis(state: &AppState, previous: Option<&Row>) {
+    let keys = state.keys();
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    match previous.map(|r| GatewayConfig::from_doc(&r.doc)) {
+        Some(Ok(c)) => pipe.set(keys.gateway_config(), c.to_json()).ignore(),
+        _ => pipe.del(keys.gateway_config()).ignore(),
+    };
+    let version = previous.map_or(0, |r| r.version);
+    pipe.publish(keys.gateway_config_changed(), version)
+        .ignore();
+    let mut con = state.redis();
+    if let Err(e) = state.redis_timeout(pipe.query_async::<()>(&mut con)).await {
+        tracing::warn!(error = %e, "gateway config: could not restore the previous version in Redis");
+    }
+}
+
+/// The history of the gateway config, newest first.
+#[utoipa::path(
+    get,
+    path = "/gateway/config/versions",
+    tag = "gateway",
+    params(VersionsQuery),
+    responses(
+        (status = 200, body = GatewayConfigVersionPage),
+        (status = 400, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope)
+    )
+)]
+async fn list_gateway_config_versions(
+    State(state): State<AppState>,
+    _admin: PlatformAdmin,
+    Query(q): Query<VersionsQuery>,
+) -> Result<Json<GatewayConfigVersionPage>, ApiError> {
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 100"));
+    }
+    let before: Option<i64> = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(
+            c.parse::<i64>()
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| ApiError::bad_request("cursor is not a valid cursor"))?,
+        ),
+    };
+    let conn = state.db().await?;
+    let rows = conn
+        .query(
+            &format!(
+                "SELECT {ROW_COLUMNS} FROM gateway_config_versions \
+                 WHERE ($1::bigint IS NULL OR version < $1) ORDER BY version DESC LIMIT $2"
+            ),
+            &[&before, &(limit + 1)],
+        )
+        .await?;
+    let mut items = rows
+        .iter()
+        .map(|r| {
+            Row::from_row(r).map(|r| GatewayConfigVersion {
+                version: r.version,
+                config: r.doc.into(),
+                created_at: rfc3339(r.created_at),
+                created_by: r.created_by,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let limit = usize::try_from(limit).unwrap_or(20);
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|v| v.version.to_string())
+    } else {
+        None
+    };
+    Ok(Json(GatewayConfigVersionPage { items, next_cursor }))
+}

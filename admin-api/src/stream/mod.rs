@@ -1,0 +1,490 @@
+//! Reading the access-log stream (SPEC §5): stream ids, filters, cursor pages, the windowed
+//! summary and the live tail.
+//!
+//! Everything here reads the stream written by the proxies (`<prefix>access`) and never writes
+//! to it. Each call is bounded: a page examines at most `[admin] access_log_scan_budget`
+//! entries, a summary at most `[admin] access_log_summary_max_entries`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+use watchpost_common::{AccessLogEntry, Decision};
+use watchpost_risk::UaType;
+
+use crate::error::ApiError;
+
+pub mod query;
+pub mod summary;
+pub mod tail;
+
+/// Largest `limit` of an access-log page.
+pub const MAX_PAGE: usize = 500;
+
+/// Checks the `[admin] access_log_*` keys; the message names the key at fault.
+pub fn validate_config(admin: &crate::config::AdminConfig) -> Result<(), String> {
+    if admin.access_log_scan_budget <= MAX_PAGE {
+        // An unfiltered page of the largest size must fit in one call's budget.
+        return Err(format!(
+            "[admin] access_log_scan_budget: must be more than {MAX_PAGE}"
+        ));
+    }
+    if admin.access_log_summary_max_entries == 0 {
+        return Err("[admin] access_log_summary_max_entries: must be positive".into());
+    }
+    if !(100..=60_000).contains(&admin.access_log_tail_block_ms) {
+        return Err("[admin] access_log_tail_block_ms: must be between 100 and 60000".into());
+    }
+    if admin.access_log_tail_heartbeat_secs == 0 {
+        return Err("[admin] access_log_tail_heartbeat_secs: must be positive".into());
+    }
+    if admin.access_log_max_tails == 0 {
+        return Err("[admin] access_log_max_tails: must be positive".into());
+    }
+    Ok(())
+}
+
+/// A Redis stream id `<ms>-<seq>`. Ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId {
+    /// Milliseconds part.
+    pub ms: u64,
+    /// Sequence within the millisecond.
+    pub seq: u64,
+}
+
+impl StreamId {
+    /// The smallest id; nothing is older.
+    pub const MIN: StreamId = StreamId { ms: 0, seq: 0 };
+    /// The largest id; nothing is newer.
+    pub const MAX: StreamId = StreamId {
+        ms: u64::MAX,
+        seq: u64::MAX,
+    };
+
+    /// Parses `<digits>-<digits>` or `<digits>` (read as `<digits>-0`, the first id of that
+    /// millisecond). Anything else, including signs, spaces and overflow, is `None`.
+    pub fn parse(text: &str) -> Option<Self> {
+        fn digits(s: &str) -> Option<u64> {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            s.parse().ok()
+        }
+        match text.split_once('-') {
+            Some((ms, seq)) => Some(Self {
+                ms: digits(ms)?,
+                seq: digits(seq)?,
+            }),
+            None => Some(Self {
+                ms: digits(text)?,
+                seq: 0,
+            }),
+        }
+    }
+
+    /// Parses a query parameter, answering 400 naming it when malformed.
+    pub fn param(name: &str, value: Option<&str>) -> Result<Option<Self>, ApiError> {
+        value
+            .map(|v| {
+                Self::parse(v).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "{name} must be a stream id like 1732000000000-0 (got {v:?})"
+                    ))
+                })
+            })
+            .transpose()
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// The raw filter parameters shared by the list, the tail and (later) exports.
+#[derive(Debug, Clone, Default)]
+pub struct FilterParams {
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub ip: Option<String>,
+    pub country: Option<String>,
+    pub risk_min: Option<String>,
+    pub ua_type: Option<String>,
+    pub decision: Option<String>,
+    pub status: Option<String>,
+}
+
+/// Validated filters; an entry must match every one that is set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filters {
+    /// Upper-case method.
+    pub method: Option<String>,
+    /// Path prefix.
+    pub path: Option<String>,
+    /// Canonical text of the client IP (IPv4-mapped IPv6 as IPv4).
+    pub ip: Option<String>,
+    /// Upper-case ISO alpha-2 code.
+    pub country: Option<String>,
+    /// Smallest risk score, in [0, 1].
+    pub risk_min: Option<f64>,
+    pub ua_type: Option<UaType>,
+    pub decision: Option<Decision>,
+    pub status: Option<u16>,
+}
+
+impl Filters {
+    /// Validates every parameter; the first bad one is a 400 naming it.
+    pub fn parse(p: &FilterParams) -> Result<Self, ApiError> {
+        let bad = |msg: String| ApiError::bad_request(msg);
+        let method = match p.method.as_deref() {
+            None => None,
+            Some(m)
+                if !m.is_empty() && m.len() <= 32 && m.bytes().all(|b| b.is_ascii_alphabetic()) =>
+            {
+                Some(m.to_ascii_uppercase())
+            }
+            Some(m) => {
+                return Err(bad(format!(
+                    "method must be an HTTP method name (got {m:?})"
+                )))
+            }
+        };
+        let path = match p.path.as_deref() {
+            None => None,
+            Some(s) if s.starts_with('/') => Some(s.to_string()),
+            Some(s) => return Err(bad(format!("path must start with / (got {s:?})"))),
+        };
+        let ip = match p.ip.as_deref() {
+            None => None,
+            Some(s) => match s.trim().parse::<IpAddr>() {
+                Ok(ip) => Some(ip.to_canonical().to_string()),
+                Err(_) => {
+                    return Err(bad(format!(
+                        "ip must be an IPv4 or IPv6 address (got {s:?})"
+                    )))
+                }
+            },
+        };
+        let country = match p.country.as_deref() {
+            None => None,
+            Some(c) if c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                Some(c.to_ascii_uppercase())
+            }
+            Some(c) => {
+                return Err(bad(format!(
+                    "country must be a two-letter ISO 3166-1 code (got {c:?})"
+                )))
+            }
+        };
+        let risk_min = match p.risk_min.as_deref() {
+            None => None,
+            Some(r) => match r.trim().parse::<f64>() {
+                Ok(v) if (0.0..=1.0).contains(&v) => Some(v),
+                _ => {
+                    return Err(bad(format!(
+                        "risk_min must be a number between 0 and 1 (got {r:?})"
+                    )))
+                }
+            },
+        };
+        let ua_type = match p.ua_type.as_deref() {
+            None => None,
+            Some(t) => match UaType::parse(&t.to_ascii_lowercase()) {
+                Some(t) => Some(t),
+                None => {
+                    let names: Vec<&str> = UaType::ALL.iter().map(|t| t.as_str()).collect();
+                    return Err(bad(format!(
+                        "ua_type must be one of {} (got {t:?})",
+                        names.join(", ")
+                    )));
+                }
+            },
+        };
+        let decision = match p.decision.as_deref() {
+            None => None,
+            Some(d) => match Decision::parse(&d.to_ascii_lowercase()) {
+                Some(d) => Some(d),
+                None => return Err(bad(format!("decision must be allow or reject (got {d:?})"))),
+            },
+        };
+        let status = match p.status.as_deref() {
+            None => None,
+            Some(s) => match s.trim().parse::<u16>() {
+                Ok(v) if (100..=599).contains(&v) => Some(v),
+                _ => {
+                    return Err(bad(format!(
+                        "status must be an integer between 100 and 599 (got {s:?})"
+                    )))
+                }
+            },
+        };
+        Ok(Self {
+            method,
+            path,
+            ip,
+            country,
+            risk_min,
+            ua_type,
+            decision,
+            status,
+        })
+    }
+
+    /// True when no filter is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether the entry matches every filter that is set.
+    pub fn matches(&self, e: &AccessLogEntry) -> bool {
+        self.method
+            .as_deref()
+            .is_none_or(|m| e.method.eq_ignore_ascii_case(m))
+            && self.path.as_deref().is_none_or(|p| e.path.starts_with(p))
+            && self.ip.as_deref().is_none_or(|ip| ip_matches(&e.ip, ip))
+            && self
+                .country
+                .as_deref()
+                .is_none_or(|c| e.country.eq_ignore_ascii_case(c))
+            && self.risk_min.is_none_or(|r| e.risk >= r)
+            && self.ua_type.is_none_or(|t| e.ua_type == t.as_str())
+            && self.decision.is_none_or(|d| e.decision == d)
+            && self.status.is_none_or(|s| e.status == s)
+    }
+}
+
+/// Compares a logged IP with the canonical filter text; a logged IP in another spelling
+/// (upper-case hex, IPv4-mapped) still matches.
+fn ip_matches(logged: &str, canonical: &str) -> bool {
+    logged == canonical
+        || logged
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().to_string() == canonical)
+}
+
+/// One entry as the API returns it: its stream id and typed fields.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Item {
+    /// Stream id, e.g. `1732000000000-0`; pass it as `before` or `since`.
+    pub id: String,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub entry: AccessLogEntry,
+}
+
+/// One raw stream entry: id and field map.
+pub(crate) type RawEntry = (String, HashMap<String, String>);
+
+/// Decodes an `XRANGE`/`XREVRANGE` reply (or the entries of one `XREAD` stream). Values that
+/// are not UTF-8 are read lossily rather than failing the whole page.
+pub(crate) fn decode_entries(value: redis::Value) -> Result<Vec<RawEntry>, ApiError> {
+    use redis::Value;
+    let items = match value {
+        Value::Array(items) => items,
+        Value::Nil => return Ok(Vec::new()),
+        other => {
+            return Err(ApiError::internal(format!(
+                "unexpected stream reply {other:?}"
+            )))
+        }
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(parts) = item else {
+            return Err(ApiError::internal("stream entry is not an array"));
+        };
+        let mut parts = parts.into_iter();
+        let id = parts.next().map(text).unwrap_or_default();
+        let mut fields = HashMap::with_capacity(watchpost_common::ACCESS_LOG_FIELDS.len());
+        match parts.next() {
+            Some(Value::Array(flat)) => {
+                let mut it = flat.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    fields.insert(text(k), text(v));
+                }
+            }
+            Some(Value::Map(pairs)) => {
+                for (k, v) in pairs {
+                    fields.insert(text(k), text(v));
+                }
+            }
+            _ => {}
+        }
+        out.push((id, fields));
+    }
+    Ok(out)
+}
+
+fn text(v: redis::Value) -> String {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8(b)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        redis::Value::SimpleString(s) => s,
+        redis::Value::Int(i) => i.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Turns a raw entry into an [`Item`]; an entry the proxy could not have written (an
+/// unreadable number) is logged and skipped rather than failing the page.
+pub(crate) fn to_item((id, fields): RawEntry) -> Option<Item> {
+    match AccessLogEntry::from_fields(&fields) {
+        Ok(entry) => Some(Item { id, entry }),
+        Err(e) => {
+            tracing::warn!(stream.id = %id, error = %e, "access log: skipping unreadable entry");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_parse_strictly() {
+        assert_eq!(
+            StreamId::parse("1732000000000-7"),
+            Some(StreamId {
+                ms: 1_732_000_000_000,
+                seq: 7
+            })
+        );
+        assert_eq!(StreamId::parse("5"), Some(StreamId { ms: 5, seq: 0 }));
+        for bad in [
+            "",
+            "-",
+            "1-",
+            "-1",
+            "a-1",
+            "1-a",
+            "1-2-3",
+            " 1-2",
+            "+1-2",
+            "1.5",
+            "$",
+            "+",
+            "99999999999999999999-0",
+        ] {
+            assert_eq!(StreamId::parse(bad), None, "{bad:?}");
+        }
+        assert!(StreamId::parse("2-0") > StreamId::parse("1-9"));
+        assert_eq!(StreamId { ms: 3, seq: 4 }.to_string(), "3-4");
+    }
+
+    #[track_caller]
+    fn refused(p: FilterParams) {
+        let err = Filters::parse(&p).expect_err("should be refused");
+        assert_eq!(err.code(), crate::error::ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn bad_filters_are_refused() {
+        let cases: Vec<FilterParams> = vec![
+            FilterParams {
+                method: Some("GE T".into()),
+                ..Default::default()
+            },
+            FilterParams {
+                path: Some("nope".into()),
+                ..Default::default()
+            },
+            FilterParams {
+                ip: Some("1.2.3".into()),
+                ..Default::default()
+            },
+            FilterParams {
+                country: Some("DEU".into()),
+                ..Default::default()
+            },
+            FilterParams {
+                country: Some("D1".into()),
+                ..Default::default()
+            },
+            FilterParams {
+                risk_min: Some("high".into()),
+                ..Default::default()
+            },
+            FilterParams {
+                risk_min: Some("1.5".into()),
+                ..Default::default()
+            },
+            FilterParams {
+                risk_min: Some("NaN".into()),
+                ..Default::default()
+            },
+            FilterParams {
+                ua_type: Some("robot".into()),
+                ..Default::default()
+            },
+            FilterParams {
+                decision: Some("maybe".into()),
+                ..Default::default()
+            },
+            FilterParams {
+                status: Some("99".into()),
+                ..Default::default()
+            },
+            FilterParams {
+                status: Some("2xx".into()),
+                ..Default::default()
+            },
+        ];
+        for p in cases {
+            refused(p);
+        }
+    }
+
+    #[test]
+    fn filters_match_case_insensitively_and_canonically() {
+        let f = Filters::parse(&FilterParams {
+            method: Some("get".into()),
+            path: Some("/api".into()),
+            ip: Some("::ffff:203.0.113.7".into()),
+            country: Some("de".into()),
+            risk_min: Some("0.5".into()),
+            ua_type: Some("cli".into()),
+            decision: Some("reject".into()),
+            status: Some("403".into()),
+        })
+        .expect("valid");
+        let mut e = AccessLogEntry {
+            method: "GET".into(),
+            path: "/api/x".into(),
+            ip: "203.0.113.7".into(),
+            country: "DE".into(),
+            risk: 0.5,
+            ua_type: "cli".into(),
+            decision: Decision::Reject,
+            status: 403,
+            ..Default::default()
+        };
+        assert!(f.matches(&e));
+        e.risk = 0.499;
+        assert!(!f.matches(&e));
+        e.risk = 0.9;
+        e.path = "/ap".into();
+        assert!(!f.matches(&e));
+        assert!(Filters::default().matches(&e));
+        assert!(Filters::default().is_empty());
+        assert!(!f.is_empty());
+    }
+
+    #[test]
+    fn ipv6_filter_matches_other_spellings() {
+        let f = Filters::parse(&FilterParams {
+            ip: Some("2001:DB8::1".into()),
+            ..Default::default()
+        })
+        .expect("valid");
+        let e = AccessLogEntry {
+            ip: "2001:db8:0::1".into(),
+            ..Default::default()
+        };
+        assert!(f.matches(&e));
+    }
+}

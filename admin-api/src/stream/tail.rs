@@ -1,0 +1,194 @@
+//! The live tail: new stream entries as Server-Sent Events.
+//!
+//! Each tail owns a Redis connection of its own and loops on `XREAD BLOCK`. A blocking read
+//! must not run on the shared connection manager (it would hold up every other request's
+//! commands behind it, and its 1 s response timeout is shorter than the block), so the
+//! dedicated connection gets a response timeout longer than the block time. When the client
+//! goes away, axum drops the event stream, which drops the pending read and the connection,
+//! and releases the tail's slot.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::sse::Event;
+use futures::{Stream, StreamExt};
+use redis::aio::MultiplexedConnection;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::{error::ApiError, state::AppState};
+
+use super::{decode_entries, to_item, Filters, StreamId};
+
+/// Most entries taken per `XREAD`.
+const READ_COUNT: usize = 500;
+/// Extra response time granted beyond the block time before a read counts as failed.
+const RESPONSE_SLACK: Duration = Duration::from_secs(5);
+/// Longest wait to open the tail's connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bounds the number of concurrent tails of one server.
+#[derive(Debug, Clone)]
+pub struct TailSlots(Arc<Semaphore>);
+
+impl TailSlots {
+    /// Room for `max` tails.
+    pub fn new(max: usize) -> Self {
+        Self(Arc::new(Semaphore::new(max)))
+    }
+
+    /// A slot, or 429 when every slot is taken.
+    pub fn acquire(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.0
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::rate_limited(5))
+    }
+}
+
+/// How a tail reads.
+#[derive(Debug, Clone)]
+pub struct TailRequest {
+    pub key: String,
+    /// Start after this id; `None` starts at the newest entry (only later ones are sent).
+    pub since: Option<StreamId>,
+    pub filters: Filters,
+    /// `XREAD BLOCK` time.
+    pub block: Duration,
+}
+
+struct Tail {
+    con: MultiplexedConnection,
+    key: String,
+    last_id: String,
+    filters: Filters,
+    block_ms: u64,
+    failed: bool,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Opens the tail's own connection and resolves its starting point; 503 when Redis is down.
+pub async fn open(
+    state: &AppState,
+    req: TailRequest,
+    slot: OwnedSemaphorePermit,
+) -> Result<impl Stream<Item = Result<Event, Infallible>>, ApiError> {
+    let client = redis::Client::open(state.config().redis.url.as_str())
+        .map_err(|e| ApiError::internal(format!("redis url: {e}")))?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(req.block + RESPONSE_SLACK));
+    let mut con = tokio::time::timeout(
+        CONNECT_TIMEOUT + Duration::from_millis(500),
+        client.get_multiplexed_async_connection_with_config(&config),
+    )
+    .await
+    .map_err(|_| ApiError::unavailable("redis: tail connection timed out"))??;
+    let last_id = match req.since {
+        Some(id) => id.to_string(),
+        None => {
+            // Resolve "$" once: re-sending "$" on every read would miss entries added
+            // between two reads.
+            let newest: redis::Value = state
+                .redis_timeout(
+                    redis::cmd("XREVRANGE")
+                        .arg(&req.key)
+                        .arg("+")
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(1)
+                        .query_async(&mut con),
+                )
+                .await?;
+            decode_entries(newest)?
+                .into_iter()
+                .next()
+                .map_or_else(|| "0-0".to_string(), |(id, _)| id)
+        }
+    };
+    let tail = Tail {
+        con,
+        key: req.key,
+        last_id,
+        filters: req.filters,
+        block_ms: u64::try_from(req.block.as_millis()).unwrap_or(u64::MAX),
+        failed: false,
+        _slot: slot,
+    };
+    Ok(futures::stream::unfold(tail, next_events)
+        .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok))))
+}
+
+/// One `XREAD BLOCK`: the matching entries as events (often none); after a failure, one
+/// `error` event and the end of the stream.
+async fn next_events(mut tail: Tail) -> Option<(Vec<Event>, Tail)> {
+    if tail.failed {
+        return None;
+    }
+    let reply: redis::RedisResult<redis::Value> = redis::cmd("XREAD")
+        .arg("COUNT")
+        .arg(READ_COUNT)
+        .arg("BLOCK")
+        .arg(tail.block_ms)
+        .arg("STREAMS")
+        .arg(&tail.key)
+        .arg(&tail.last_id)
+        .query_async(&mut tail.con)
+        .await;
+    let entries = match reply.map_err(ApiError::from).and_then(stream_entries) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "access-log tail: read failed, ending the stream");
+            tail.failed = true;
+            let event = Event::default()
+                .event("error")
+                .data(r#"{"code":"UNAVAILABLE","message":"the access log is unavailable"}"#);
+            return Some((vec![event], tail));
+        }
+    };
+    let mut events = Vec::new();
+    for entry in entries {
+        tail.last_id.clone_from(&entry.0);
+        let Some(item) = to_item(entry) else { continue };
+        if !tail.filters.matches(&item.entry) {
+            continue;
+        }
+        match Event::default()
+            .event("entry")
+            .id(item.id.clone())
+            .json_data(&item)
+        {
+            Ok(event) => events.push(event),
+            Err(e) => tracing::warn!(error = %e, "access-log tail: cannot encode entry"),
+        }
+    }
+    Some((events, tail))
+}
+
+/// The entries of the single stream in an `XREAD` reply (`Nil` when the block timed out).
+fn stream_entries(reply: redis::Value) -> Result<Vec<super::RawEntry>, ApiError> {
+    use redis::Value;
+    let first = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams.into_iter().next(),
+        Value::Map(streams) => streams
+            .into_iter()
+            .next()
+            .map(|(k, v)| Value::Array(vec![k, v])),
+        other => {
+            return Err(ApiError::internal(format!(
+                "unexpected XREAD reply {other:?}"
+            )))
+        }
+    };
+    match first {
+        None => Ok(Vec::new()),
+        Some(Value::Array(parts)) => match parts.into_iter().nth(1) {
+            Some(entries) => decode_entries(entries),
+            None => Ok(Vec::new()),
+        },
+        Some(other) => Err(ApiError::internal(format!(
+            "unexpected XREAD stream {other:?}"
+        ))),
+    }
+}

@@ -1,0 +1,673 @@
+//! `GET /api/admin/access-log`, `/access-log/tail` and `/access-log/summary` over synthetic
+//! entries XADDed into the test's own stream key.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{assert_error, json_of, TestAdmin, TestApp};
+use serde_json::Value;
+use watchpost_common::{AccessLogEntry, Decision, Keys};
+
+/// An app whose admins are not rate-limited by the long walks below.
+async fn spawn_app() -> TestApp {
+    TestApp::builder()
+        .configure(|c| {
+            c.admin.rate_limit_per_minute = 1_000_000;
+            c.admin.rate_limit_per_hour = 1_000_000;
+        })
+        .spawn()
+        .await
+}
+
+async fn redis_con(app: &TestApp) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(app.config.redis.url.as_str())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis must be reachable")
+}
+
+fn stream_key(app: &TestApp) -> String {
+    Keys::new(app.key_prefix.clone()).access_stream()
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms")
+}
+
+/// Synthetic entry number `i`: 1 in 100 from France with a bot UA, a few hundred IPs.
+fn synthetic(i: u64) -> AccessLogEntry {
+    let rare = i % 100 == 7;
+    AccessLogEntry {
+        ts: i,
+        method: if i % 3 == 0 { "POST" } else { "GET" }.into(),
+        host: "app.test".into(),
+        path: format!("/p/{}", i % 10),
+        query: String::new(),
+        status: if i % 10 == 9 { 404 } else { 200 },
+        ip: format!("10.0.{}.{}", (i / 250) % 4, i % 250),
+        ip_source: "peer".into(),
+        peer: "10.0.0.1".into(),
+        country: if rare { "FR" } else { "DE" }.into(),
+        risk: if rare { 0.95 } else { 0.1 },
+        reasons: if rare { vec!["ua_bot".into()] } else { vec![] },
+        ua: if rare { "Googlebot/2.1" } else { "Mozilla/5.0" }.into(),
+        ua_type: if rare { "bot" } else { "browser" }.into(),
+        decision: if rare {
+            Decision::Reject
+        } else {
+            Decision::Allow
+        },
+        latency_us: 100 + i,
+        bytes_out: 10,
+        upstream: "127.0.0.1:3000".into(),
+        request_id: format!("req-{i}"),
+        proxy_id: "p1".into(),
+    }
+}
+
+/// XADDs entries with explicit ids through pipelines of 1000.
+async fn xadd_all(app: &TestApp, entries: &[(String, AccessLogEntry)]) {
+    let mut con = redis_con(app).await;
+    let key = stream_key(app);
+    for chunk in entries.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for (id, e) in chunk {
+            let cmd = pipe.cmd("XADD").arg(&key).arg(id);
+            for (k, v) in e.to_fields() {
+                cmd.arg(k).arg(v);
+            }
+            cmd.ignore();
+        }
+        let () = pipe.query_async(&mut con).await.expect("XADD pipeline");
+    }
+}
+
+async fn get_json(app: &TestApp, admin: &TestAdmin, path_and_query: &str) -> (u16, Value) {
+    json_of(
+        app.get(path_and_query)
+            .bearer_auth(&admin.key)
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await
+}
+
+/// Follows `next_cursor` from the top; returns the ids in visit order and the number of calls.
+async fn walk(
+    app: &TestApp,
+    admin: &TestAdmin,
+    query: &str,
+    start_before: Option<String>,
+) -> (Vec<String>, usize) {
+    let mut ids = Vec::new();
+    let mut before = start_before;
+    let mut calls = 0;
+    loop {
+        let mut url = format!("/api/admin/access-log?{query}");
+        if let Some(b) = &before {
+            url.push_str(&format!("&before={b}"));
+        }
+        let (status, page) = get_json(app, admin, &url).await;
+        assert_eq!(status, 200, "{page}");
+        calls += 1;
+        for item in page["items"].as_array().expect("items") {
+            ids.push(item["id"].as_str().expect("id").to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => before = Some(c.to_string()),
+            None => return (ids, calls),
+        }
+        assert!(calls < 10_000, "walk does not end");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_walks_visit_every_entry_exactly_once_in_order() {
+    let app = spawn_app().await;
+    let admin = app.create_admin().await;
+    const N: u64 = 100_000;
+    let base = 1_700_000_000_000u64;
+    let entries: Vec<(String, AccessLogEntry)> = (0..N)
+        .map(|i| (format!("{}-{}", base + i / 4, i % 4), synthetic(i)))
+        .collect();
+    xadd_all(&app, &entries).await;
+    let newest_first: Vec<String> = entries.iter().rev().map(|(id, _)| id.clone()).collect();
+    let top = newest_first[0].clone();
+
+    // Unfiltered, largest pages; entries arriving mid-walk are newer than the walk's start
+    // and so never appear in it.
+    let mut ids = Vec::new();
+    let mut before: Option<String> = None;
+    let mut calls = 0;
+    let late: Vec<(String, AccessLogEntry)> = (0..50)
+        .map(|i| (format!("{}-{}", base + N, i), synthetic(1_000_000 + i)))
+        .collect();
+    loop {
+        let mut url = "/api/admin/access-log?limit=500".to_string();
+        if let Some(b) = &before {
+            url.push_str(&format!("&before={b}"));
+        }
+        let (status, page) = get_json(&app, &admin, &url).await;
+        assert_eq!(status, 200, "{page}");
+        calls += 1;
+        if calls == 3 {
+            xadd_all(&app, &late).await;
+        }
+        let items = page["items"].as_array().expect("items");
+        for item in items {
+            ids.push(item["id"].as_str().expect("id").to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => {
+                assert_eq!(items.len(), 500, "only the last page may be short");
+                before = Some(c.to_string());
+            }
+            None => break,
+        }
+    }
+    assert_eq!(calls, 200);
+    assert_eq!(ids.len(), newest_first.len());
+    assert!(
+        ids == newest_first,
+        "the walk must follow the stream exactly"
+    );
+
+    // `since` the walk's top: exactly the late entries, newest first, and nothing more.
+    let (status, page) = get_json(
+        &app,
+        &admin,
+        &format!("/api/admin/access-log?limit=500&since={top}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let got: Vec<&str> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["id"].as_str().expect("id"))
+        .collect();
+    let want: Vec<&str> = late.iter().rev().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(got, want);
+    assert_eq!(page["next_cursor"], Value::Null);
+
+    // Filtered (1 %): each call examines at most the scan budget, so pages come back short,
+    // and following the cursor still yields every match exactly once, in order.
+    let all: Vec<(String, AccessLogEntry)> = entries.iter().chain(late.iter()).cloned().collect();
+    let want_fr: Vec<String> = all
+        .iter()
+        .rev()
+        .filter(|(_, e)| e.country == "FR")
+        .map(|(id, _)| id.clone())
+        .collect();
+    let (got_fr, calls) = walk(&app, &admin, "limit=100&country=fr", None).await;
+    assert_eq!(got_fr.len(), want_fr.len());
+    assert!(
+        got_fr == want_fr,
+        "filtered walk must match the stream's order"
+    );
+    let budget = app.config.admin.access_log_scan_budget;
+    assert!(
+        calls >= (N as usize) / budget,
+        "{calls} calls cannot have examined {N} entries within a budget of {budget}"
+    );
+    let unique: HashSet<&String> = got_fr.iter().collect();
+    assert_eq!(unique.len(), got_fr.len());
+
+    // Two filters together, with a cursor taken from the middle of the stream.
+    let mid = &newest_first[50_000];
+    let want_mid: Vec<String> = entries
+        .iter()
+        .rev()
+        .filter(|(id, e)| {
+            id_lt(id, mid) && e.risk >= 0.9 && e.method == "POST" && e.path.starts_with("/p/")
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    let (got_mid, _) = walk(
+        &app,
+        &admin,
+        "limit=7&risk_min=0.9&method=post&path=/p/",
+        Some(mid.clone()),
+    )
+    .await;
+    assert!(!want_mid.is_empty());
+    assert_eq!(got_mid, want_mid);
+}
+
+fn id_lt(a: &str, b: &str) -> bool {
+    let parse = |s: &str| {
+        let (ms, seq) = s.split_once('-').expect("id");
+        (
+            ms.parse::<u64>().expect("ms"),
+            seq.parse::<u64>().expect("seq"),
+        )
+    };
+    parse(a) < parse(b)
+}
+
+#[tokio::test]
+async fn filters_select_and_fields_are_typed() {
+    let app = spawn_app().await;
+    let admin = app.create_admin().await;
+    let base = now_ms();
+    let mk = |i: u64, f: &dyn Fn(&mut AccessLogEntry)| {
+        let mut e = synthetic(i);
+        e.country = "DE".into();
+        e.ua_type = "browser".into();
+        e.risk = 0.1;
+        e.decision = Decision::Allow;
+        e.status = 200;
+        e.method = "GET".into();
+        e.path = "/home".into();
+        e.ip = "192.0.2.1".into();
+        f(&mut e);
+        (format!("{}-0", base + i), e)
+    };
+    let entries = vec![
+        mk(1, &|e| e.method = "DELETE".into()),
+        mk(2, &|e| e.path = "/admin/users".into()),
+        mk(3, &|e| e.ip = "2001:db8::7".into()),
+        mk(4, &|e| e.country = "JP".into()),
+        mk(5, &|e| {
+            e.risk = 0.97;
+            e.reasons = vec!["ua_cli".into(), "rate".into()];
+        }),
+        mk(6, &|e| e.ua_type = "library".into()),
+        mk(7, &|e| e.decision = Decision::Reject),
+        mk(8, &|e| e.status = 503),
+        mk(9, &|_| {}),
+    ];
+    xadd_all(&app, &entries).await;
+    for (query, want) in [
+        ("method=delete", 1),
+        ("path=/admin", 2),
+        ("ip=2001:DB8:0::7", 3),
+        ("country=jp", 4),
+        ("risk_min=0.95", 5),
+        ("ua_type=library", 6),
+        ("decision=reject", 7),
+        ("status=503", 8),
+    ] {
+        let (status, page) =
+            get_json(&app, &admin, &format!("/api/admin/access-log?{query}")).await;
+        assert_eq!(status, 200, "{query}: {page}");
+        let items = page["items"].as_array().expect("items");
+        assert_eq!(items.len(), 1, "{query}: {page}");
+        assert_eq!(items[0]["id"], format!("{}-0", base + want), "{query}");
+        assert_eq!(page["next_cursor"], Value::Null, "{query}");
+    }
+    let (_, page) = get_json(&app, &admin, "/api/admin/access-log?risk_min=0.95").await;
+    let item = &page["items"][0];
+    assert_eq!(item["risk"], 0.97);
+    assert_eq!(item["reasons"], serde_json::json!(["ua_cli", "rate"]));
+    assert_eq!(item["status"], 200);
+    assert_eq!(item["ts"], 5);
+    assert_eq!(item["decision"], "allow");
+    assert!(item["latency_us"].is_u64());
+
+    // Default limit, order, exclusive bounds.
+    let (_, page) = get_json(&app, &admin, "/api/admin/access-log").await;
+    assert_eq!(page["items"].as_array().expect("items").len(), 9);
+    assert_eq!(page["items"][0]["id"], format!("{}-0", base + 9));
+    let (_, page) = get_json(
+        &app,
+        &admin,
+        &format!(
+            "/api/admin/access-log?before={}-0&since={}",
+            base + 6,
+            base + 3
+        ),
+    )
+    .await;
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, [format!("{}-0", base + 5), format!("{}-0", base + 4)]);
+    let (_, page) = get_json(&app, &admin, "/api/admin/access-log?limit=2").await;
+    assert_eq!(page["next_cursor"], format!("{}-0", base + 8));
+    let (_, page) = get_json(&app, &admin, "/api/admin/access-log?before=0-0").await;
+    assert_eq!(page["items"], serde_json::json!([]));
+    assert_eq!(page["next_cursor"], Value::Null);
+}
+
+#[tokio::test]
+async fn every_bad_parameter_is_a_400_envelope() {
+    let app = spawn_app().await;
+    let admin = app.create_admin().await;
+    for query in [
+        "limit=0",
+        "limit=501",
+        "limit=ten",
+        "limit=-1",
+        "before=abc",
+        "before=1-2-3",
+        "before=-5",
+        "before=$",
+        "since=12x",
+        "since=1-",
+        "risk_min=high",
+        "risk_min=1.5",
+        "risk_min=-0.1",
+        "ua_type=robot",
+        "decision=maybe",
+        "status=99",
+        "status=600",
+        "status=2xx",
+        "country=DEU",
+        "country=1",
+        "ip=1.2.3",
+        "ip=localhost",
+        "method=GE%20T",
+        "path=noslash",
+        "unknown=1",
+    ] {
+        let (status, body) =
+            get_json(&app, &admin, &format!("/api/admin/access-log?{query}")).await;
+        assert_error(status, &body, 400, "BAD_REQUEST");
+    }
+    for query in ["since=bad", "ua_type=robot", "risk_min=x", "limit=5"] {
+        let (status, body) =
+            get_json(&app, &admin, &format!("/api/admin/access-log/tail?{query}")).await;
+        assert_error(status, &body, 400, "BAD_REQUEST");
+    }
+    for query in [
+        "window=15",
+        "window=15x",
+        "window=0s",
+        "window=8d",
+        "window=",
+        "w=1h",
+    ] {
+        let (status, body) = get_json(
+            &app,
+            &admin,
+            &format!("/api/admin/access-log/summary?{query}"),
+        )
+        .await;
+        assert_error(status, &body, 400, "BAD_REQUEST");
+    }
+}
+
+#[tokio::test]
+async fn only_platform_admins_may_read_the_access_log() {
+    let app = spawn_app().await;
+    let user = app.create_user().await;
+    for path in [
+        "/api/admin/access-log",
+        "/api/admin/access-log/tail",
+        "/api/admin/access-log/summary",
+    ] {
+        let (status, body) = json_of(app.get(path).send().await.expect("request")).await;
+        assert_error(status, &body, 401, "UNAUTHORIZED");
+        let (status, body) = json_of(
+            app.get(path)
+                .bearer_auth(&user.token)
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await;
+        assert_error(status, &body, 403, "FORBIDDEN");
+    }
+}
+
+#[tokio::test]
+async fn redis_down_is_503() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let app = TestApp::builder()
+        .configure(move |c| c.redis.url = format!("redis://127.0.0.1:{port}"))
+        .spawn()
+        .await;
+    let admin = app.create_admin().await;
+    for path in [
+        "/api/admin/access-log",
+        "/api/admin/access-log?country=DE",
+        "/api/admin/access-log/tail",
+        "/api/admin/access-log/summary",
+    ] {
+        let (status, body) = get_json(&app, &admin, path).await;
+        assert_error(status, &body, 503, "UNAVAILABLE");
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Default)]
+struct SseEvent {
+    event: String,
+    id: String,
+    data: String,
+}
+
+/// Reads events from an SSE response until `want` entry events arrived (heartbeats skipped).
+async fn read_entries(
+    response: &mut reqwest::Response,
+    buf: &mut String,
+    want: usize,
+) -> Vec<SseEvent> {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            while let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                let mut ev = SseEvent::default();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        ev.event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        ev.id = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        ev.data.push_str(v.trim());
+                    }
+                }
+                if !ev.event.is_empty() {
+                    out.push(ev);
+                }
+                if out.len() == want {
+                    return;
+                }
+            }
+            let chunk = response
+                .chunk()
+                .await
+                .expect("read the event stream")
+                .expect("the stream stays open");
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .expect("events within 15 s");
+    out
+}
+
+async fn open_tail(app: &TestApp, admin: &TestAdmin, query: &str) -> reqwest::Response {
+    let response = app
+        .get(&format!("/api/admin/access-log/tail?{query}"))
+        .bearer_auth(&admin.key)
+        .send()
+        .await
+        .expect("tail request");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_streams_new_matching_entries() {
+    let app = TestApp::builder()
+        .configure(|c| {
+            c.admin.access_log_tail_block_ms = 300;
+            c.admin.access_log_tail_heartbeat_secs = 1;
+            c.admin.access_log_max_tails = 2;
+        })
+        .spawn()
+        .await;
+    let admin = app.create_admin().await;
+    let base = now_ms();
+    let old = synthetic(1);
+    xadd_all(&app, &[(format!("{base}-0"), old)]).await;
+
+    // From now: only later entries, and only bots.
+    let mut live = open_tail(&app, &admin, "ua_type=bot").await;
+    // From a stream id: everything after it, filtered the same way.
+    let mut replay = open_tail(&app, &admin, &format!("since={base}-0&decision=allow")).await;
+    // Two tails are the configured maximum.
+    let (status, body) = get_json(&app, &admin, "/api/admin/access-log/tail").await;
+    assert_error(status, &body, 429, "RATE_LIMITED");
+
+    let browser = synthetic(2);
+    let bot = synthetic(7);
+    assert_eq!(bot.ua_type, "bot");
+    xadd_all(
+        &app,
+        &[
+            (format!("{}-0", base + 1), browser.clone()),
+            (format!("{}-0", base + 2), bot.clone()),
+        ],
+    )
+    .await;
+    let mut buf = String::new();
+    let events = read_entries(&mut live, &mut buf, 1).await;
+    assert_eq!(events[0].event, "entry");
+    assert_eq!(events[0].id, format!("{}-0", base + 2));
+    let data: Value = serde_json::from_str(&events[0].data).expect("JSON data");
+    assert_eq!(data["request_id"], bot.request_id);
+    assert_eq!(data["risk"], 0.95);
+
+    let mut buf2 = String::new();
+    let events = read_entries(&mut replay, &mut buf2, 1).await;
+    assert_eq!(events[0].id, format!("{}-0", base + 1));
+
+    // Closing a tail frees its slot (noticed at the next heartbeat at the latest).
+    drop(live);
+    common_eventually(|| async {
+        let r = app
+            .get("/api/admin/access-log/tail")
+            .bearer_auth(&admin.key)
+            .send()
+            .await
+            .expect("request");
+        r.status() == 200
+    })
+    .await;
+    drop(replay);
+}
+
+async fn common_eventually<F, Fut>(mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn summary_counts_a_known_window() {
+    let app = spawn_app().await;
+    let admin = app.create_admin().await;
+    let now = now_ms();
+    let mut entries = Vec::new();
+    // Two hours old: outside a 1 h window.
+    for i in 0..5u64 {
+        entries.push((format!("{}-{i}", now - 2 * 3600 * 1000), synthetic(7)));
+    }
+    // 30 recent entries, all browsers from Germany; the last five rejected.
+    for i in 0..30u64 {
+        let mut e = synthetic(i);
+        e.country = "DE".into();
+        e.ua_type = "browser".into();
+        e.decision = Decision::Allow;
+        e.ip = if i < 12 {
+            "198.51.100.1".into()
+        } else {
+            format!("198.51.100.{}", i)
+        };
+        e.risk = i as f64 / 30.0;
+        if i >= 25 {
+            e.decision = Decision::Reject;
+            e.status = 403;
+        }
+        entries.push((format!("{}-{i}", now - 60_000), e));
+    }
+    xadd_all(&app, &entries).await;
+    let (status, s) = get_json(&app, &admin, "/api/admin/access-log/summary?window=1h").await;
+    assert_eq!(status, 200, "{s}");
+    assert_eq!(s["scanned"], 30, "{s}");
+    assert_eq!(s["truncated"], false);
+    assert_eq!(s["window_secs"], 3600);
+    assert_eq!(s["by_decision"]["allow"], 25);
+    assert_eq!(s["by_decision"]["reject"], 5);
+    // Statuses: 403 for 25..30; 404 for i % 10 == 9 below 25 (9, 19); 200 otherwise.
+    assert_eq!(s["by_status_class"]["4xx"], 7);
+    assert_eq!(s["by_status_class"]["2xx"], 23);
+    assert_eq!(s["by_method"]["POST"], 10);
+    assert_eq!(s["by_method"]["GET"], 20);
+    assert_eq!(s["by_ua_type"]["browser"], 30);
+    assert_eq!(
+        s["top_ips"][0],
+        serde_json::json!({"value": "198.51.100.1", "count": 12})
+    );
+    assert_eq!(s["top_ips"].as_array().expect("tops").len(), 10);
+    assert_eq!(
+        s["top_countries"][0],
+        serde_json::json!({"value": "DE", "count": 30})
+    );
+    assert_eq!(s["top_paths"].as_array().expect("paths").len(), 10);
+    let hist: Vec<u64> = s["risk_histogram"]
+        .as_array()
+        .expect("histogram")
+        .iter()
+        .map(|v| v.as_u64().expect("count"))
+        .collect();
+    assert_eq!(hist, vec![3; 10]);
+
+    let (_, s) = get_json(&app, &admin, "/api/admin/access-log/summary?window=3h").await;
+    assert_eq!(s["scanned"], 35);
+    let (_, s) = get_json(&app, &admin, "/api/admin/access-log/summary?window=30s").await;
+    assert_eq!(s["scanned"], 0);
+    assert_eq!(s["truncated"], false);
+
+    // A smaller bound: counts the newest entries only and says so.
+    let capped = TestApp::builder()
+        .configure(|c| c.admin.access_log_summary_max_entries = 10)
+        .spawn()
+        .await;
+    let admin2 = capped.create_admin().await;
+    xadd_all(&capped, &entries).await;
+    let (_, s) = get_json(&capped, &admin2, "/api/admin/access-log/summary?window=1h").await;
+    assert_eq!(s["scanned"], 10);
+    assert_eq!(s["truncated"], true);
+    assert_eq!(s["by_decision"]["reject"], 5);
+}

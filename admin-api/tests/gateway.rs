@@ -1,0 +1,298 @@
+//! `GET/PUT /api/admin/gateway/config` and `/gateway/config/versions` against real PostgreSQL
+//! and Redis (each test with its own database and key prefix).
+
+mod common;
+
+use common::{assert_error, json_of, TestApp};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use watchpost_common::{GatewayConfig, Keys};
+
+async fn redis_con(app: &TestApp) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(app.config.redis.url.as_str())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis must be reachable")
+}
+
+async fn stored_config(app: &TestApp) -> Option<String> {
+    let mut con = redis_con(app).await;
+    redis::cmd("GET")
+        .arg(Keys::new(app.key_prefix.clone()).gateway_config())
+        .query_async(&mut con)
+        .await
+        .expect("GET")
+}
+
+async fn get_config(app: &TestApp, key: &str) -> Value {
+    let (status, body) = json_of(
+        app.get("/api/admin/gateway/config")
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn put_config(app: &TestApp, key: &str, body: Value) -> (u16, Value) {
+    json_of(
+        app.put("/api/admin/gateway/config")
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn default_then_versions_applied_announced_and_audited() {
+    let app = TestApp::spawn().await;
+    let admin = app.create_admin().await;
+
+    let current = get_config(&app, &admin.key).await;
+    assert_eq!(current["version"], 0, "{current}");
+    assert_eq!(current["ip_mode"], "direct");
+    assert_eq!(current["risk_reject_threshold"], 0.8);
+    assert_eq!(current["updated_at"], Value::Null);
+    assert_eq!(stored_config(&app).await, None);
+
+    // Listen for the announcement the proxies subscribe to.
+    let client = redis::Client::open(app.config.redis.url.as_str()).expect("url");
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    let channel = Keys::new(app.key_prefix.clone()).gateway_config_changed();
+    pubsub.subscribe(&channel).await.expect("subscribe");
+
+    let (status, first) = put_config(
+        &app,
+        &admin.key,
+        json!({"ip_mode": "proxy", "trusted_cidrs": ["10.1.2.3/8", "2001:db8::/32"], "risk_reject_threshold": 0.5}),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    let v1 = first["version"].as_u64().expect("version");
+    assert!(v1 >= 1, "{first}");
+    assert_eq!(
+        first["trusted_cidrs"],
+        json!(["10.0.0.0/8", "2001:db8::/32"])
+    );
+    assert_eq!(first["updated_by"], admin.id.as_str());
+    assert!(first["updated_at"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+
+    let message = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        pubsub.on_message().next().await
+    })
+    .await
+    .expect("announcement within 5 s")
+    .expect("a message");
+    let payload: String = message.get_payload().expect("payload");
+    assert_eq!(payload, v1.to_string());
+    drop(pubsub);
+
+    // Redis holds exactly what a proxy validates and applies.
+    let json = stored_config(&app).await.expect("config in Redis");
+    let applied = GatewayConfig::from_json(&json).expect("valid for the proxy");
+    assert_eq!(applied.version, v1);
+    assert_eq!(applied.risk_reject_threshold, 0.5);
+    assert_eq!(get_config(&app, &admin.key).await, first);
+
+    // A change based on the current version is accepted, a stale one is 409.
+    let (status, second) = put_config(
+        &app,
+        &admin.key,
+        json!({"ip_mode": "cdn", "trusted_cidrs": ["192.0.2.0/24"], "risk_reject_threshold": 0.7,
+               "cdn_headers": ["X-CDN-Client"], "version": v1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{second}");
+    let v2 = second["version"].as_u64().expect("version");
+    assert!(v2 > v1);
+    assert_eq!(second["cdn_headers"], json!(["x-cdn-client"]));
+    let (status, body) = put_config(
+        &app,
+        &admin.key,
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.1, "version": v1}),
+    )
+    .await;
+    assert_error(status, &body, 409, "CONFLICT");
+    assert_eq!(get_config(&app, &admin.key).await, second);
+    let applied = GatewayConfig::from_json(&stored_config(&app).await.expect("set")).expect("ok");
+    assert_eq!(applied.version, v2);
+
+    // History, newest first, one page at a time.
+    let (status, page) = json_of(
+        app.get("/api/admin/gateway/config/versions?limit=1")
+            .bearer_auth(&admin.key)
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["items"][0]["version"], v2);
+    assert_eq!(page["items"][0]["config"], second);
+    assert_eq!(page["items"][0]["created_by"], admin.id.as_str());
+    let cursor = page["next_cursor"].as_str().expect("cursor").to_string();
+    let (_, page) = json_of(
+        app.get(&format!(
+            "/api/admin/gateway/config/versions?limit=1&cursor={cursor}"
+        ))
+        .bearer_auth(&admin.key)
+        .send()
+        .await
+        .expect("request"),
+    )
+    .await;
+    assert_eq!(page["items"][0]["version"], v1);
+    assert_eq!(page["items"][0]["config"], first);
+    assert_eq!(page["next_cursor"], Value::Null);
+
+    // One audit row per accepted PUT, with before/after.
+    let rows = app.audit_rows("gateway_config.updated").await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["actor_id"], admin.id.as_str());
+    assert_eq!(rows[0]["resource_type"], "gateway_config");
+    assert_eq!(rows[0]["resource_id"], v1.to_string());
+    assert_eq!(
+        rows[0]["changes"]["risk_reject_threshold"],
+        json!({"before": 0.8, "after": 0.5})
+    );
+    assert_eq!(
+        rows[1]["changes"]["ip_mode"],
+        json!({"before": "proxy", "after": "cdn"})
+    );
+}
+
+#[tokio::test]
+async fn invalid_configs_are_refused_with_every_problem_and_change_nothing() {
+    let app = TestApp::spawn().await;
+    let admin = app.create_admin().await;
+    let (status, body) = put_config(
+        &app,
+        &admin.key,
+        json!({"ip_mode": "sideways", "trusted_cidrs": ["10.0.0.0/8", "nope", "1.2.3.4/33"],
+               "risk_reject_threshold": 1.5}),
+    )
+    .await;
+    assert_error(status, &body, 400, "BAD_REQUEST");
+    let message = body["error"]["message"].as_str().expect("message");
+    for part in ["sideways", "nope", "1.2.3.4/33", "1.5"] {
+        assert!(message.contains(part), "{part} missing from {message}");
+    }
+    assert!(!message.contains("10.0.0.0/8"), "{message}");
+
+    for bad in [
+        json!({"ip_mode": "direct", "risk_reject_threshold": -0.01}),
+        json!({"ip_mode": "direct", "risk_reject_threshold": 1.01}),
+        json!({"ip_mode": "Direct ", "risk_reject_threshold": 0.5, "trusted_cidrs": []}),
+        json!({"ip_mode": "direct"}),
+        json!({"risk_reject_threshold": 0.5}),
+        json!({"ip_mode": "direct", "risk_reject_threshold": "0.5"}),
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "trusted_cidrs": "10.0.0.0/8"}),
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "extra": true}),
+        json!({"ip_mode": "cdn", "risk_reject_threshold": 0.5, "cdn_headers": ["bad header"]}),
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "version": -1}),
+    ] {
+        let (status, body) = put_config(&app, &admin.key, bad.clone()).await;
+        assert_error(status, &body, 400, "BAD_REQUEST");
+    }
+    let current = get_config(&app, &admin.key).await;
+    assert_eq!(current["version"], 0, "{current}");
+    assert_eq!(stored_config(&app).await, None);
+    assert!(app.audit_rows("gateway_config.updated").await.is_empty());
+    let (_, page) = json_of(
+        app.get("/api/admin/gateway/config/versions")
+            .bearer_auth(&admin.key)
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(page["items"], json!([]));
+
+    for q in [
+        "limit=0",
+        "limit=101",
+        "limit=x",
+        "cursor=abc",
+        "cursor=-3",
+        "other=1",
+    ] {
+        let (status, body) = json_of(
+            app.get(&format!("/api/admin/gateway/config/versions?{q}"))
+                .bearer_auth(&admin.key)
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await;
+        assert_error(status, &body, 400, "BAD_REQUEST");
+    }
+}
+
+#[tokio::test]
+async fn only_platform_admins_may_read_or_change_it() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    let body = json!({"ip_mode": "direct", "risk_reject_threshold": 0.1});
+    for (token, want, code) in [
+        (None, 401, "UNAUTHORIZED"),
+        (Some("wpk_not_a_key"), 401, "UNAUTHORIZED"),
+        (Some(user.token.as_str()), 403, "FORBIDDEN"),
+    ] {
+        let with = |rb: reqwest::RequestBuilder| match token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        };
+        for rb in [
+            app.get("/api/admin/gateway/config"),
+            app.put("/api/admin/gateway/config").json(&body),
+            app.get("/api/admin/gateway/config/versions"),
+        ] {
+            let (status, body) = json_of(with(rb).send().await.expect("request")).await;
+            assert_error(status, &body, want, code);
+        }
+    }
+    assert_eq!(stored_config(&app).await, None);
+}
+
+#[tokio::test]
+async fn redis_down_answers_503_and_applies_nothing() {
+    // A port nothing listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let app = TestApp::builder()
+        .configure(move |c| c.redis.url = format!("redis://127.0.0.1:{port}"))
+        .spawn()
+        .await;
+    let admin = app.create_admin().await;
+    let (status, body) = put_config(
+        &app,
+        &admin.key,
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.2}),
+    )
+    .await;
+    assert_error(status, &body, 503, "UNAVAILABLE");
+    // PostgreSQL (still up) shows that no version was recorded, and nothing was audited.
+    let current = get_config(&app, &admin.key).await;
+    assert_eq!(current["version"], 0, "{current}");
+    assert_eq!(current["risk_reject_threshold"], 0.8);
+    let conn = app.db().await;
+    let n: i64 = conn
+        .query_one("SELECT count(*) FROM gateway_config_versions", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 0);
+    assert!(app.audit_rows("gateway_config.updated").await.is_empty());
+}
