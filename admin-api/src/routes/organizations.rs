@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::users::contains_pattern;
+use super::users::{contains_pattern, still_referenced};
 use crate::{
     audit,
     auth::PlatformAdmin,
@@ -300,7 +300,8 @@ async fn patch_organization(
         (status = 204, description = "Deleted"),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
-        (status = 404, body = ErrorEnvelope)
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope, description = "Still referenced by recorded history")
     )
 )]
 async fn delete_organization(
@@ -312,7 +313,8 @@ async fn delete_organization(
     let tx = conn.transaction().await?;
     let before = load_org(&tx, &id, true).await?;
     tx.execute("DELETE FROM organizations WHERE id = $1", &[&id])
-        .await?;
+        .await
+        .map_err(|e| still_referenced(e, "organization"))?;
     audit::record(
         &tx,
         &admin.audit(),

@@ -92,6 +92,18 @@ fn check_user_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A delete refused by a foreign key (a ledger such as runs or credit transactions still
+/// points at the row) is a 409, not a 500: recorded history is never deleted implicitly.
+pub(crate) fn still_referenced(err: tokio_postgres::Error, what: &str) -> ApiError {
+    if err.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) {
+        ApiError::conflict(format!(
+            "{what} is still referenced by recorded history and cannot be deleted"
+        ))
+    } else {
+        err.into()
+    }
+}
+
 async fn load_user(client: &impl GenericClient, id: &str, lock: bool) -> Result<User, ApiError> {
     check_user_id(id)?;
     let sql = format!(
@@ -437,6 +449,7 @@ async fn patch_user(
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope, description = "Still referenced by recorded history"),
         (status = 422, body = ErrorEnvelope)
     )
 )]
@@ -453,7 +466,8 @@ async fn delete_user(
     let tx = conn.transaction().await?;
     let before = load_user(&tx, &id, true).await?;
     tx.execute("DELETE FROM users WHERE id = $1", &[&id])
-        .await?;
+        .await
+        .map_err(|e| still_referenced(e, "user"))?;
     audit::record(
         &tx,
         &admin.audit(),
