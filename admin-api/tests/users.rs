@@ -617,6 +617,23 @@ async fn search_filters_sorts_and_pages_every_sort() {
     let (_, page) =
         search(json!({"filters": {"organization_id": "org_01JD0000000000000000000000"}})).await;
     assert!(ids_of(&page).is_empty());
+    conn.batch_execute(&format!(
+        "INSERT INTO organizations (id, name, display_name) \
+           VALUES ('org_01JD0000000000000000000000', 'acme', 'Acme'); \
+         INSERT INTO memberships (organization_id, user_id, role) \
+           VALUES ('org_01JD0000000000000000000000', '{}', 'member'), \
+                  ('org_01JD0000000000000000000000', '{}', 'owner')",
+        ids[3], ids[5]
+    ))
+    .await
+    .expect("memberships");
+    let (_, page) = search(
+        json!({"filters": {"organization_id": "org_01JD0000000000000000000000",
+                                              "status": "active"},
+                                  "sort": {"field": "username", "direction": "asc"}}),
+    )
+    .await;
+    assert_eq!(ids_of(&page), vec![ids[3].clone(), ids[5].clone()]);
 
     // A cursor made for one sort is refused by another.
     let (_, page) = search(json!({"sort": {"field": "email"}, "limit": 2})).await;
@@ -926,4 +943,43 @@ async fn revoke_all_signs_everybody_out_on_the_next_request() {
     assert_eq!(result, json!({"revoked": 1}));
     let (status, _) = me(&app, &admin_session).await;
     assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn openapi_documents_every_route_of_this_module() {
+    let app = TestApp::spawn().await;
+    let (status, doc) = json_of(
+        app.get("/api/admin/openapi.json")
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for (path, methods) in [
+        ("/api/admin/users", &["get", "post"][..]),
+        ("/api/admin/users/{id}", &["get", "patch", "delete"]),
+        ("/api/admin/users/search", &["post"]),
+        ("/api/admin/users/bulk-disable", &["post"]),
+        ("/api/admin/users/impersonate", &["post"]),
+        ("/api/admin/sessions/revoke-all", &["post"]),
+        ("/api/admin/organizations", &["get", "post"]),
+        ("/api/admin/organizations/{id}", &["get", "patch", "delete"]),
+        ("/api/admin/organizations/{id}/stats", &["get"]),
+        ("/api/admin/organizations/{id}/users", &["get"]),
+        ("/api/admin/organizations/{id}/groups", &["get", "post"]),
+        ("/api/admin/organizations/{id}/members", &["post"]),
+        (
+            "/api/admin/organizations/{id}/members/{user_id}",
+            &["patch", "delete"],
+        ),
+        ("/api/admin/stats", &["get"]),
+    ] {
+        for method in methods {
+            assert!(
+                doc["paths"][path][method].is_object(),
+                "{method} {path} missing from the OpenAPI document"
+            );
+        }
+    }
 }
