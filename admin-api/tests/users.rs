@@ -809,6 +809,18 @@ async fn impersonation_issues_a_token_that_shows_the_admin() {
         )
         .await
         .expect("disable");
+    let in_disabled_org = app.create_user().await;
+    app.db()
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO organizations (id, name, display_name, enabled) \
+               VALUES ('org_01JD0000000000000000000000', 'off', 'Off', false); \
+             INSERT INTO memberships (organization_id, user_id, role) \
+               VALUES ('org_01JD0000000000000000000000', '{}', 'member')",
+            in_disabled_org.id
+        ))
+        .await
+        .expect("disabled org");
     for (body, want, code) in [
         (
             json!({"user_id": user.id, "reason": "x", "expires_in": "48h"}),
@@ -838,6 +850,11 @@ async fn impersonation_issues_a_token_that_shows_the_admin() {
         ),
         (
             json!({"user_id": disabled.id, "reason": "x"}),
+            422,
+            "UNPROCESSABLE",
+        ),
+        (
+            json!({"user_id": in_disabled_org.id, "reason": "x"}),
             422,
             "UNPROCESSABLE",
         ),

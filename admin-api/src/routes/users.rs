@@ -3,9 +3,9 @@
 //! Decisions:
 //! - An admin cannot disable, demote or delete themself (422): the API would lock them out,
 //!   possibly leaving no admin.
-//! - Impersonation is refused (422) for disabled users (the token could not work), for platform
-//!   admins (an admin acting as another admin would hide who did what) and for oneself. Its
-//!   lifetime is 5 minutes ..= 24 hours, default 1 hour.
+//! - Impersonation is refused (422) for disabled users and members of a disabled organization
+//!   (the token could not work), for platform admins (an admin acting as another admin would
+//!   hide who did what) and for oneself. Its lifetime is 5 minutes ..= 24 hours, default 1 hour.
 //! - `POST /users/search` pages by keyset on `(sort value, id)`. `last_active_at` is NULL for
 //!   users never seen; those sort as the oldest time (last in `desc`, first in `asc`), so the
 //!   keyset stays total. Emails and usernames sort case-insensitively (`lower(…)`), matching
@@ -853,7 +853,7 @@ pub struct ImpersonationToken {
 
 /// Issues a short-lived session token acting as a user; `/api/me` with it shows
 /// `impersonated_by`, and audit rows written with it carry the impersonator. Refused (422) for
-/// disabled users, platform admins and oneself.
+/// disabled users, members of a disabled organization, platform admins and oneself.
 #[utoipa::path(
     post,
     path = "/users/impersonate",
@@ -894,6 +894,19 @@ async fn impersonate(
     if target.status != UserStatus::Active.as_str() {
         return Err(ApiError::unprocessable(
             "cannot impersonate a disabled user",
+        ));
+    }
+    let org_disabled = tx
+        .query_opt(
+            "SELECT 1 FROM memberships m JOIN organizations o ON o.id = m.organization_id \
+             WHERE m.user_id = $1 AND NOT o.enabled LIMIT 1",
+            &[&target.id],
+        )
+        .await?
+        .is_some();
+    if org_disabled {
+        return Err(ApiError::unprocessable(
+            "cannot impersonate a member of a disabled organization",
         ));
     }
     if target.role == Role::PlatformAdmin.as_str() {
