@@ -475,6 +475,31 @@ mod tests {
     }
 
     #[test]
+    fn config_bounds_are_checked() {
+        let ok = crate::config::AdminConfig::default();
+        assert_eq!(validate_config(&ok), Ok(()));
+        for (change, key) in [
+            (
+                (|c: &mut crate::config::AdminConfig| c.access_log_scan_budget = MAX_PAGE)
+                    as fn(&mut crate::config::AdminConfig),
+                "access_log_scan_budget",
+            ),
+            (
+                |c| c.access_log_summary_max_entries = 0,
+                "summary_max_entries",
+            ),
+            (|c| c.access_log_tail_block_ms = 99, "tail_block_ms"),
+            (|c| c.access_log_tail_heartbeat_secs = 0, "heartbeat"),
+            (|c| c.access_log_max_tails = 0, "max_tails"),
+        ] {
+            let mut c = ok.clone();
+            change(&mut c);
+            let err = validate_config(&c).expect_err(key);
+            assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
     fn ipv6_filter_matches_other_spellings() {
         let f = Filters::parse(&FilterParams {
             ip: Some("2001:DB8::1".into()),
