@@ -277,7 +277,7 @@ pub struct Item {
 }
 
 /// One raw stream entry: id and field map.
-pub(crate) type RawEntry = (String, HashMap<String, String>);
+pub(crate) type RawEntry = (String, Vec<(String, String)>);
 
 /// Decodes an `XRANGE`/`XREVRANGE` reply (or the entries of one `XREAD` stream). Values that
 /// are not UTF-8 are read lossily rather than failing the whole page.
@@ -299,17 +299,17 @@ pub(crate) fn decode_entries(value: redis::Value) -> Result<Vec<RawEntry>, ApiEr
         };
         let mut parts = parts.into_iter();
         let id = parts.next().map(text).unwrap_or_default();
-        let mut fields = HashMap::with_capacity(watchpost_common::ACCESS_LOG_FIELDS.len());
+        let mut fields = Vec::with_capacity(watchpost_common::ACCESS_LOG_FIELDS.len());
         match parts.next() {
             Some(Value::Array(flat)) => {
                 let mut it = flat.into_iter();
                 while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    fields.insert(text(k), text(v));
+                    fields.push((text(k), text(v)));
                 }
             }
             Some(Value::Map(pairs)) => {
                 for (k, v) in pairs {
-                    fields.insert(text(k), text(v));
+                    fields.push((text(k), text(v)));
                 }
             }
             _ => {}
@@ -332,12 +332,55 @@ fn text(v: redis::Value) -> String {
 /// Turns a raw entry into an [`Item`]; an entry the proxy could not have written (an
 /// unreadable number) is logged and skipped rather than failing the page.
 pub(crate) fn to_item((id, fields): RawEntry) -> Option<Item> {
-    match AccessLogEntry::from_fields(&fields) {
+    let map: HashMap<String, String> = fields.into_iter().collect();
+    match AccessLogEntry::from_fields(&map) {
         Ok(entry) => Some(Item { id, entry }),
         Err(e) => {
             tracing::warn!(stream.id = %id, error = %e, "access log: skipping unreadable entry");
             None
         }
+    }
+}
+
+/// The value of one raw field; a missing field reads as empty, as in
+/// [`AccessLogEntry::from_fields`].
+fn raw_field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+impl Filters {
+    /// A cheap pre-check on the raw fields, before an entry is decoded: false only when the
+    /// decoded entry could not match [`Filters::matches`] (or could not be decoded at all),
+    /// so that most entries of a selective query are never decoded.
+    pub(crate) fn may_match(&self, fields: &[(String, String)]) -> bool {
+        let num = |name: &str| -> Option<f64> {
+            let v = raw_field(fields, name);
+            if v.is_empty() {
+                Some(0.0)
+            } else {
+                v.parse().ok()
+            }
+        };
+        self.ip
+            .as_deref()
+            .is_none_or(|ip| ip_matches(raw_field(fields, "ip"), ip))
+            && self
+                .risk_min
+                .is_none_or(|r| num("risk").is_some_and(|v| v >= r))
+            && self
+                .path
+                .as_deref()
+                .is_none_or(|p| raw_field(fields, "path").starts_with(p))
+            && self
+                .country
+                .as_deref()
+                .is_none_or(|c| raw_field(fields, "country").eq_ignore_ascii_case(c))
+            && self
+                .status
+                .is_none_or(|s| num("status").is_some_and(|v| v == f64::from(s)))
     }
 }
 
@@ -472,6 +515,90 @@ mod tests {
         assert!(Filters::default().matches(&e));
         assert!(Filters::default().is_empty());
         assert!(!f.is_empty());
+    }
+
+    #[test]
+    fn the_raw_pre_check_never_drops_a_match() {
+        let filters: Vec<Filters> = [
+            FilterParams::default(),
+            FilterParams {
+                ip: Some("::ffff:192.0.2.1".into()),
+                ..Default::default()
+            },
+            FilterParams {
+                risk_min: Some("0.5".into()),
+                ..Default::default()
+            },
+            FilterParams {
+                path: Some("/a".into()),
+                country: Some("de".into()),
+                ..Default::default()
+            },
+            FilterParams {
+                status: Some("404".into()),
+                ..Default::default()
+            },
+            FilterParams {
+                method: Some("post".into()),
+                ua_type: Some("bot".into()),
+                ..Default::default()
+            },
+        ]
+        .iter()
+        .map(|p| Filters::parse(p).expect("valid"))
+        .collect();
+        let mut entries = Vec::new();
+        for (i, ip) in ["192.0.2.1", "2001:db8::1", "10.0.0.1"]
+            .into_iter()
+            .enumerate()
+        {
+            for risk in [0.0, 0.5, 0.499, 1.0] {
+                for status in [200, 404] {
+                    entries.push(AccessLogEntry {
+                        ip: ip.into(),
+                        risk,
+                        status,
+                        path: if i == 0 { "/a/b".into() } else { "/b".into() },
+                        country: if i == 1 { "DE".into() } else { String::new() },
+                        method: if status == 404 {
+                            "POST".into()
+                        } else {
+                            "GET".into()
+                        },
+                        ua_type: "bot".into(),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        let mut matched = 0;
+        for f in &filters {
+            for e in &entries {
+                let raw: Vec<(String, String)> = e
+                    .to_fields()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
+                let decoded = to_item(("1-0".into(), raw.clone())).expect("decodes");
+                assert_eq!(f.matches(&decoded.entry), f.matches(e));
+                if f.matches(e) {
+                    matched += 1;
+                    assert!(f.may_match(&raw), "{f:?} dropped {e:?}");
+                }
+            }
+        }
+        assert!(matched > entries.len(), "the table must exercise matches");
+        let only_risky = &filters[2];
+        let calm = AccessLogEntry {
+            risk: 0.1,
+            ..Default::default()
+        };
+        let raw: Vec<(String, String)> = calm
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert!(!only_risky.may_match(&raw));
     }
 
     #[test]

@@ -100,9 +100,11 @@ pub async fn page(state: &AppState, key: &str, req: &PageRequest) -> Result<Page
             }
             result.scanned += 1;
             last_read = Some(entry.0.clone());
-            if let Some(item) = to_item(entry) {
-                if req.filters.matches(&item.entry) {
-                    result.items.push(item);
+            if req.filters.may_match(&entry.1) {
+                if let Some(item) = to_item(entry) {
+                    if req.filters.matches(&item.entry) {
+                        result.items.push(item);
+                    }
                 }
             }
             if !unfiltered && result.items.len() == req.limit {

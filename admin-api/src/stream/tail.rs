@@ -149,6 +149,9 @@ async fn next_events(mut tail: Tail) -> Option<(Vec<Event>, Tail)> {
     let mut events = Vec::new();
     for entry in entries {
         tail.last_id.clone_from(&entry.0);
+        if !tail.filters.may_match(&entry.1) {
+            continue;
+        }
         let Some(item) = to_item(entry) else { continue };
         if !tail.filters.matches(&item.entry) {
             continue;
