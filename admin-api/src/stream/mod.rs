@@ -260,8 +260,13 @@ impl Filters {
 /// Compares a logged IP with the canonical filter text; a logged IP in another spelling
 /// (upper-case hex, IPv4-mapped) still matches.
 fn ip_matches(logged: &str, canonical: &str) -> bool {
-    logged == canonical
-        || logged
+    if logged == canonical {
+        return true;
+    }
+    // Dotted IPv4 has one spelling: another dotted address is another address. Only
+    // spellings with a colon (IPv6, IPv4-mapped) need parsing.
+    logged.contains(':')
+        && logged
             .parse::<IpAddr>()
             .is_ok_and(|ip| ip.to_canonical().to_string() == canonical)
 }

@@ -116,7 +116,36 @@ pub async fn open(
         _slot: slot,
     };
     Ok(futures::stream::unfold(tail, next_events)
-        .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok))))
+        .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok)))
+        // A tail never ends by itself; graceful shutdown waits for open responses, so end
+        // it when the process is asked to stop.
+        .take_until(stop_requested()))
+}
+
+/// Resolves on SIGINT or SIGTERM (every listener is notified; the server has its own). A
+/// signal that cannot be listened for never resolves, rather than ending tails at once.
+async fn stop_requested() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
 }
 
 /// One `XREAD BLOCK`: the matching entries as events (often none); after a failure, one
