@@ -20,6 +20,11 @@ pub struct Config {
     pub admin: AdminConfig,
     pub redis: RedisConfig,
     pub postgres: PostgresConfig,
+    /// `[smtp]` and `WATCHPOST_SMTP_*`: the fallback email server.
+    pub smtp: crate::email::SmtpConfig,
+    /// From `WATCHPOST_SECRET_KEY` (never from the file): encrypts stored secrets.
+    #[serde(skip)]
+    pub secret_key: Option<crate::email::SecretKey>,
 }
 
 /// `[admin]`.
@@ -116,7 +121,9 @@ impl Default for PostgresConfig {
 impl Config {
     /// Reads the file (if any) and the environment, then validates.
     pub fn load(path: Option<&str>, env: &[(String, String)]) -> Result<Self, StartupError> {
-        let config: Self = watchpost_common::config::load(path, SECTIONS, env)?;
+        let mut config: Self = watchpost_common::config::load(path, SECTIONS, env)?;
+        config.smtp.apply_env(env).map_err(StartupError::Config)?;
+        config.secret_key = crate::email::SecretKey::from_env(env);
         config.validate()?;
         Ok(config)
     }
@@ -137,6 +144,7 @@ impl Config {
             return bad("[admin] rate_limit_per_*", "must be positive");
         }
         crate::stream::validate_config(&self.admin).map_err(StartupError::Config)?;
+        self.smtp.validate().map_err(StartupError::Config)?;
         if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
             return bad("[redis] url", "must start with redis:// or rediss://");
         }

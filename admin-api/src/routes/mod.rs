@@ -20,6 +20,7 @@ pub mod access_log;
 pub mod audit;
 pub mod auth;
 pub mod auth_config;
+pub mod email;
 pub mod gateway;
 pub mod health;
 pub mod organizations;
@@ -42,6 +43,7 @@ pub fn admin_routes() -> OpenApiRouter<AppState> {
         .merge(stats::routes())
         .merge(gateway::routes())
         .merge(access_log::routes())
+        .merge(email::routes())
 }
 
 /// Routes outside `/api/admin` (sign-up, sign-in, `/api/me`, health).
