@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod ids;
 pub mod invitations;
+pub mod ledger;
 pub mod models;
 pub mod pagination;
 pub mod rate_limit;

@@ -158,7 +158,7 @@ async fn registration_is_validated() {
                                  "password": PASSWORD, "invitation_code": "INV-1"}))
     .await;
     assert_error(s, &b, 422, "UNPROCESSABLE");
-    assert_eq!(b["error"]["message"], "invitation codes are not enabled");
+    assert_eq!(b["error"]["message"], "invitation code is not valid");
 
     let (s, b) =
         register(json!({"email": "b@example.com", "username": "bob", "password": PASSWORD})).await;

@@ -21,9 +21,15 @@ pub mod audit;
 pub mod auth;
 pub mod auth_config;
 pub mod email;
+pub mod credits;
 pub mod gateway;
 pub mod health;
+pub mod invitation_codes;
 pub mod organizations;
+pub mod redeem;
+pub mod redemption_codes;
+pub mod referrals;
+pub mod runs;
 pub mod sessions;
 pub mod stats;
 pub mod users;
@@ -44,6 +50,11 @@ pub fn admin_routes() -> OpenApiRouter<AppState> {
         .merge(gateway::routes())
         .merge(access_log::routes())
         .merge(email::routes())
+        .merge(credits::routes())
+        .merge(runs::routes())
+        .merge(invitation_codes::routes())
+        .merge(referrals::routes())
+        .merge(redemption_codes::routes())
 }
 
 /// Routes outside `/api/admin` (sign-up, sign-in, `/api/me`, health).
@@ -51,6 +62,7 @@ pub fn public_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(auth::routes())
         .merge(health::routes())
+        .merge(redeem::routes())
         .routes(routes!(openapi_json))
 }
 
