@@ -203,3 +203,37 @@ async fn stats_answer_without_redis_and_say_so() {
         json!({"requests_last_hour": 0, "rejected_last_hour": 0, "available": false})
     );
 }
+
+#[tokio::test]
+async fn executions_and_credits_used_come_from_the_ledger() {
+    let app = TestApp::spawn().await;
+    let admin = app.create_admin().await;
+    let conn = app.db().await;
+    conn.batch_execute(&format!(
+        "INSERT INTO organizations (id, name, display_name, credits_balance) \
+           VALUES ('org_01JD0000000000000000000001', 'acme', 'Acme', 100); \
+         INSERT INTO credit_transactions \
+           (id, organization_id, credits_amount, transaction_type, balance_after, description) \
+         VALUES ('txn_01JD0000000000000000000001', 'org_01JD0000000000000000000001', 200, \
+                 'purchase', 200, 'bought'), \
+                ('txn_01JD0000000000000000000002', 'org_01JD0000000000000000000001', -60, \
+                 'execution', 140, 'run'), \
+                ('txn_01JD0000000000000000000003', 'org_01JD0000000000000000000001', -40, \
+                 'execution', 100, 'run'); \
+         INSERT INTO runs (id, organization_id, user_id, name, credits_cost, transaction_id) \
+         VALUES ('run_01JD0000000000000000000001', 'org_01JD0000000000000000000001', '{id}', \
+                 'a', 60, 'txn_01JD0000000000000000000002'), \
+                ('run_01JD0000000000000000000002', 'org_01JD0000000000000000000001', '{id}', \
+                 'b', 40, 'txn_01JD0000000000000000000003'), \
+                ('run_01JD0000000000000000000003', 'org_01JD0000000000000000000001', '{id}', \
+                 'free', 0, NULL)",
+        id = admin.id
+    ))
+    .await
+    .expect("ledger rows");
+    let (status, body) = stats(&app, &admin.key).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["total_executions"], 3);
+    // Purchases are not usage: only execution debits count.
+    assert_eq!(body["total_credits_used"], 100);
+}

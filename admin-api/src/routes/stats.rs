@@ -35,9 +35,9 @@ pub const GATEWAY_WINDOW_MINUTES: u64 = 60;
 pub struct Stats {
     pub total_organizations: i64,
     pub total_users: i64,
-    /// Runs recorded (0 until the runs ledger exists).
+    /// Runs recorded.
     pub total_executions: i64,
-    /// Credits spent by runs (0 until the credits ledger exists).
+    /// Credits spent by runs: minus the sum of `execution` ledger rows.
     pub total_credits_used: i64,
     /// Organizations with at least one member active in the last 7 days.
     pub active_organizations_7d: i64,
@@ -97,43 +97,10 @@ SELECT
      AS sign_ins_24h,
   (SELECT count(*) FROM sign_in_events WHERE NOT success AND created_at >= now() - interval '24 hours')
      AS failed_24h,
-  to_regclass('runs') IS NOT NULL AS has_runs,
-  (SELECT count(*) = 2 FROM information_schema.columns
-     WHERE table_schema = current_schema() AND table_name = 'credit_transactions'
-       AND column_name IN ('credits_amount', 'transaction_type')) AS has_ledger";
-
-/// Runs and credits totals. The `runs` and `credit_transactions` tables arrive with the credits
-/// schema; until they exist both totals are 0, so this endpoint works on any schema version.
-async fn execution_totals(
-    conn: &deadpool_postgres::Object,
-    has_runs: bool,
-    has_ledger: bool,
-) -> Result<(i64, i64), ApiError> {
-    let executions = if has_runs {
-        col(
-            &conn
-                .query_one("SELECT count(*) AS n FROM runs", &[])
-                .await?,
-            "n",
-        )?
-    } else {
-        0
-    };
-    let used = if has_ledger {
-        // Execution debits are stored negative.
-        let row = conn
-            .query_one(
-                "SELECT COALESCE(-sum(credits_amount), 0)::bigint AS n FROM credit_transactions \
-                 WHERE transaction_type = 'execution'",
-                &[],
-            )
-            .await?;
-        col(&row, "n")?
-    } else {
-        0
-    };
-    Ok((executions, used))
-}
+  (SELECT count(*) FROM runs) AS total_executions,
+  -- Execution debits are stored negative; purchases, refunds and adjustments are not usage.
+  (SELECT COALESCE(-sum(credits_amount), 0)::bigint FROM credit_transactions
+     WHERE transaction_type = 'execution') AS total_credits_used";
 
 /// Sums the last hour of per-minute counters with one `MGET`.
 async fn gateway_stats(state: &AppState) -> GatewayStats {
@@ -193,14 +160,12 @@ async fn get_stats(
 ) -> Result<Json<Stats>, ApiError> {
     let conn = state.db().await?;
     let row = conn.query_one(STATS_QUERY, &[]).await?;
-    let (total_executions, total_credits_used) =
-        execution_totals(&conn, col(&row, "has_runs")?, col(&row, "has_ledger")?).await?;
     let gateway = gateway_stats(&state).await;
     Ok(Json(Stats {
         total_organizations: col(&row, "total_organizations")?,
         total_users: col(&row, "total_users")?,
-        total_executions,
-        total_credits_used,
+        total_executions: col(&row, "total_executions")?,
+        total_credits_used: col(&row, "total_credits_used")?,
         active_organizations_7d: col(&row, "active_organizations_7d")?,
         users: UserStats {
             total: col(&row, "total_users")?,
