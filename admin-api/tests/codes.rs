@@ -706,3 +706,85 @@ async fn invitation_codes_gate_registration_and_record_referrals() {
     assert_eq!(app.audit_rows("invitation_code.used").await.len(), 2);
     assert_eq!(app.audit_rows("invitation_code.updated").await.len(), 1);
 }
+
+#[tokio::test]
+async fn one_user_redeems_a_code_once_under_concurrency_and_bulk_reaches_ten_thousand() {
+    let app = TestApp::builder()
+        .configure(|c| {
+            c.postgres.pool_size = 12;
+            c.postgres.wait_timeout_ms = 60_000;
+        })
+        .spawn()
+        .await;
+    let admin = app.create_admin().await;
+    let org = create_org(&app).await;
+    let (_, key) = member(&app, &org).await;
+    let (s, b) = bulk(
+        &app,
+        &admin,
+        json!({"count": 1, "type": "credits", "value": 9, "max_uses": 100}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let code = b["codes"][0].as_str().expect("code").to_string();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let client = app.client.clone();
+            let url = app.url("/api/redeem");
+            let key = key.clone();
+            let code = code.clone();
+            tokio::spawn(async move {
+                json_of(
+                    client
+                        .post(url)
+                        .bearer_auth(key)
+                        .json(&json!({"code": code}))
+                        .send()
+                        .await
+                        .expect("redeem"),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for task in tasks {
+        let (s, b) = task.await.expect("task");
+        match s {
+            201 => ok += 1,
+            409 => assert_error(s, &b, 409, "CONFLICT"),
+            other => panic!("unexpected {other}: {b}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(balance(&app, &org).await, 9);
+    // The refused attempts gave their use back.
+    assert_eq!(
+        scalar(&app, "SELECT uses::bigint FROM redemption_codes").await,
+        1
+    );
+
+    let (s, b) = bulk(
+        &app,
+        &admin,
+        json!({"count": 10000, "type": "credits", "value": 1}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["codes"].as_array().map(Vec::len), Some(10000));
+    assert_eq!(
+        scalar(&app, "SELECT count(*) FROM redemption_codes").await,
+        10001
+    );
+
+    // An organization with ledger history cannot be deleted.
+    let (s, e) = json_of(
+        app.delete(&format!("/api/admin/organizations/{org}"))
+            .bearer_auth(&admin.key)
+            .send()
+            .await
+            .expect("delete"),
+    )
+    .await;
+    assert_error(s, &e, 409, "CONFLICT");
+}
