@@ -28,12 +28,21 @@ async fn start_origin() -> SocketAddr {
     addr
 }
 
+/// A port that was free a moment ago, for listeners the test cannot bind itself (Pingora binds
+/// its own). It is drawn from below the kernel's ephemeral range (32768-60999 by default), so
+/// no `bind(":0")` or outgoing connection elsewhere in the test run can be handed the same
+/// port between this check and the proxy's bind.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..200 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port found in 20000-31999");
 }
 
 /// Starts the proxy on the admin API's Redis and key prefix.

@@ -276,7 +276,13 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
         control_stop,
         control: Some(control),
     };
-    wait_accepting(listen)?;
+    let stopped = || running.pingora.as_ref().is_none_or(|h| h.is_finished());
+    if wait_accepting(listen, stopped)? == Readiness::StoppedFirst {
+        // A signal that arrives while we are still probing our own listener is an ordinary
+        // stop, not a failed start: the caller's `wait` flushes the access log as usual.
+        tracing::info!("watchpost-proxy stopped before it reported ready");
+        return Ok(running);
+    }
     tracing::info!(
         listen = %listen,
         health = %health,
@@ -298,8 +304,16 @@ pub fn check(settings: &Settings) -> Result<(Arc<GeoDb>, Arc<RiskEngine>), Proxy
     Ok((geo, Arc::new(risk)))
 }
 
-/// Poll until the listener accepts a connection.
-fn wait_accepting(listen: SocketAddr) -> Result<(), ProxyError> {
+/// How waiting for the listener ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Readiness {
+    Accepting,
+    /// The server stopped (a shutdown signal) before the probe got through.
+    StoppedFirst,
+}
+
+/// Poll until the listener accepts a connection, or the server has already stopped.
+fn wait_accepting(listen: SocketAddr, stopped: impl Fn() -> bool) -> Result<Readiness, ProxyError> {
     let target = match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
             SocketAddr::new(Ipv4Addr::LOCALHOST.into(), listen.port())
@@ -312,7 +326,10 @@ fn wait_accepting(listen: SocketAddr) -> Result<(), ProxyError> {
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {
         if TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
-            return Ok(());
+            return Ok(Readiness::Accepting);
+        }
+        if stopped() {
+            return Ok(Readiness::StoppedFirst);
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -95,10 +95,12 @@ async fn sigterm_finishes_and_flushes_the_access_log() {
         .parse()
         .expect("addr");
     let path = write(dir.path(), &text);
+    let log_path = dir.path().join("proxy.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
     let mut child = Command::new(BIN)
         .args(["--config", &path])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("spawn the proxy");
     eventually("the binary to listen", Duration::from_secs(20), || async {
@@ -117,7 +119,11 @@ async fn sigterm_finishes_and_flushes_the_access_log() {
         .await
         .expect("wait task")
         .expect("wait");
-    assert!(exit.success(), "{exit:?}");
+    assert!(
+        exit.success(),
+        "{exit:?}; its log:\n{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
     let key = format!("{prefix}access");
     assert_eq!(read_stream(&url, &key).await.len(), 3);
     let mut c = redis::Client::open(url.as_str())
