@@ -88,7 +88,7 @@ Your platform-admin API key (shown once; also saved in $STATE/admin.key):
 
 Try:
   # an ordinary browser-like request is forwarded (see the X-Client-* headers the app got)
-  curl -s -H 'User-Agent: Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0' \\
+  curl -s -H 'User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0' \\
        -H 'Accept: text/html' -H 'Accept-Language: en' http://127.0.0.1:8080/hello
 
   # a scanner probing for secrets is rejected with 403
