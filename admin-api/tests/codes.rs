@@ -5,47 +5,10 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{assert_error, json_of, short_id, TestAdmin, TestApp, PASSWORD};
+use common::{
+    assert_error, balance, json_of, seed_member, seed_org, short_id, TestAdmin, TestApp, PASSWORD,
+};
 use serde_json::{json, Value};
-
-async fn create_org(app: &TestApp) -> String {
-    let id = format!("org_{}", ulid::Ulid::new());
-    let name = format!("org-{}", short_id());
-    app.db()
-        .await
-        .execute(
-            "INSERT INTO organizations (id, name, display_name) VALUES ($1, $2, $2)",
-            &[&id, &name],
-        )
-        .await
-        .expect("insert org");
-    id
-}
-
-/// A member of `org` (created directly, without password hashing) and their API key.
-async fn member(app: &TestApp, org: &str) -> (String, String) {
-    let mut conn = app.db().await;
-    let tx = conn.transaction().await.expect("tx");
-    let id = format!("usr_{}", ulid::Ulid::new());
-    let name = format!("m-{}", short_id());
-    tx.execute(
-        "INSERT INTO users (id, email, username) VALUES ($1, $2 || '@example.com', $2)",
-        &[&id, &name],
-    )
-    .await
-    .expect("user");
-    tx.execute(
-        "INSERT INTO memberships (organization_id, user_id, role) VALUES ($1, $2, 'member')",
-        &[&org, &id],
-    )
-    .await
-    .expect("membership");
-    let key = watchpost_admin::auth::create_api_key(&tx, &id, "test")
-        .await
-        .expect("key");
-    tx.commit().await.expect("commit");
-    (id, key.key)
-}
 
 async fn bulk(app: &TestApp, admin: &TestAdmin, body: Value) -> (u16, Value) {
     json_of(
@@ -77,18 +40,6 @@ async fn scalar(app: &TestApp, sql: &str) -> i64 {
         .query_one(sql, &[])
         .await
         .expect("query")
-        .get(0)
-}
-
-async fn balance(app: &TestApp, org: &str) -> i64 {
-    app.db()
-        .await
-        .query_one(
-            "SELECT credits_balance FROM organizations WHERE id = $1",
-            &[&org],
-        )
-        .await
-        .expect("balance")
         .get(0)
 }
 
@@ -288,9 +239,9 @@ async fn bulk_creation_validates_and_lists() {
 async fn redemption_refusals_are_distinct_and_change_nothing() {
     let app = TestApp::spawn().await;
     let admin = app.create_admin().await;
-    let org = create_org(&app).await;
-    let (_, alice) = member(&app, &org).await;
-    let (_, bob) = member(&app, &org).await;
+    let org = seed_org(&app).await;
+    let (_, alice) = seed_member(&app, &org).await;
+    let (_, bob) = seed_member(&app, &org).await;
 
     let (_, b) = bulk(
         &app,
@@ -417,10 +368,10 @@ async fn two_hundred_simultaneous_redemptions_of_a_fifty_use_code() {
         .spawn()
         .await;
     let admin = app.create_admin().await;
-    let org = create_org(&app).await;
+    let org = seed_org(&app).await;
     let mut keys = Vec::new();
     for _ in 0..200 {
-        keys.push(member(&app, &org).await.1);
+        keys.push(seed_member(&app, &org).await.1);
     }
     let (s, b) = bulk(
         &app,
@@ -717,8 +668,8 @@ async fn one_user_redeems_a_code_once_under_concurrency_and_bulk_reaches_ten_tho
         .spawn()
         .await;
     let admin = app.create_admin().await;
-    let org = create_org(&app).await;
-    let (_, key) = member(&app, &org).await;
+    let org = seed_org(&app).await;
+    let (_, key) = seed_member(&app, &org).await;
     let (s, b) = bulk(
         &app,
         &admin,

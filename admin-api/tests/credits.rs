@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_error, json_of, short_id, TestAdmin, TestApp};
+use common::{assert_error, balance, json_of, seed_member, seed_org, TestAdmin, TestApp};
 use proptest::{collection::vec, prelude::*, test_runner::TestRunner};
 use serde_json::{json, Value};
 
@@ -20,20 +20,6 @@ async fn roomy_app() -> TestApp {
         .await
 }
 
-async fn create_org(app: &TestApp) -> String {
-    let id = format!("org_{}", ulid::Ulid::new());
-    let name = format!("org-{}", short_id());
-    app.db()
-        .await
-        .execute(
-            "INSERT INTO organizations (id, name, display_name) VALUES ($1, $2, $2)",
-            &[&id, &name],
-        )
-        .await
-        .expect("insert org");
-    id
-}
-
 async fn adjust(app: &TestApp, admin: &TestAdmin, body: Value, key: Option<&str>) -> (u16, Value) {
     let mut request = app
         .post("/api/admin/credits/adjust")
@@ -43,18 +29,6 @@ async fn adjust(app: &TestApp, admin: &TestAdmin, body: Value, key: Option<&str>
         request = request.header("Idempotency-Key", key);
     }
     json_of(request.send().await.expect("adjust")).await
-}
-
-async fn balance(app: &TestApp, org: &str) -> i64 {
-    app.db()
-        .await
-        .query_one(
-            "SELECT credits_balance FROM organizations WHERE id = $1",
-            &[&org],
-        )
-        .await
-        .expect("balance")
-        .get(0)
 }
 
 async fn ledger_count(app: &TestApp, org: &str) -> i64 {
@@ -99,7 +73,7 @@ async fn adjustments_change_the_balance_through_the_ledger() {
     let app = TestApp::spawn().await;
     let admin = app.create_admin().await;
     let user = app.create_user().await;
-    let org = create_org(&app).await;
+    let org = seed_org(&app).await;
 
     // 401 / 403.
     let (s, b) = json_of(
@@ -219,7 +193,7 @@ async fn adjustments_change_the_balance_through_the_ledger() {
     assert_eq!(ledger_count(&app, &org).await, 2);
 
     // The list, filtered and paged.
-    let other = create_org(&app).await;
+    let other = seed_org(&app).await;
     let (s, _) = adjust(
         &app,
         &admin,
@@ -297,7 +271,7 @@ async fn adjustments_change_the_balance_through_the_ledger() {
 async fn idempotency_keys_replay_the_first_result() {
     let app = roomy_app().await;
     let admin = app.create_admin().await;
-    let org = create_org(&app).await;
+    let org = seed_org(&app).await;
     let body = json!({"organization_id": org, "credits_amount": 25, "description": "topup"});
 
     let (s1, first) = adjust(&app, &admin, body.clone(), Some("key-1")).await;
@@ -381,7 +355,7 @@ async fn idempotency_keys_replay_the_first_result() {
 async fn concurrent_deductions_never_overdraw() {
     let app = roomy_app().await;
     let admin = app.create_admin().await;
-    let org = create_org(&app).await;
+    let org = seed_org(&app).await;
     let (s, _) = adjust(
         &app,
         &admin,
@@ -461,30 +435,6 @@ struct Fixture {
     members: Vec<String>,
 }
 
-async fn member_key(app: &TestApp, org: &str) -> String {
-    let mut conn = app.db().await;
-    let tx = conn.transaction().await.expect("tx");
-    let id = format!("usr_{}", ulid::Ulid::new());
-    let name = format!("m-{}", short_id());
-    tx.execute(
-        "INSERT INTO users (id, email, username) VALUES ($1, $2 || '@example.com', $2)",
-        &[&id, &name],
-    )
-    .await
-    .expect("user");
-    tx.execute(
-        "INSERT INTO memberships (organization_id, user_id, role) VALUES ($1, $2, 'member')",
-        &[&org, &id],
-    )
-    .await
-    .expect("membership");
-    let key = watchpost_admin::auth::create_api_key(&tx, &id, "test")
-        .await
-        .expect("key");
-    tx.commit().await.expect("commit");
-    key.key
-}
-
 async fn apply_op(fx: &Fixture, op: &Op) -> Result<(), String> {
     let (s, b) = match op {
         Op::Adjust { org, amount } => {
@@ -551,8 +501,8 @@ fn balances_always_equal_their_ledger() {
         let mut orgs = Vec::new();
         let mut members = Vec::new();
         for _ in 0..2 {
-            let org = create_org(&app).await;
-            members.push(member_key(&app, &org).await);
+            let org = seed_org(&app).await;
+            members.push(seed_member(&app, &org).await.1);
             orgs.push(org);
         }
         Fixture {

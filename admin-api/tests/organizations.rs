@@ -4,38 +4,11 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{assert_error, json_of, TestApp, PASSWORD};
+use common::{assert_error, json_of, send, TestApp, PASSWORD};
 use serde_json::{json, Value};
 
 const UNKNOWN_ORG: &str = "org_01JD0000000000000000000000";
 const UNKNOWN_USER: &str = "usr_01JD0000000000000000000000";
-
-async fn send(
-    app: &TestApp,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let url = format!("/api/admin{path}");
-    let builder = match method {
-        "GET" => app.get(&url),
-        "POST" => app.post(&url),
-        "PATCH" => app.patch(&url),
-        "DELETE" => app.delete(&url),
-        other => panic!("method {other}"),
-    };
-    let builder = if token.is_empty() {
-        builder
-    } else {
-        builder.bearer_auth(token)
-    };
-    let builder = match body {
-        Some(b) => builder.json(&b),
-        None => builder,
-    };
-    json_of(builder.send().await.expect("request")).await
-}
 
 async fn create_org(app: &TestApp, key: &str, name: &str) -> String {
     let (status, org) = send(

@@ -4,35 +4,8 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 
-use common::{assert_error, json_of, TestAdmin, TestApp, PASSWORD};
+use common::{assert_error, json_of, send, TestAdmin, TestApp, PASSWORD};
 use serde_json::{json, Value};
-
-async fn send(
-    app: &TestApp,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let url = format!("/api/admin{path}");
-    let builder = match method {
-        "GET" => app.get(&url),
-        "POST" => app.post(&url),
-        "PATCH" => app.patch(&url),
-        "DELETE" => app.delete(&url),
-        other => panic!("method {other}"),
-    };
-    let builder = if token.is_empty() {
-        builder
-    } else {
-        builder.bearer_auth(token)
-    };
-    let builder = match body {
-        Some(b) => builder.json(&b),
-        None => builder,
-    };
-    json_of(builder.send().await.expect("request")).await
-}
 
 async fn me(app: &TestApp, token: &str) -> (u16, Value) {
     json_of(

@@ -468,3 +468,85 @@ impl ChaosProxy {
         self.forwarding.store(true, Ordering::SeqCst);
     }
 }
+
+/// One admin-API call: `method` on `/api/admin{path}` with `token` (none when empty) and an
+/// optional JSON body; answers the status and the JSON body.
+pub async fn send(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let url = format!("/api/admin{path}");
+    let builder = match method {
+        "GET" => app.get(&url),
+        "POST" => app.post(&url),
+        "PATCH" => app.patch(&url),
+        "DELETE" => app.delete(&url),
+        other => panic!("method {other}"),
+    };
+    let builder = if token.is_empty() {
+        builder
+    } else {
+        builder.bearer_auth(token)
+    };
+    let builder = match body {
+        Some(b) => builder.json(&b),
+        None => builder,
+    };
+    json_of(builder.send().await.expect("request")).await
+}
+
+/// An organization inserted directly (no audit, no API), with a zero balance.
+pub async fn seed_org(app: &TestApp) -> String {
+    let id = format!("org_{}", ulid::Ulid::new());
+    let name = format!("org-{}", short_id());
+    app.db()
+        .await
+        .execute(
+            "INSERT INTO organizations (id, name, display_name) VALUES ($1, $2, $2)",
+            &[&id, &name],
+        )
+        .await
+        .expect("insert org");
+    id
+}
+
+/// A member of `org` (created directly, without password hashing): its id and an API key.
+pub async fn seed_member(app: &TestApp, org: &str) -> (String, String) {
+    let mut conn = app.db().await;
+    let tx = conn.transaction().await.expect("tx");
+    let id = format!("usr_{}", ulid::Ulid::new());
+    let name = format!("m-{}", short_id());
+    tx.execute(
+        "INSERT INTO users (id, email, username) VALUES ($1, $2 || '@example.com', $2)",
+        &[&id, &name],
+    )
+    .await
+    .expect("user");
+    tx.execute(
+        "INSERT INTO memberships (organization_id, user_id, role) VALUES ($1, $2, 'member')",
+        &[&org, &id],
+    )
+    .await
+    .expect("membership");
+    let key = watchpost_admin::auth::create_api_key(&tx, &id, "test")
+        .await
+        .expect("key");
+    tx.commit().await.expect("commit");
+    (id, key.key)
+}
+
+/// The organization's stored credit balance.
+pub async fn balance(app: &TestApp, org: &str) -> i64 {
+    app.db()
+        .await
+        .query_one(
+            "SELECT credits_balance FROM organizations WHERE id = $1",
+            &[&org],
+        )
+        .await
+        .expect("balance")
+        .get(0)
+}
