@@ -1,12 +1,10 @@
 //! `GET /api/admin/access-log`, `/access-log/tail` and `/access-log/summary` over synthetic
 //! entries XADDed into the test's own stream key.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{assert_error, json_of, TestAdmin, TestApp};
+use crate::common::{assert_error, json_of, TestAdmin, TestApp};
 use serde_json::Value;
 use watchpost_common::{AccessLogEntry, Decision, Keys};
 

@@ -1,12 +1,10 @@
 //! Email settings and real SMTP delivery, against a small SMTP server started by each test on
 //! an ephemeral loopback port.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
+use crate::common::{assert_error, json_of, TestAdmin, TestApp};
 use base64::Engine as _;
-use common::{assert_error, json_of, TestAdmin, TestApp};
 use serde_json::{json, Value};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},

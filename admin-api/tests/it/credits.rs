@@ -1,9 +1,7 @@
 //! `/api/admin/credits…`: adjustments, the ledger, idempotency keys, concurrent deductions and
 //! the invariant that every balance equals the sum of its ledger.
 
-mod common;
-
-use common::{assert_error, balance, json_of, seed_member, seed_org, TestAdmin, TestApp};
+use crate::common::{assert_error, balance, json_of, seed_member, seed_org, TestAdmin, TestApp};
 use proptest::{collection::vec, prelude::*, test_runner::TestRunner};
 use serde_json::{json, Value};
 

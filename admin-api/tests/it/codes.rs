@@ -1,11 +1,9 @@
 //! Redemption codes (`/api/admin/redemption-codes…`, `POST /api/redeem`) and invitation codes
 //! (`/api/admin/invitation-codes…`, `POST /api/me/invitation-codes`, registration).
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{
+use crate::common::{
     assert_error, balance, json_of, seed_member, seed_org, short_id, TestAdmin, TestApp, PASSWORD,
 };
 use serde_json::{json, Value};

@@ -3,12 +3,10 @@
 //! access-log query, and gateway config changes made through the admin API reach the running
 //! proxy without a restart.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{json_of, TestAdmin, TestApp};
+use crate::common::{json_of, TestAdmin, TestApp};
 use serde_json::{json, Value};
 use watchpost_proxy::{RunningProxy, Settings, StopOn};
 

@@ -1,8 +1,6 @@
 //! `GET /api/admin/stats`.
 
-mod common;
-
-use common::{assert_error, json_of, TestApp, PASSWORD};
+use crate::common::{assert_error, json_of, TestApp, PASSWORD};
 use serde_json::{json, Value};
 
 async fn stats(app: &TestApp, token: &str) -> (u16, Value) {
@@ -138,7 +136,8 @@ async fn stats_numbers_follow_the_data() {
     // The proxy's per-minute counters: the last 60 minutes count, older ones do not.
     let minute = u64::try_from(chrono::Utc::now().timestamp() / 60).expect("minute");
     let keys = app.state.keys();
-    let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| common::DEFAULT_REDIS_URL.into());
+    let redis_url =
+        std::env::var("REDIS_URL").unwrap_or_else(|_| crate::common::DEFAULT_REDIS_URL.into());
     let client = redis::Client::open(redis_url).expect("redis url");
     let mut redis = client
         .get_multiplexed_async_connection()

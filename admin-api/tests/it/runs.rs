@@ -1,9 +1,7 @@
 //! `POST /api/runs` and `/api/admin/runs…`: a run debits its cost atomically, never overdraws,
 //! and shows up in the admin list, the details and the stats.
 
-mod common;
-
-use common::{assert_error, json_of, short_id, TestApp};
+use crate::common::{assert_error, json_of, short_id, TestApp};
 use serde_json::{json, Value};
 
 async fn create_org(app: &TestApp, balance: i64) -> String {

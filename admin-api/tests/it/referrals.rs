@@ -1,8 +1,6 @@
 //! `/api/admin/referrals…`: referrals recorded at registration, the list and the bounded tree.
 
-mod common;
-
-use common::{assert_error, json_of, short_id, TestApp, PASSWORD};
+use crate::common::{assert_error, json_of, short_id, TestApp, PASSWORD};
 use serde_json::{json, Value};
 
 /// Registers a user with `code` and returns (user id, session token).

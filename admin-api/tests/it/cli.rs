@@ -1,10 +1,8 @@
 //! The `watchpost-admin` binary: database creation, migrations, `create-admin`, bad config.
 
-mod common;
-
 use std::process::Command;
 
-use common::{DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL};
+use crate::common::{DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL};
 
 fn admin_bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_watchpost-admin"));
@@ -38,7 +36,7 @@ async fn drop_database(name: &str) {
 
 #[tokio::test]
 async fn migrate_creates_the_database_and_create_admin_prints_only_the_key() {
-    let name = format!("wp_test_cli_{}", common::short_id());
+    let name = format!("wp_test_cli_{}", crate::common::short_id());
     let url = with_database(&base_url(), &name);
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.to_string());
 
@@ -101,7 +99,7 @@ async fn migrate_creates_the_database_and_create_admin_prints_only_the_key() {
 
 #[test]
 fn invalid_config_exits_with_a_message_naming_the_key() {
-    let dir = std::env::temp_dir().join(format!("wp-cli-{}", common::short_id()));
+    let dir = std::env::temp_dir().join(format!("wp-cli-{}", crate::common::short_id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("bad.toml");
     std::fs::write(

@@ -1,8 +1,6 @@
 //! The error envelope everywhere, the OpenAPI document, health, and PostgreSQL outages.
 
-mod common;
-
-use common::{assert_error, json_of, ChaosProxy, TestApp};
+use crate::common::{assert_error, json_of, ChaosProxy, TestApp};
 use serde_json::json;
 
 #[tokio::test]

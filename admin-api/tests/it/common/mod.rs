@@ -5,8 +5,6 @@
 //! role and a local Redis). When either is unreachable the test panics with the reason: these
 //! tests never skip.
 
-#![allow(dead_code)]
-
 use std::{
     net::SocketAddr,
     sync::{

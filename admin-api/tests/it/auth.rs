@@ -1,8 +1,6 @@
 //! Registration, sign-in, `/api/me`, sign-out, tokens, and who may call `/api/admin`.
 
-mod common;
-
-use common::{assert_error, json_of, TestApp, PASSWORD};
+use crate::common::{assert_error, json_of, TestApp, PASSWORD};
 use serde_json::{json, Value};
 
 async fn me(app: &TestApp, token: &str) -> (u16, Value) {

@@ -1,9 +1,7 @@
 //! `GET/PUT /api/admin/gateway/config` and `/gateway/config/versions` against real PostgreSQL
 //! and Redis (each test with its own database and key prefix).
 
-mod common;
-
-use common::{assert_error, json_of, TestApp};
+use crate::common::{assert_error, json_of, TestApp};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use watchpost_common::{GatewayConfig, Keys};

@@ -1,10 +1,8 @@
 //! `/api/admin/users…` and `/api/admin/sessions/revoke-all`.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 
-use common::{assert_error, json_of, send, TestAdmin, TestApp, PASSWORD};
+use crate::common::{assert_error, json_of, send, TestAdmin, TestApp, PASSWORD};
 use serde_json::{json, Value};
 
 async fn me(app: &TestApp, token: &str) -> (u16, Value) {

@@ -1,9 +1,7 @@
 //! The audit log (rows, append-only, hash chain, listing), the auth config, and the admin
 //! rate limits.
 
-mod common;
-
-use common::{assert_error, json_of, TestAdmin, TestApp, PASSWORD};
+use crate::common::{assert_error, json_of, TestAdmin, TestApp, PASSWORD};
 use serde_json::{json, Value};
 
 async fn patch_config(app: &TestApp, admin: &TestAdmin, body: Value) -> (u16, Value) {

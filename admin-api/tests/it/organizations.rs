@@ -1,10 +1,8 @@
 //! `/api/admin/organizations…`: CRUD, stats, users, groups and members.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{assert_error, json_of, send, TestApp, PASSWORD};
+use crate::common::{assert_error, json_of, send, TestApp, PASSWORD};
 use serde_json::{json, Value};
 
 const UNKNOWN_ORG: &str = "org_01JD0000000000000000000000";

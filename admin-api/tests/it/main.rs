@@ -1,0 +1,21 @@
+//! Integration tests of watchpost-admin against real PostgreSQL and Redis, in one test binary
+//! (one link instead of one per file). Every test starts its own server with its own database
+//! and Redis key prefix, so they run in parallel.
+
+mod access_log;
+mod audit;
+mod auth;
+mod cli;
+mod codes;
+mod common;
+mod credits;
+mod email;
+mod end_to_end;
+mod errors;
+mod example_config;
+mod gateway;
+mod organizations;
+mod referrals;
+mod runs;
+mod stats;
+mod users;
