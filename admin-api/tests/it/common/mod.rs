@@ -70,7 +70,6 @@ pub struct TestUser {
     pub id: String,
     pub email: String,
     pub username: String,
-    pub password: String,
     /// Session token (`wps_…`).
     pub token: String,
 }
@@ -155,7 +154,6 @@ impl TestAppBuilder {
             state,
             pool: direct_pool,
             config,
-            db_name,
             key_prefix,
             shutdown: Some(tx),
             server: Some(server),
@@ -190,7 +188,6 @@ pub struct TestApp {
     /// A pool straight to the test database, for assertions and set-up.
     pub pool: deadpool_postgres::Pool,
     pub config: Config,
-    pub db_name: String,
     pub key_prefix: String,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -267,7 +264,6 @@ impl TestApp {
             id: body["user"]["id"].as_str().expect("id").to_string(),
             email,
             username,
-            password: PASSWORD.to_string(),
             token: body["token"].as_str().expect("token").to_string(),
         }
     }
