@@ -105,28 +105,60 @@ pub struct DecodeError {
 impl AccessLogEntry {
     /// Field values in [`FIELDS`] order, ready for `XADD`.
     pub fn to_fields(&self) -> [(&'static str, String); 20] {
-        [
-            ("ts", self.ts.to_string()),
-            ("method", self.method.clone()),
-            ("host", self.host.clone()),
-            ("path", self.path.clone()),
-            ("query", self.query.clone()),
-            ("status", self.status.to_string()),
-            ("ip", self.ip.clone()),
-            ("ip_source", self.ip_source.clone()),
-            ("peer", self.peer.clone()),
-            ("country", self.country.clone()),
-            ("risk", format!("{:.3}", self.risk)),
-            ("reasons", self.reasons.join(",")),
-            ("ua", self.ua.clone()),
-            ("ua_type", self.ua_type.clone()),
-            ("decision", self.decision.as_str().to_string()),
-            ("latency_us", self.latency_us.to_string()),
-            ("bytes_out", self.bytes_out.to_string()),
-            ("upstream", self.upstream.clone()),
-            ("request_id", self.request_id.clone()),
-            ("proxy_id", self.proxy_id.clone()),
-        ]
+        let mut out: [(&'static str, String); 20] = Default::default();
+        let mut slots = out.iter_mut();
+        self.write_fields(&mut String::new(), |name, value| {
+            if let Some(slot) = slots.next() {
+                *slot = (name, value.to_string());
+            }
+        });
+        out
+    }
+
+    /// Call `f` with each field name and its text value, in [`FIELDS`] order, without
+    /// allocating per field: text fields are lent as they are, numbers and the reason list
+    /// are formatted into `scratch`, which a caller reuses from entry to entry.
+    pub fn write_fields(&self, scratch: &mut String, mut f: impl FnMut(&'static str, &str)) {
+        fn show<'s>(scratch: &'s mut String, value: fmt::Arguments<'_>) -> &'s str {
+            use fmt::Write as _;
+            scratch.clear();
+            // Formatting into a String cannot fail.
+            let _ = scratch.write_fmt(value);
+            scratch
+        }
+        f("ts", show(scratch, format_args!("{}", self.ts)));
+        f("method", &self.method);
+        f("host", &self.host);
+        f("path", &self.path);
+        f("query", &self.query);
+        f("status", show(scratch, format_args!("{}", self.status)));
+        f("ip", &self.ip);
+        f("ip_source", &self.ip_source);
+        f("peer", &self.peer);
+        f("country", &self.country);
+        f("risk", show(scratch, format_args!("{:.3}", self.risk)));
+        scratch.clear();
+        for (i, reason) in self.reasons.iter().enumerate() {
+            if i > 0 {
+                scratch.push(',');
+            }
+            scratch.push_str(reason);
+        }
+        f("reasons", scratch);
+        f("ua", &self.ua);
+        f("ua_type", &self.ua_type);
+        f("decision", self.decision.as_str());
+        f(
+            "latency_us",
+            show(scratch, format_args!("{}", self.latency_us)),
+        );
+        f(
+            "bytes_out",
+            show(scratch, format_args!("{}", self.bytes_out)),
+        );
+        f("upstream", &self.upstream);
+        f("request_id", &self.request_id);
+        f("proxy_id", &self.proxy_id);
     }
 
     /// Read an entry back from its stream fields. Missing text fields read as empty and

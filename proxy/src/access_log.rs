@@ -293,6 +293,7 @@ pub fn build_pipeline(keys: &Keys, max_len: u64, batch: &[AccessLogEntry]) -> re
     let mut pipe = redis::pipe();
     // minute -> (requests, rejects)
     let mut minutes: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    let mut scratch = String::new();
     for entry in batch {
         let cmd = pipe
             .cmd("XADD")
@@ -301,9 +302,9 @@ pub fn build_pipeline(keys: &Keys, max_len: u64, batch: &[AccessLogEntry]) -> re
             .arg("~")
             .arg(max_len)
             .arg("*");
-        for (field, value) in entry.to_fields() {
+        entry.write_fields(&mut scratch, |field, value| {
             cmd.arg(field).arg(value);
-        }
+        });
         cmd.ignore();
         let counts = minutes.entry(entry.ts / 60_000).or_default();
         counts.0 += 1;

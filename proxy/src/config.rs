@@ -35,6 +35,10 @@ pub struct ProxySection {
     pub proxy_id: String,
     /// Worker threads of the proxy service.
     pub threads: usize,
+    /// Whether the worker threads share one work-stealing runtime (`true`) or each run their
+    /// own event loop with the connections it accepted, as nginx workers do (`false`, the
+    /// default: fewer cross-thread wake-ups per request; see `benches/RESULTS.md`).
+    pub work_stealing: bool,
     /// Timeout for connecting to an upstream; past it the request fails with 502.
     pub connect_timeout_ms: u64,
     /// Timeout for each read from an upstream; past it the request fails with 504.
@@ -55,6 +59,7 @@ impl Default for ProxySection {
             health_listen: "127.0.0.1:9090".into(),
             proxy_id: "proxy-1".into(),
             threads: 2,
+            work_stealing: false,
             connect_timeout_ms: 2_000,
             read_timeout_ms: 30_000,
             health_check_interval_ms: 1_000,

@@ -32,7 +32,7 @@ use watchpost_risk::{RequestFacts, RiskEngine};
 use crate::access_log::LogSink;
 use crate::headers::{self, keep_cdn_headers, plan_connection};
 use crate::live_config::LiveConfig;
-use crate::metrics::{status_class, Metrics};
+use crate::metrics::Metrics;
 
 /// Longest `path` and `query` kept in an access-log entry.
 const MAX_PATH_BYTES: usize = 2048;
@@ -170,6 +170,16 @@ fn text(bytes: &[u8], max: usize) -> String {
         s.truncate(end);
     }
     s
+}
+
+/// Remove each named header the request carries.
+fn remove_present<S: AsRef<str>>(request: &mut RequestHeader, names: &[S]) {
+    for name in names {
+        let name = name.as_ref();
+        if request.headers.contains_key(name) {
+            request.remove_header(name);
+        }
+    }
 }
 
 /// The error envelope the proxy answers with (SPEC §6's shape).
@@ -322,16 +332,16 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        for name in headers::STRIPPED {
-            upstream_request.remove_header(name);
-        }
+        // `insert_header` below replaces every incoming copy of the headers it sets; the
+        // rest of the stripped ones are removed when present (a lookup is cheaper than a
+        // removal, which also rewrites Pingora's case-preserving name map).
         let Some(d) = &ctx.decided else {
+            remove_present(upstream_request, &headers::STRIPPED);
             return Ok(());
         };
+        remove_present(upstream_request, &headers::STRIPPED_NOT_SET);
         if !keep_cdn_headers(d.peer, &d.gateway) {
-            for name in &d.gateway.cdn_headers {
-                upstream_request.remove_header(name);
-            }
+            remove_present(upstream_request, &d.gateway.cdn_headers);
         }
         upstream_request.insert_header(headers::X_CLIENT_IP, d.client.ip.to_string())?;
         upstream_request.insert_header(headers::X_CLIENT_COUNTRY, d.country.as_str())?;
@@ -431,13 +441,7 @@ impl ProxyHttp for Gateway {
             }
         }
         self.metrics
-            .requests
-            .with_label_values(&[entry.decision.as_str(), status_class(status)])
-            .inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[entry.decision.as_str()])
-            .observe(latency.as_secs_f64());
+            .observe_request(entry.decision, status, latency.as_secs_f64());
         self.log.push(entry);
     }
 }

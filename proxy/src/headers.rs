@@ -46,6 +46,10 @@ pub const STRIPPED: [&str; 7] = [
     X_REAL_IP,
 ];
 
+/// The stripped headers the proxy does not set itself (those it sets replace any incoming
+/// copy).
+pub const STRIPPED_NOT_SET: [&str; 2] = [FORWARDED, X_REAL_IP];
+
 /// Never honoured as a `Connection` nomination.
 const PROTECTED: [&str; 4] = ["host", "x-forwarded-host", "x-forwarded-proto", "te"];
 

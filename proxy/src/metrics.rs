@@ -1,10 +1,13 @@
 //! Prometheus metrics. Each proxy instance owns its own registry (no global registration), so
 //! several instances can live in one process, as they do in the integration tests.
 
+use std::sync::Arc;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
+use watchpost_common::Decision;
 
 /// Every metric the proxy exports, under the `watchpost_proxy_` namespace.
 #[derive(Clone)]
@@ -32,7 +35,22 @@ pub struct Metrics {
     pub upstreams_healthy: IntGauge,
     /// `redis_up`: 1 when the last Redis operation succeeded.
     pub redis_up: IntGauge,
+    /// The children of `requests_total` and `request_duration_seconds`, resolved once.
+    outcomes: Arc<Outcomes>,
 }
+
+/// Every label set of the per-request metrics, looked up at start so that the request path
+/// only increments (a label lookup hashes the values and takes a lock). Their series are
+/// exported from the start, at 0.
+struct Outcomes {
+    /// `[decision][status class]`.
+    requests: [[IntCounter; STATUS_CLASSES.len()]; 2],
+    /// `[decision]`.
+    durations: [Histogram; 2],
+}
+
+/// The `status_class` label values, in [`status_class_index`] order.
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
 impl Metrics {
     /// A fresh registry with every metric registered.
@@ -96,6 +114,12 @@ impl Metrics {
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(upstreams_healthy.clone()))?;
         registry.register(Box::new(redis_up.clone()))?;
+        let decisions = [Decision::Allow, Decision::Reject];
+        let outcomes = Arc::new(Outcomes {
+            requests: decisions
+                .map(|d| STATUS_CLASSES.map(|c| requests.with_label_values(&[d.as_str(), c]))),
+            durations: decisions.map(|d| request_duration.with_label_values(&[d.as_str()])),
+        });
         Ok(Self {
             registry,
             requests,
@@ -109,7 +133,18 @@ impl Metrics {
             upstream_errors,
             upstreams_healthy,
             redis_up,
+            outcomes,
         })
+    }
+
+    /// Count one finished request and its duration.
+    pub fn observe_request(&self, decision: Decision, status: u16, seconds: f64) {
+        let d = match decision {
+            Decision::Allow => 0,
+            Decision::Reject => 1,
+        };
+        self.outcomes.requests[d][status_class_index(status)].inc();
+        self.outcomes.durations[d].observe(seconds);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -129,13 +164,13 @@ impl Metrics {
 
 /// `2xx`, `4xx`, … for a status code; `none` when no response was sent.
 pub fn status_class(status: u16) -> &'static str {
+    STATUS_CLASSES[status_class_index(status)]
+}
+
+fn status_class_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "none",
+        100..=599 => usize::from(status / 100 - 1),
+        _ => 5,
     }
 }
 
@@ -157,7 +192,25 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("watchpost_proxy_risk_score_bucket"), "{text}");
-        assert!(!b.render().contains("decision=\"allow\""));
+        // Every label set is exported from the start, at 0, and instances count apart.
+        a.observe_request(Decision::Reject, 403, 0.001);
+        let text = a.render();
+        assert!(
+            text.contains(
+                "watchpost_proxy_requests_total{decision=\"reject\",status_class=\"4xx\"} 1"
+            ),
+            "{text}"
+        );
+        let other = b.render();
+        for (d, c) in [("allow", "2xx"), ("reject", "4xx"), ("reject", "none")] {
+            let line = format!(
+                "watchpost_proxy_requests_total{{decision=\"{d}\",status_class=\"{c}\"}} 0"
+            );
+            assert!(other.contains(&line), "{line} in {other}");
+        }
+        assert!(
+            other.contains("watchpost_proxy_request_duration_seconds_count{decision=\"reject\"} 0")
+        );
     }
 
     #[test]

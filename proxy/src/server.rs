@@ -236,6 +236,7 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
     let p = &settings.file.proxy;
     let conf = ServerConf {
         threads: p.threads,
+        work_stealing: p.work_stealing,
         grace_period_seconds: Some(p.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(p.shutdown_timeout_secs),
         ..ServerConf::default()

@@ -44,10 +44,12 @@ fn free_port() -> u16 {
 }
 
 /// Starts the proxy on the admin API's Redis and key prefix.
+/// (`work_stealing = true`: see `config_text` in the proxy's own test support.)
 async fn start_proxy(app: &TestApp, origin: SocketAddr) -> RunningProxy {
     let text = format!(
         "[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstreams = [\"{origin}\"]\n\
          health_listen = \"127.0.0.1:0\"\nproxy_id = \"e2e-proxy\"\nthreads = 1\n\
+         work_stealing = true\n\
          grace_period_secs = 0\nshutdown_timeout_secs = 1\nconnect_timeout_ms = 1000\n\
          health_check_interval_ms = 200\n\
          [redis]\nurl = \"{redis}\"\nkey_prefix = \"{prefix}\"\n",

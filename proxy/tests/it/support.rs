@@ -258,11 +258,17 @@ async fn read_response(stream: &mut TcpStream) -> Reply {
 
 /// Config text for a test proxy: the given upstreams, Redis and prefix, fast shutdown, plus
 /// `extra` TOML (whole sections, e.g. a `[gateway]`).
+///
+/// The tests run many proxy instances, one after another, in one process. Pingora's
+/// per-thread runtimes (`work_stealing = false`, the default) keep a process-wide, per-thread
+/// registry that a later instance's threads can inherit from a stopped one, so here every
+/// instance uses the shared work-stealing runtime. The default is exercised by `binary.rs`,
+/// which runs the real binary in its own process.
 pub fn config_text(upstreams: &[SocketAddr], redis_url: &str, prefix: &str, extra: &str) -> String {
     let ups: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
         "[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstreams = [{ups}]\nhealth_listen = \"127.0.0.1:0\"\n\
-         proxy_id = \"test-proxy\"\nthreads = 1\ngrace_period_secs = 0\nshutdown_timeout_secs = 1\n\
+         proxy_id = \"test-proxy\"\nthreads = 1\nwork_stealing = true\ngrace_period_secs = 0\nshutdown_timeout_secs = 1\n\
          connect_timeout_ms = 1000\nhealth_check_interval_ms = 200\n\
          [redis]\nurl = \"{redis_url}\"\nkey_prefix = \"{prefix}\"\n{extra}",
         port = free_port(),
