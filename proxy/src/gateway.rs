@@ -20,6 +20,7 @@ use bytes::Bytes;
 use http::header;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
+use pingora::modules::http::HttpModules;
 use pingora::prelude::{HttpPeer, RequestHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
@@ -217,6 +218,11 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::new()
+    }
+
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {
+        // None: the proxy passes bodies through as they are. (Pingora's default installs a
+        // response-compression module that is disabled but still runs on every request.)
     }
 
     async fn request_filter(
