@@ -164,7 +164,7 @@ for port in "$UPSTREAM_PORT" "$NGINX_PORT" "$PROXY_PORT" "$HEALTH_PORT" "$REDIS_
 done
 
 # -------------------------------------------------------------- work dir, cleanup ------
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/watchpost-gateway-compare.XXXXXX")"
+WORK="$(mktemp -d -t watchpost-gateway-compare.XXXXXX)"
 # nginx workers drop to an unprivileged user and must reach their temp paths.
 chmod 755 "$WORK"
 mkdir -p "$WORK/nginx/tmp" "$WORK/redis" "$WORK/raw"
