@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Gateway comparison: the demo upstream directly, nginx configured as the equivalent gateway,
-# and watchpost-proxy, side by side in one run on this machine against one upstream.
+# and watchpost-proxy, side by side in one run on this machine against one upstream — plus
+# watchpost-pingora-floor, a bare Pingora proxy configured like watchpost-proxy but doing none
+# of its work, which shows how much of watchpost's cost per request is the framework's.
 #
 #   a) max throughput (wrk): requests/s, p50/p99, non-2xx, CPU µs per request of each server
 #      process (from /proc/<pid>/stat utime+stime before and after), and the ratios;
@@ -42,6 +44,7 @@
 #   STREAM_MAX_LEN=1000000  [access_log] stream_max_len, and XADD MAXLEN ~
 #   OHA_VERSION=1.16.0 oha version installed with cargo into .cache/tools
 #   UPSTREAM_PORT=18610 NGINX_PORT=18620 PROXY_PORT=18630 HEALTH_PORT=18640 REDIS_PORT=18650
+#   FLOOR_PORT=18660
 #   KEEP=0             1: keep the work directory (configs, logs, raw wrk/oha/redis outputs)
 #
 # What it installs when missing (as root, or with sudo): the Debian packages wrk, nginx,
@@ -81,6 +84,7 @@ NGINX_PORT="${NGINX_PORT:-18620}"
 PROXY_PORT="${PROXY_PORT:-18630}"
 HEALTH_PORT="${HEALTH_PORT:-18640}"
 REDIS_PORT="${REDIS_PORT:-18650}"
+FLOOR_PORT="${FLOOR_PORT:-18660}"
 KEEP="${KEEP:-0}"
 TRUSTED_CIDR="127.0.0.1/32"
 KEY_PREFIX="wp:"
@@ -104,7 +108,7 @@ die_log() { # file message
 }
 
 for knob in DURATION ROUNDS CONNECTIONS WRK_THREADS RATE WARMUP PROXY_THREADS LOG_ENTRIES BATCH \
-    STREAM_MAX_LEN UPSTREAM_PORT NGINX_PORT PROXY_PORT HEALTH_PORT REDIS_PORT; do
+    STREAM_MAX_LEN UPSTREAM_PORT NGINX_PORT PROXY_PORT HEALTH_PORT REDIS_PORT FLOOR_PORT; do
     [[ "${!knob}" =~ ^[1-9][0-9]*$ ]] || die "$knob must be a positive integer (got '${!knob}')"
 done
 
@@ -153,11 +157,11 @@ cargo build --release --locked -p watchpost-proxy -p watchpost-benches --bins >&
     die "cargo build failed"
 TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)"
 BIN="$TARGET_DIR/release"
-for b in watchpost-proxy watchpost-demo-upstream watchpost-log-writer-bench; do
+for b in watchpost-proxy watchpost-demo-upstream watchpost-log-writer-bench watchpost-pingora-floor; do
     [ -x "$BIN/$b" ] || die "$BIN/$b was not built"
 done
 
-for port in "$UPSTREAM_PORT" "$NGINX_PORT" "$PROXY_PORT" "$HEALTH_PORT" "$REDIS_PORT"; do
+for port in "$UPSTREAM_PORT" "$NGINX_PORT" "$PROXY_PORT" "$HEALTH_PORT" "$REDIS_PORT" "$FLOOR_PORT"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         die "port $port is already in use (move it with the *_PORT knobs)"
     fi
@@ -168,7 +172,7 @@ WORK="$(mktemp -d -t watchpost-gateway-compare.XXXXXX)"
 # nginx workers drop to an unprivileged user and must reach their temp paths.
 chmod 755 "$WORK"
 mkdir -p "$WORK/nginx/tmp" "$WORK/redis" "$WORK/raw"
-UPSTREAM_PID="" NGINX_PID="" PROXY_PID="" REDIS_PID=""
+UPSTREAM_PID="" NGINX_PID="" PROXY_PID="" REDIS_PID="" FLOOR_PID=""
 stop_pid() { # pid
     [ -n "$1" ] || return 0
     kill "$1" 2>/dev/null || return 0
@@ -183,6 +187,7 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     stop_pid "$PROXY_PID"
+    stop_pid "$FLOOR_PID"
     stop_pid "$NGINX_PID"
     stop_pid "$UPSTREAM_PID"
     stop_pid "$REDIS_PID"
@@ -335,6 +340,12 @@ RUST_LOG=warn "$BIN/watchpost-proxy" --config "$WORK/proxy.toml" >"$WORK/proxy.l
 PROXY_PID=$!
 wait_for 20 curl -fsS "http://127.0.0.1:$HEALTH_PORT/healthz" ||
     die_log "$WORK/proxy.log" "watchpost-proxy did not answer on its health port $HEALTH_PORT"
+
+"$BIN/watchpost-pingora-floor" --listen "127.0.0.1:$FLOOR_PORT" --upstream "127.0.0.1:$UPSTREAM_PORT" \
+    --threads "$PROXY_THREADS" >"$WORK/floor.log" 2>&1 &
+FLOOR_PID=$!
+wait_for 20 curl -fsS "http://127.0.0.1:$FLOOR_PORT/" ||
+    die_log "$WORK/floor.log" "watchpost-pingora-floor did not answer on port $FLOOR_PORT"
 healthz() { curl -fsS "http://127.0.0.1:$HEALTH_PORT/healthz"; }
 health_field() { healthz | jq -r ".$1"; }
 [ "$(health_field geo)" = "enabled" ] || die_log "$WORK/proxy.log" "watchpost-proxy has GeoIP disabled"
@@ -344,11 +355,12 @@ health_field() { healthz | jq -r ".$1"; }
 UA="Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
 HEADERS=(-H "User-Agent: $UA" -H "Accept: text/html,application/xhtml+xml"
     -H "Accept-Language: en-US,en;q=0.9" -H "X-Forwarded-For: $CLIENT_IP")
-TARGETS=(direct nginx watchpost)
+TARGETS=(direct nginx pingora-floor watchpost)
 url_of() {
     case "$1" in
     direct) echo "http://127.0.0.1:$UPSTREAM_PORT/" ;;
     nginx) echo "http://127.0.0.1:$NGINX_PORT/" ;;
+    pingora-floor) echo "http://127.0.0.1:$FLOOR_PORT/" ;;
     watchpost) echo "http://127.0.0.1:$PROXY_PORT/" ;;
     esac
 }
@@ -361,7 +373,7 @@ for t in "${TARGETS[@]}"; do
         die "$t did not answer"
     [ "$code" = "200" ] || die "$t answered $code instead of 200: $(cat "$WORK/raw/check-$t.json")"
     SEEN[$t]="$(jq -c '{client_ip, client_country, forwarded_for, request_id_set: (.request_id != "")}' "$WORK/raw/check-$t.json")"
-    if [ "$t" != direct ]; then
+    if [ "$t" = nginx ] || [ "$t" = watchpost ]; then
         [ "$(jq -r .client_ip "$WORK/raw/check-$t.json")" = "$CLIENT_IP" ] ||
             die "$t did not resolve the client to $CLIENT_IP: ${SEEN[$t]}"
         [ -n "$(jq -r .client_country "$WORK/raw/check-$t.json")" ] ||
@@ -386,6 +398,7 @@ gateway_pids() { # target
     case "$1" in
     direct) ;;
     nginx) nginx_pids ;;
+    pingora-floor) echo "$FLOOR_PID" ;;
     watchpost) echo "$PROXY_PID" ;;
     esac
 }
@@ -626,11 +639,13 @@ VERSIONS="$("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $("$OHA" --version),
     echo "Machine: $(nproc) CPUs, Linux $(uname -r), load average before start $LOAD_BEFORE."
     echo "Versions: $VERSIONS."
     echo "Command: \`$COMMAND_LINE\`"
-    echo "Same upstream (watchpost-demo-upstream) for all three; watchpost threads = nginx worker_processes = $PROXY_THREADS;"
+    echo "Same upstream (watchpost-demo-upstream) for every target; watchpost threads = nginx worker_processes = $PROXY_THREADS;"
     echo "load carries \`X-Forwarded-For: $CLIENT_IP\` from a trusted 127.0.0.1/32 hop and a browser UA."
     echo "Upstream saw: nginx ${SEEN[nginx]}; watchpost ${SEEN[watchpost]}."
     echo "Both log every request with the stream entry's fields: nginx to a file (\`buffer=64k flush=1s\`), watchpost to"
     echo "its Redis Stream in pipelines of up to $BATCH entries; watchpost also scores risk, which nginx does not."
+    echo "pingora-floor is Pingora alone (same version, allocator and runtime settings as watchpost-proxy) forwarding to"
+    echo "the upstream with no client IP, geo, risk, headers, metrics or log: the framework's share of watchpost's cost."
     echo
     echo "### Max throughput: wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s, median of $ROUNDS rounds by requests/s"
     echo
@@ -645,6 +660,7 @@ VERSIONS="$("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $("$OHA" --version),
     echo
     echo "Requests/s ratios: watchpost/nginx $(ratio "$(col "${W[watchpost]}" 3)" "$(col "${W[nginx]}" 3)"), watchpost/direct $(ratio "$(col "${W[watchpost]}" 3)" "$(col "${W[direct]}" 3)"), nginx/direct $(ratio "$(col "${W[nginx]}" 3)" "$(col "${W[direct]}" 3)")."
     echo "Gateway CPU per request, watchpost/nginx: $(ratio "$(col "${W[watchpost]}" 9)" "$(col "${W[nginx]}" 9)") (watchpost's Redis adds $(col "${W[watchpost]}" 11) µs/req)."
+    echo "Pingora alone: pingora-floor/nginx requests/s $(ratio "$(col "${W[pingora-floor]}" 3)" "$(col "${W[nginx]}" 3)"), gateway CPU per request $(ratio "$(col "${W[pingora-floor]}" 9)" "$(col "${W[nginx]}" 9)"); watchpost/pingora-floor requests/s $(ratio "$(col "${W[watchpost]}" 3)" "$(col "${W[pingora-floor]}" 3)"), gateway CPU per request $(ratio "$(col "${W[watchpost]}" 9)" "$(col "${W[pingora-floor]}" 9)")."
     echo
     echo "### Fixed rate: oha -q $RATE --latency-correction -c $CONNECTIONS -z ${DURATION}s, median of $ROUNDS rounds by p99"
     echo

@@ -93,10 +93,10 @@ EOF
 PIDS+=($!)
 RUST_LOG=warn "$BASE_BIN" --config "$(config "$BASE_PORT" base)" 2>"$WORK/base.log" &
 BASE_PID=$!
-PIDS+=($BASE_PID)
+PIDS+=("$BASE_PID")
 RUST_LOG=warn "$NEW_BIN" --config "$(config "$NEW_PORT" new)" 2>"$WORK/new.log" &
 NEW_PID=$!
-PIDS+=($NEW_PID)
+PIDS+=("$NEW_PID")
 for port in "$BASE_PORT" "$NEW_PORT"; do
     for _ in $(seq 1 100); do
         curl -fsS "http://127.0.0.1:$((port + 1))/healthz" >/dev/null 2>&1 && break

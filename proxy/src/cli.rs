@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
+use tracing_log::AsLog as _;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::Settings;
@@ -45,8 +46,16 @@ pub enum LogFormat {
 
 /// Install the tracing subscriber, with Pingora's `log` records bridged into it.
 pub fn init_logging(format: LogFormat) {
-    let _ = tracing_log::LogTracer::init();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Pingora's `debug!`/`trace!` calls sit on the request path: with the bridge's default
+    // (everything up to TRACE) each one would build a record only for the filter to drop it.
+    // The `log` crate's own level check drops them first when it knows the filter's ceiling.
+    let ceiling = filter
+        .max_level_hint()
+        .map_or(log::LevelFilter::Trace, |level| level.as_log());
+    let _ = tracing_log::LogTracer::builder()
+        .with_max_level(ceiling)
+        .init();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -132,8 +132,10 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
         std::thread::Builder::new()
             .name("wp-control".into())
             .spawn(move || {
+                // One thread: the writer, the config watcher, the health listener and the geo
+                // reloader are light, and a second thread only adds wake-ups between them.
                 let rt = match tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
+                    .worker_threads(1)
                     .thread_name("wp-control")
                     .enable_all()
                     .build()
