@@ -8,9 +8,14 @@
 //! `XADD <stream> MAXLEN ~ N * <fields in fixed order>` plus the per-minute request and
 //! reject counters. A failed batch (Redis down, OOM, timeout) is dropped and counted, never
 //! retried; the writer then backs off so an outage costs no CPU, and resumes by itself.
+//!
+//! While it backs off, the writer keeps draining the channel into a queue of its own (the
+//! `held` entries), so during an outage the channel stays as small as in normal operation and
+//! the growing buffer's memory is taken on the writer's thread, never on the request path.
+//! Channel plus held entries never exceed `buffer_entries`.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,12 +57,19 @@ impl RedisStatus {
 #[derive(Clone)]
 pub struct LogSink {
     tx: mpsc::Sender<AccessLogEntry>,
+    held: Arc<AtomicUsize>,
     metrics: Metrics,
 }
 
 impl LogSink {
     /// Enqueue an entry without waiting; a full buffer drops it and counts the drop.
     pub fn push(&self, entry: AccessLogEntry) -> bool {
+        // During an outage the writer holds part of the buffer: the bound covers both.
+        let held = self.held.load(Ordering::Relaxed);
+        if held > 0 && self.depth() >= self.tx.max_capacity() {
+            self.metrics.log_dropped.inc();
+            return false;
+        }
         match self.tx.try_send(entry) {
             Ok(()) => true,
             Err(_) => {
@@ -67,9 +79,9 @@ impl LogSink {
         }
     }
 
-    /// Entries waiting in the buffer.
+    /// Entries waiting in the buffer (in the channel, or held by the writer during an outage).
     pub fn depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.tx.max_capacity() - self.tx.capacity() + self.held.load(Ordering::Relaxed)
     }
 }
 
@@ -93,6 +105,11 @@ pub struct WriterConfig {
 /// The single task that owns the stream connection.
 pub struct LogWriter {
     rx: mpsc::Receiver<AccessLogEntry>,
+    /// Entries taken out of the channel while Redis was failing, oldest first.
+    held: VecDeque<AccessLogEntry>,
+    /// `held.len()`, for [`LogSink::depth`].
+    held_len: Arc<AtomicUsize>,
+    capacity: usize,
     cfg: WriterConfig,
     metrics: Metrics,
     status: Arc<RedisStatus>,
@@ -105,14 +122,20 @@ pub fn channel(
     metrics: Metrics,
     status: Arc<RedisStatus>,
 ) -> (LogSink, LogWriter) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let capacity = capacity.max(1);
+    let (tx, rx) = mpsc::channel(capacity);
+    let held_len = Arc::new(AtomicUsize::new(0));
     (
         LogSink {
             tx,
+            held: held_len.clone(),
             metrics: metrics.clone(),
         },
         LogWriter {
             rx,
+            held: VecDeque::new(),
+            held_len,
+            capacity,
             cfg,
             metrics,
             status,
@@ -152,12 +175,17 @@ impl LogWriter {
         let mut down_since: Option<Instant> = None;
         loop {
             batch.clear();
-            tokio::select! {
-                biased;
-                _ = wait_true(&mut shutdown) => break,
-                n = self.rx.recv_many(&mut batch, batch_max) => {
-                    if n == 0 {
-                        break;
+            if !self.held.is_empty() {
+                // Held entries are older than anything in the channel: they go first.
+                self.take_held(&mut batch, batch_max);
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = wait_true(&mut shutdown) => break,
+                    n = self.rx.recv_many(&mut batch, batch_max) => {
+                        if n == 0 {
+                            break;
+                        }
                     }
                 }
             }
@@ -198,15 +226,63 @@ impl LogWriter {
                             "access log: Redis write failed; dropping batches until it recovers"
                         );
                     }
-                    tokio::select! {
-                        _ = wait_true(&mut shutdown) => break,
-                        _ = sleep(backoff) => {}
+                    if !self.back_off(backoff, &mut shutdown, batch_max).await {
+                        break;
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
         self.flush(&mut conn).await;
+    }
+
+    /// Wait `pause` before the next attempt, moving what arrives meanwhile from the channel
+    /// into `held`. False when shutdown was signalled (or every sender is gone).
+    async fn back_off(
+        &mut self,
+        pause: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+        batch_max: usize,
+    ) -> bool {
+        let until = Instant::now() + pause;
+        let mut incoming = Vec::with_capacity(batch_max);
+        loop {
+            incoming.clear();
+            tokio::select! {
+                biased;
+                _ = wait_true(shutdown) => return false,
+                _ = tokio::time::sleep_until(until) => return true,
+                n = self.rx.recv_many(&mut incoming, batch_max) => {
+                    if n == 0 {
+                        return false;
+                    }
+                    self.hold(&mut incoming);
+                }
+            }
+        }
+    }
+
+    /// Keep `incoming` for later, within `buffer_entries` (channel and held together); what
+    /// does not fit is dropped and counted, as a full channel would have.
+    fn hold(&mut self, incoming: &mut Vec<AccessLogEntry>) {
+        let room = self
+            .capacity
+            .saturating_sub(self.held.len() + self.rx.len());
+        let keep = room.min(incoming.len());
+        let dropped = incoming.len() - keep;
+        self.held.extend(incoming.drain(..keep));
+        incoming.clear();
+        if dropped > 0 {
+            self.metrics.log_dropped.inc_by(dropped as u64);
+        }
+        self.held_len.store(self.held.len(), Ordering::Relaxed);
+    }
+
+    /// Move up to `max` held entries, oldest first, into `batch`.
+    fn take_held(&mut self, batch: &mut Vec<AccessLogEntry>, max: usize) {
+        let n = max.saturating_sub(batch.len()).min(self.held.len());
+        batch.extend(self.held.drain(..n));
+        self.held_len.store(self.held.len(), Ordering::Relaxed);
     }
 
     /// Final flush at shutdown: everything still buffered, within the deadline.
@@ -217,6 +293,7 @@ impl LogWriter {
         let mut flushed = 0u64;
         loop {
             batch.clear();
+            self.take_held(&mut batch, batch_max);
             while batch.len() < batch_max {
                 match self.rx.try_recv() {
                     Ok(e) => batch.push(e),
@@ -247,7 +324,9 @@ impl LogWriter {
     }
 
     fn discard(&mut self) -> u64 {
-        let mut n = 0;
+        let mut n = self.held.len() as u64;
+        self.held.clear();
+        self.held_len.store(0, Ordering::Relaxed);
         while self.rx.try_recv().is_ok() {
             n += 1;
         }
@@ -393,5 +472,69 @@ mod tests {
         assert!(!sink.push(entry(3, Decision::Allow)));
         assert_eq!(sink.depth(), 2);
         assert_eq!(metrics.log_dropped.get(), 1);
+    }
+
+    /// Poll `cond` for up to 10 s.
+    async fn eventually(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_outage_moves_the_buffer_off_the_channel_within_its_bound() {
+        let metrics = Metrics::new().expect("metrics");
+        let cfg = WriterConfig {
+            // Nothing listens on port 1: every write fails at once.
+            redis_url: "redis://127.0.0.1:1".into(),
+            keys: Keys::default(),
+            stream_max_len: 10,
+            batch_max_entries: 10,
+            flush_interval: Duration::ZERO,
+            shutdown_flush: Duration::from_millis(10),
+        };
+        let (sink, writer) = channel(100, cfg, metrics.clone(), Arc::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(writer.run(stop_rx));
+        let in_channel = |s: &LogSink| s.tx.max_capacity() - s.tx.capacity();
+
+        // The first batch fails and is dropped; the writer then holds what follows.
+        for i in 0..30 {
+            assert!(sink.push(entry(i, Decision::Allow)));
+        }
+        eventually("the first batch to fail and the rest to be held", || {
+            metrics.log_dropped.get() == 10 && in_channel(&sink) == 0 && sink.depth() == 20
+        })
+        .await;
+
+        // More than the buffer holds: channel and held entries together stay within 100, and
+        // every entry is either still buffered or counted as dropped.
+        let mut accepted = 30;
+        for i in 0..300 {
+            if sink.push(entry(1000 + i, Decision::Allow)) {
+                accepted += 1;
+            }
+            assert!(sink.depth() <= 100, "depth {}", sink.depth());
+            if i % 50 == 0 {
+                sleep(Duration::from_millis(20)).await;
+            }
+        }
+        assert!(
+            accepted > 100,
+            "the writer kept draining the channel ({accepted})"
+        );
+        eventually("the accounting to settle", || {
+            sink.depth() as u64 + metrics.log_dropped.get() == 330
+        })
+        .await;
+        assert_eq!(metrics.log_written.get(), 0);
+
+        // At shutdown the flush fails too: everything left is counted as dropped.
+        let _ = stop.send(true);
+        task.await.expect("writer");
+        assert_eq!(metrics.log_dropped.get(), 330);
+        assert_eq!(sink.depth(), 0);
     }
 }
