@@ -64,9 +64,9 @@ pub struct LogSink {
 impl LogSink {
     /// Enqueue an entry without waiting; a full buffer drops it and counts the drop.
     pub fn push(&self, entry: AccessLogEntry) -> bool {
-        // During an outage the writer holds part of the buffer: the bound covers both.
-        let held = self.held.load(Ordering::Relaxed);
-        if held > 0 && self.depth() >= self.tx.max_capacity() {
+        // During an outage the writer holds part of the buffer: the bound covers both, so the
+        // channel may only fill the room the held entries leave.
+        if self.held.load(Ordering::Relaxed) >= self.tx.capacity() {
             self.metrics.log_dropped.inc();
             return false;
         }
@@ -109,7 +109,6 @@ pub struct LogWriter {
     held: VecDeque<AccessLogEntry>,
     /// `held.len()`, for [`LogSink::depth`].
     held_len: Arc<AtomicUsize>,
-    capacity: usize,
     cfg: WriterConfig,
     metrics: Metrics,
     status: Arc<RedisStatus>,
@@ -122,8 +121,7 @@ pub fn channel(
     metrics: Metrics,
     status: Arc<RedisStatus>,
 ) -> (LogSink, LogWriter) {
-    let capacity = capacity.max(1);
-    let (tx, rx) = mpsc::channel(capacity);
+    let (tx, rx) = mpsc::channel(capacity.max(1));
     let held_len = Arc::new(AtomicUsize::new(0));
     (
         LogSink {
@@ -135,7 +133,6 @@ pub fn channel(
             rx,
             held: VecDeque::new(),
             held_len,
-            capacity,
             cfg,
             metrics,
             status,
@@ -266,7 +263,8 @@ impl LogWriter {
     /// does not fit is dropped and counted, as a full channel would have.
     fn hold(&mut self, incoming: &mut Vec<AccessLogEntry>) {
         let room = self
-            .capacity
+            .rx
+            .max_capacity()
             .saturating_sub(self.held.len() + self.rx.len());
         let keep = room.min(incoming.len());
         let dropped = incoming.len() - keep;

@@ -1,7 +1,7 @@
 //! `watchpost-log-writer-bench`: how fast the proxy's access-log writer drains into Redis.
 //!
 //! It runs the proxy's own pipeline (`watchpost_proxy::access_log::channel` and
-//! `LogWriter::run` on a two-thread tokio runtime, as the proxy's control runtime does), pushes
+//! `LogWriter::run` on a one-thread tokio runtime, as the proxy's control runtime is), pushes
 //! `--entries` realistic entries through `LogSink::push` from a plain thread (as the request
 //! path does), and times from the first push until the writer's `access_log_written_total`
 //! reaches the count. The buffer holds every entry, so nothing is dropped and the writer always
@@ -158,9 +158,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .as_millis() as u64;
     let entries: Vec<AccessLogEntry> = (0..args.entries as u64).map(|n| entry(n, ts0)).collect();
 
-    // The proxy's control runtime: two worker threads, the writer one task on it.
+    // Like the proxy's control runtime: one worker thread, the writer one task on it.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .thread_name("bench-writer")
         .enable_all()
         .build()
