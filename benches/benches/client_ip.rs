@@ -13,12 +13,15 @@ use watchpost_common::client_ip::{resolve_client_ip, resolve_with_forwarded_for}
 use watchpost_common::gateway::GatewayConfigDoc;
 use watchpost_common::GatewayConfig;
 
-fn config(mode: &str, trusted: &[&str]) -> GatewayConfig {
+fn config(mode: &str, trusted: &[&str], client_ip_header: &str) -> GatewayConfig {
     GatewayConfig::from_doc(&GatewayConfigDoc {
         ip_mode: mode.to_string(),
         trusted_cidrs: trusted.iter().map(|s| s.to_string()).collect(),
         risk_reject_threshold: 0.8,
         cdn_headers: None,
+        client_ip_header: client_ip_header.to_string(),
+        // The CDN connects from the trusted range in these benches.
+        cdn_cidrs: trusted.iter().map(|s| s.to_string()).collect(),
         version: 1,
         updated_at: None,
         updated_by: None,
@@ -58,9 +61,10 @@ fn bench(c: &mut Criterion) {
         ("x-forwarded-for", "1.1.1.1"),
     ]);
 
-    let direct = config("direct", &[]);
-    let proxy = config("proxy", &["10.0.0.0/8", "fd00::/8"]);
-    let cdn_mode = config("cdn", &["10.0.0.0/8"]);
+    let direct = config("direct", &[], "x-forwarded-for");
+    let proxy = config("proxy", &["10.0.0.0/8", "fd00::/8"], "x-forwarded-for");
+    let proxy_forwarded = config("proxy", &["10.0.0.0/8", "fd00::/8"], "forwarded");
+    let cdn_mode = config("cdn", &["10.0.0.0/8"], "x-forwarded-for");
 
     let mut g = c.benchmark_group("client_ip");
     g.bench_function("direct", |b| {
@@ -75,7 +79,13 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function("proxy_forwarded_rfc7239", |b| {
-        b.iter(|| resolve_client_ip(black_box(peer_trusted), black_box(&forwarded), &proxy))
+        b.iter(|| {
+            resolve_client_ip(
+                black_box(peer_trusted),
+                black_box(&forwarded),
+                &proxy_forwarded,
+            )
+        })
     });
     g.bench_function("cdn_header", |b| {
         b.iter(|| resolve_client_ip(black_box(peer_trusted), black_box(&cdn), &cdn_mode))

@@ -3,21 +3,31 @@
 //!
 //! Decisions beyond the letter of SPEC §2, so that the proxy, the docs and the tests agree:
 //!
+//! - **One header is believed.** `client_ip_header` names the forwarding header trusted hops
+//!   set (`x-forwarded-for`, `forwarded` or `x-real-ip`, like nginx's `real_ip_header`); the
+//!   other two are never read, so a client cannot make its own `X-Forwarded-For` win behind a
+//!   hop that only sets `X-Real-IP`.
 //! - **`direct` mode never raises `spoofed_forwarded`.** The operator has said no proxy sits
 //!   in front, so forwarding headers are never consulted and cannot move a client's identity;
 //!   flagging them would only penalise clients behind ordinary forward proxies (which add
-//!   `X-Forwarded-For` in good faith). In `proxy` and `cdn` mode the same header from an
-//!   untrusted peer is an attempt to claim another address at a gateway that does believe
-//!   such headers from its trusted peers, so there it raises the flag.
-//! - **Which headers count as "forwarding headers"** for `spoofed_forwarded` is exactly the set
-//!   the mode would believe from a trusted peer: `X-Forwarded-For`, `Forwarded` and
-//!   `X-Real-IP` in `proxy` mode, plus the configured CDN headers in `cdn` mode. A header is
-//!   counted when present, whatever its value (an empty line counts).
-//! - **The walk** (right to left, skipping trusted addresses) is shared by `X-Forwarded-For`,
-//!   `Forwarded` and `X-Real-IP`; the first of those headers that is present is the only one
-//!   used, even if its walk ends on a malformed entry. When the walk yields no address (its
-//!   nearest entry is malformed, `unknown`, an obfuscated id, or a `Forwarded` element without
-//!   `for=`), the client is the peer and `ip_source` is `peer`.
+//!   `X-Forwarded-For` in good faith).
+//! - **`spoofed_forwarded`** is raised when a header the config would believe from some peer
+//!   arrives from a peer that may not set it: the `client_ip_header` from a peer outside
+//!   `trusted_cidrs` (and outside `cdn_cidrs` in `cdn` mode: a CDN's own forwarding header is
+//!   not an attack, merely not believed), or in `cdn` mode a configured CDN header from a peer
+//!   outside `cdn_cidrs` (also when that peer is a trusted hop: a hop that is not the CDN only
+//!   passes on what the client wrote). Headers no rule believes (the other forwarding headers,
+//!   CDN headers outside `cdn` mode) never raise it. A header counts when present, whatever
+//!   its value (an empty line counts).
+//! - **`cdn` mode**: when the peer is in `cdn_cidrs`, the first configured CDN header whose
+//!   instances, split on commas, hold exactly one valid address names the client. A present
+//!   header that does not (garbage, two addresses, two lines) is skipped and raises
+//!   `malformed_forwarded`, and resolution continues with the next header, then the `proxy`
+//!   rules (which look at `trusted_cidrs` only). A CDN header from any other peer is ignored.
+//! - **The walk** (right to left, skipping trusted addresses) reads every instance of the
+//!   configured header. When the walk yields no address (its nearest entry is malformed,
+//!   `unknown`, an obfuscated id, or a `Forwarded` element without `for=`), the client is the
+//!   peer and `ip_source` is `peer`.
 //! - **Malformed entries**: anything that is not an IP address, optionally with a port
 //!   (`1.2.3.4:5678`, `[2001:db8::1]:443`, bare `2001:db8::1`), including empty or
 //!   whitespace-only entries (`a,,b`, a trailing comma, an empty header line), bytes that are
@@ -28,20 +38,21 @@
 //!   (`_hidden`, also as ports: `"1.2.3.4:_p"`) end the walk without `malformed_forwarded`.
 //!   Empty elements, a pair without `=`, an unterminated quoted-string, a repeated `for=` or a
 //!   `for=` that does not parse are malformed. A quoted-string never spans header lines.
-//! - **CDN headers** (`cdn` mode, trusted peer): the first configured header whose instances,
-//!   split on commas, hold exactly one entry that is a valid address wins. A present header
-//!   that does not (garbage, two addresses, two lines) is skipped and raises
-//!   `malformed_forwarded`, and resolution continues with the next header, then the `proxy`
-//!   rules.
+//! - **A malformed element never swallows its neighbours.** A quoted-string is one only when
+//!   its closing quote is followed (after optional whitespace) by `;`, `,` or the end of the
+//!   line; otherwise the opening quote is unterminated and its element ends at the next `,`.
+//!   So `for="x, for=198.51.100.7` — a client's stray quote, then the element a trusted hop
+//!   appended — reads as a malformed element and `for=198.51.100.7`, even when the hop's own
+//!   value is quoted (`for="x, for="[2001:db8::7]:4711"`).
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use http::header::{GetAll, FORWARDED};
+use http::header::GetAll;
 use http::{HeaderMap, HeaderValue};
 
-use crate::gateway::{GatewayConfig, IpMode};
+use crate::gateway::{ClientIpHeader, GatewayConfig, IpMode};
 
 /// The `X-Forwarded-For` header name (lower-case, as `http` spells header names).
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -177,16 +188,16 @@ fn resolve<F: FnMut(IpAddr)>(
         IpMode::Proxy => false,
         IpMode::Cdn => true,
     };
-    if !config.is_trusted(peer) {
-        let spoofed = headers.contains_key(X_FORWARDED_FOR)
-            || headers.contains_key(FORWARDED)
-            || headers.contains_key(X_REAL_IP)
-            || (cdn && config.cdn_headers.iter().any(|h| headers.contains_key(h)));
-        return from_peer(spoofed, false);
-    }
+    let trusted = config.is_trusted(peer);
+    let cdn_peer = cdn && config.is_cdn(peer);
+    let header = config.client_ip_header;
+    let has_cdn_header = cdn && config.cdn_headers.iter().any(|h| headers.contains_key(h));
+    // A header this config believes from some peer, sent by a peer that may not set it.
+    let spoofed = (has_cdn_header && !cdn_peer)
+        || (!trusted && !cdn_peer && headers.contains_key(header.as_str()));
 
     let mut malformed = false;
-    if cdn {
+    if cdn_peer {
         for name in &config.cdn_headers {
             match cdn_header(headers.get_all(name)) {
                 CdnHeader::Absent => {}
@@ -202,28 +213,34 @@ fn resolve<F: FnMut(IpAddr)>(
             }
         }
     }
+    if !trusted || !headers.contains_key(header.as_str()) {
+        return from_peer(spoofed, malformed);
+    }
 
-    let (source, walked) = if headers.contains_key(X_FORWARDED_FOR) {
-        let entries = list_entries_rev(headers.get_all(X_FORWARDED_FOR));
-        (IpSource::XForwardedFor, walk(entries, config, on_hop))
-    } else if headers.contains_key(FORWARDED) {
-        let entries = forwarded_entries_rev(headers.get_all(FORWARDED));
-        (IpSource::Forwarded, walk(entries, config, on_hop))
-    } else if headers.contains_key(X_REAL_IP) {
-        let entries = list_entries_rev(headers.get_all(X_REAL_IP));
-        (IpSource::XRealIp, walk(entries, config, on_hop))
-    } else {
-        return from_peer(false, malformed);
+    let values = headers.get_all(header.as_str());
+    let (source, walked) = match header {
+        ClientIpHeader::XForwardedFor => (
+            IpSource::XForwardedFor,
+            walk(list_entries_rev(values), config, on_hop),
+        ),
+        ClientIpHeader::Forwarded => (
+            IpSource::Forwarded,
+            walk(forwarded_entries_rev(values), config, on_hop),
+        ),
+        ClientIpHeader::XRealIp => (
+            IpSource::XRealIp,
+            walk(list_entries_rev(values), config, on_hop),
+        ),
     };
     let malformed = malformed || walked.malformed;
     match walked.client {
         Some(ip) => ClientIp {
             ip,
             source,
-            spoofed_forwarded: false,
+            spoofed_forwarded: spoofed,
             malformed_forwarded: malformed,
         },
-        None => from_peer(false, malformed),
+        None => from_peer(spoofed, malformed),
     }
 }
 
@@ -501,8 +518,11 @@ fn quoted_content(v: &[u8]) -> Option<(&[u8], bool)> {
     None
 }
 
-/// Split on `sep` where it is not inside a quoted-string. An unterminated quote runs to the
-/// end of the input (and later fails [`quoted_content`]). Like `split`, yields at least once.
+/// Split on `sep` where it is not inside a quoted-string. A quoted-string is one only when its
+/// closing quote is followed, after optional whitespace, by `;`, `,` or the end of the input;
+/// otherwise the opening quote is unterminated and the piece ends at the next `sep` after it
+/// (and later fails [`quoted_content`]), so a stray quote never swallows the pieces after it.
+/// Like `split`, yields at least once.
 struct SplitOutsideQuotes<'a> {
     rest: Option<&'a [u8]>,
     sep: u8,
@@ -512,6 +532,28 @@ impl<'a> SplitOutsideQuotes<'a> {
     fn new(s: &'a [u8], sep: u8) -> Self {
         Self { rest: Some(s), sep }
     }
+
+    /// Cut `s` at `i` (a separator) and keep what follows for the next call.
+    fn cut(&mut self, s: &'a [u8], i: usize) -> &'a [u8] {
+        self.rest = Some(&s[i + 1..]);
+        &s[..i]
+    }
+}
+
+/// Where the quoted-string opened at `open` closes, if it is a well-formed one.
+fn closing_quote(s: &[u8], open: usize) -> Option<usize> {
+    let mut escaped = false;
+    for (i, &b) in s.iter().enumerate().skip(open + 1) {
+        if escaped {
+            escaped = false;
+        } else if b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            let after = s[i + 1..].iter().find(|b| !matches!(b, b' ' | b'\t'));
+            return matches!(after, None | Some(b',' | b';')).then_some(i);
+        }
+    }
+    None
 }
 
 impl<'a> Iterator for SplitOutsideQuotes<'a> {
@@ -519,19 +561,26 @@ impl<'a> Iterator for SplitOutsideQuotes<'a> {
 
     fn next(&mut self) -> Option<&'a [u8]> {
         let s = self.rest?;
-        let mut quoted = false;
-        let mut escaped = false;
-        for (i, &b) in s.iter().enumerate() {
-            if escaped {
-                escaped = false;
-            } else if quoted && b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                quoted = !quoted;
-            } else if !quoted && b == self.sep {
-                self.rest = Some(&s[i + 1..]);
-                return Some(&s[..i]);
+        let mut i = 0;
+        while i < s.len() {
+            match s[i] {
+                b'"' => match closing_quote(s, i) {
+                    Some(close) => i = close,
+                    None => {
+                        // Unterminated: the piece ends at the next separator, quotes or not.
+                        return match s[i..].iter().position(|&b| b == self.sep) {
+                            Some(at) => Some(self.cut(s, i + at)),
+                            None => {
+                                self.rest = None;
+                                Some(s)
+                            }
+                        };
+                    }
+                },
+                b if b == self.sep => return Some(self.cut(s, i)),
+                _ => {}
             }
+            i += 1;
         }
         self.rest = None;
         Some(s)
@@ -550,11 +599,16 @@ mod tests {
     /// The trusted ranges of every table case. The last one is written IPv4-mapped and
     /// normalised to 172.16.0.0/12 by the config parser.
     const TRUSTED: [&str; 3] = ["10.0.0.0/8", "fd00::/8", "::ffff:172.16.0.0/108"];
+    /// The CDN ranges of every table case: 10.0.0.0/16 and fd00::/16 are trusted as well,
+    /// 192.0.2.0/24 is a CDN that is not a trusted hop; 172.16/12 and 10.1/16 are trusted hops
+    /// that are not the CDN.
+    const CDN: [&str; 3] = ["10.0.0.0/16", "fd00::/16", "192.0.2.0/24"];
 
     fn config(mode: IpMode, cdn_headers: &[&str]) -> GatewayConfig {
         GatewayConfig {
             ip_mode: mode,
             trusted_cidrs: parse_cidrs(&TRUSTED).expect("test CIDRs"),
+            cdn_cidrs: parse_cidrs(&CDN).expect("test CIDRs"),
             cdn_headers: if cdn_headers.is_empty() {
                 GatewayConfig::default().cdn_headers
             } else {
@@ -631,6 +685,18 @@ mod tests {
         }
     }
 
+    /// [`check_all`] with another `client_ip_header`.
+    #[track_caller]
+    fn check_all_reading(header: ClientIpHeader, cases: &[Case<'_>]) {
+        for c in cases {
+            let cfg = GatewayConfig {
+                client_ip_header: header,
+                ..config(c.mode, &[])
+            };
+            check_with(&cfg, c);
+        }
+    }
+
     const XFF: &str = "x-forwarded-for";
     const FWD: &str = "forwarded";
     const XRI: &str = "x-real-ip";
@@ -659,10 +725,12 @@ mod tests {
     #[rustfmt::skip] // Tables read better one case per line.
     fn untrusted_peer_headers_are_ignored_and_flagged_as_spoofed() {
         let spoofed = ("203.0.113.7", "peer", "spoofed", "203.0.113.7");
+        let ignored = ("203.0.113.7", "peer", "", "203.0.113.7");
         check_all(&[
             case(Proxy, "203.0.113.7", &[(XFF, "198.51.100.1")], spoofed),
-            case(Proxy, "203.0.113.7", &[(FWD, "for=198.51.100.1")], spoofed),
-            case(Proxy, "203.0.113.7", &[(XRI, "198.51.100.1")], spoofed),
+            // Headers that no rule believes (not the configured `client_ip_header`) are noise.
+            case(Proxy, "203.0.113.7", &[(FWD, "for=198.51.100.1")], ignored),
+            case(Proxy, "203.0.113.7", &[(XRI, "198.51.100.1")], ignored),
             // Present counts, whatever the value.
             case(Proxy, "203.0.113.7", &[(XFF, "")], spoofed),
             case(Proxy, "203.0.113.7", &[(XFF, "garbage")], spoofed),
@@ -676,6 +744,14 @@ mod tests {
             // No headers, no flag.
             case(Proxy, "203.0.113.7", &[], ("203.0.113.7", "peer", "", "203.0.113.7")),
             case(Proxy, "203.0.113.7", &[("x-other", "198.51.100.1")], ("203.0.113.7", "peer", "", "203.0.113.7")),
+        ]);
+        check_all_reading(ClientIpHeader::Forwarded, &[
+            case(Proxy, "203.0.113.7", &[(FWD, "for=198.51.100.1")], spoofed),
+            case(Proxy, "203.0.113.7", &[(XFF, "198.51.100.1")], ignored),
+        ]);
+        check_all_reading(ClientIpHeader::XRealIp, &[
+            case(Cdn, "203.0.113.7", &[(XRI, "198.51.100.1")], spoofed),
+            case(Cdn, "203.0.113.7", &[(XFF, "198.51.100.1")], ignored),
         ]);
     }
 
@@ -812,14 +888,21 @@ mod tests {
 
     #[test]
     fn non_utf8_bytes_are_malformed_not_a_panic() {
-        let cfg = config(Cdn, &[]);
         let peer: IpAddr = "10.0.0.1".parse().expect("ip");
-        for (name, value) in [
-            (XFF, &b"198.51.100.1, 10.0.0.\xff"[..]),
-            (FWD, &b"for=\"10.0.0.\xe9\""[..]),
-            (XRI, &b"\xc3\x28"[..]),
-            (CF, &b"\x80"[..]),
+        for (header, name, value) in [
+            (
+                ClientIpHeader::XForwardedFor,
+                XFF,
+                &b"198.51.100.1, 10.0.0.\xff"[..],
+            ),
+            (ClientIpHeader::Forwarded, FWD, &b"for=\"10.0.0.\xe9\""[..]),
+            (ClientIpHeader::XRealIp, XRI, &b"\xc3\x28"[..]),
+            (ClientIpHeader::XForwardedFor, CF, &b"\x80"[..]),
         ] {
+            let cfg = GatewayConfig {
+                client_ip_header: header,
+                ..config(Cdn, &[])
+            };
             let got = resolve_client_ip(peer, &header_map(&[(name, value)]), &cfg);
             assert_eq!(got.ip, peer, "{name}: {value:?}");
             assert!(got.malformed_forwarded, "{name}: {value:?}");
@@ -829,7 +912,7 @@ mod tests {
     #[test]
     #[rustfmt::skip] // Tables read better one case per line.
     fn forwarded_follows_rfc_7239() {
-        check_all(&[
+        check_all_reading(ClientIpHeader::Forwarded, &[
             case(Proxy, "10.0.0.1", &[(FWD, "for=198.51.100.1")], ("198.51.100.1", "forwarded", "", "198.51.100.1, 10.0.0.1")),
             case(Proxy, "10.0.0.1", &[(FWD, "for=\"[2001:db8::1]:4711\"")], ("2001:db8::1", "forwarded", "", "2001:db8::1, 10.0.0.1")),
             case(Proxy, "10.0.0.1", &[(FWD, "for=\"[2001:db8::1]\";proto=https")], ("2001:db8::1", "forwarded", "", "2001:db8::1, 10.0.0.1")),
@@ -868,8 +951,10 @@ mod tests {
             // Every line counts, in order.
             case(Proxy, "10.0.0.1", &[(FWD, "for=198.51.100.1"), (FWD, "for=10.0.0.2")], ("198.51.100.1", "forwarded", "", "198.51.100.1, 10.0.0.2, 10.0.0.1")),
             case(Proxy, "10.0.0.1", &[(FWD, "for=10.0.0.2"), (FWD, "for=198.51.100.1")], ("198.51.100.1", "forwarded", "", "198.51.100.1, 10.0.0.1")),
-            // Forwarded wins over X-Real-IP.
+            // Only the configured header is read: X-Real-IP and X-Forwarded-For are not.
             case(Proxy, "10.0.0.1", &[(XRI, "198.51.100.3"), (FWD, "for=198.51.100.1")], ("198.51.100.1", "forwarded", "", "198.51.100.1, 10.0.0.1")),
+            case(Proxy, "10.0.0.1", &[(FWD, "for=198.51.100.1"), (XFF, "198.51.100.4")], ("198.51.100.1", "forwarded", "", "198.51.100.1, 10.0.0.1")),
+            case(Proxy, "10.0.0.1", &[(XFF, "198.51.100.4")], ("10.0.0.1", "peer", "", "10.0.0.1")),
         ]);
         for bad in [
             "for=bogus",
@@ -887,26 +972,64 @@ mod tests {
             " ",
         ] {
             let headers = [(FWD, bad), (FWD, "for=10.0.0.2")];
-            check_all(&[case(Proxy, "10.0.0.1", &headers, ("10.0.0.2", "forwarded", "malformed", "10.0.0.2, 10.0.0.1"))]);
+            check_all_reading(ClientIpHeader::Forwarded, &[case(Proxy, "10.0.0.1", &headers, ("10.0.0.2", "forwarded", "malformed", "10.0.0.2, 10.0.0.1"))]);
         }
         // Empty elements are malformed too.
-        check_all(&[
+        check_all_reading(ClientIpHeader::Forwarded, &[
             case(Proxy, "10.0.0.1", &[(FWD, "for=198.51.100.1,,for=10.0.0.2")], ("10.0.0.2", "forwarded", "malformed", "10.0.0.2, 10.0.0.1")),
             case(Proxy, "10.0.0.1", &[(FWD, "for=198.51.100.1,")], ("10.0.0.1", "peer", "malformed", "10.0.0.1")),
-            // An unterminated quote does not swallow the next line.
-            case(Proxy, "10.0.0.1", &[(FWD, "for=\"198.51.100.1, for=10.0.0.3"), (FWD, "for=10.0.0.2")], ("10.0.0.2", "forwarded", "malformed", "10.0.0.2, 10.0.0.1")),
+            // An unterminated quote swallows neither the next element nor the next line.
+            case(
+                Proxy,
+                "10.0.0.1",
+                &[(FWD, "for=\"198.51.100.1, for=10.0.0.3"), (FWD, "for=10.0.0.2")],
+                ("10.0.0.3", "forwarded", "malformed", "10.0.0.3, 10.0.0.2, 10.0.0.1"),
+            ),
         ]);
     }
 
     #[test]
     #[rustfmt::skip] // Tables read better one case per line.
-    fn x_real_ip_is_the_last_fallback() {
-        check_all(&[
+    fn x_real_ip_when_it_is_the_configured_header() {
+        check_all_reading(ClientIpHeader::XRealIp, &[
             case(Proxy, "10.0.0.1", &[(XRI, "198.51.100.3")], ("198.51.100.3", "x-real-ip", "", "198.51.100.3, 10.0.0.1")),
             case(Proxy, "10.0.0.1", &[(XRI, "[2001:db8::3]:80")], ("2001:db8::3", "x-real-ip", "", "2001:db8::3, 10.0.0.1")),
             case(Proxy, "10.0.0.1", &[(XRI, "10.0.0.7")], ("10.0.0.7", "x-real-ip", "", "10.0.0.7, 10.0.0.1")),
             case(Proxy, "10.0.0.1", &[(XRI, "not-an-ip")], ("10.0.0.1", "peer", "malformed", "10.0.0.1")),
             case(Cdn, "10.0.0.1", &[(XRI, "198.51.100.3")], ("198.51.100.3", "x-real-ip", "", "198.51.100.3, 10.0.0.1")),
+            // A client-sent X-Forwarded-For behind a hop that only sets X-Real-IP is ignored,
+            // and no precedence lets it win.
+            case(Proxy, "10.0.0.1", &[(XFF, "6.6.6.6"), (XRI, "198.51.100.3")], ("198.51.100.3", "x-real-ip", "", "198.51.100.3, 10.0.0.1")),
+            case(Proxy, "10.0.0.1", &[(XRI, "198.51.100.3"), (XFF, "6.6.6.6"), (FWD, "for=6.6.6.7")], ("198.51.100.3", "x-real-ip", "", "198.51.100.3, 10.0.0.1")),
+            case(Proxy, "10.0.0.1", &[(XFF, "6.6.6.6")], ("10.0.0.1", "peer", "", "10.0.0.1")),
+        ]);
+        // And with the default (X-Forwarded-For), a client-sent X-Real-IP is ignored.
+        check_all(&[
+            case(Proxy, "10.0.0.1", &[(XRI, "6.6.6.6")], ("10.0.0.1", "peer", "", "10.0.0.1")),
+            case(Proxy, "10.0.0.1", &[(XRI, "6.6.6.6"), (FWD, "for=6.6.6.7"), (XFF, "198.51.100.1")], ("198.51.100.1", "x-forwarded-for", "", "198.51.100.1, 10.0.0.1")),
+        ]);
+    }
+
+    #[test]
+    #[rustfmt::skip] // Tables read better one case per line.
+    fn a_malformed_forwarded_element_never_swallows_the_hops_element() {
+        let client = ("198.51.100.7", "forwarded", "", "198.51.100.7, 10.0.0.1");
+        check_all_reading(ClientIpHeader::Forwarded, &[
+            // The issue's case: a client's stray quote, then what the trusted hop appended.
+            case(Proxy, "10.0.0.1", &[(FWD, "for=\"x, for=198.51.100.7")], client),
+            // The hop's own value quoted: the stray quote does not pair with the hop's.
+            case(Proxy, "10.0.0.1", &[(FWD, "for=\"x, for=\"198.51.100.7\"")], client),
+            case(Proxy, "10.0.0.1", &[(FWD, "for=\"x, for=\"[2001:db8::7]:4711\"")], ("2001:db8::7", "forwarded", "", "2001:db8::7, 10.0.0.1")),
+            case(Proxy, "10.0.0.1", &[(FWD, "for=1.1.1.1;ext=\", for=\"198.51.100.7\";proto=https")], client),
+            // An escaped quote or comma does not close or hide anything either.
+            case(Proxy, "10.0.0.1", &[(FWD, "for=\"x\\\", for=198.51.100.7")], client),
+            case(Proxy, "10.0.0.1", &[(FWD, "for=\"x\\, for=198.51.100.7")], client),
+            // A quote closed too early (text after it) is unterminated too.
+            case(Proxy, "10.0.0.1", &[(FWD, "for=\"a\"b, for=198.51.100.7")], client),
+            case(Proxy, "10.0.0.1", &[(FWD, "for=\"x\", y=\", for=198.51.100.7")], client),
+            // Behind two trusted hops: the walk reaches the malformed element and stops there.
+            case(Proxy, "10.0.0.1", &[(FWD, "for=\"x, for=10.0.0.2")], ("10.0.0.2", "forwarded", "malformed", "10.0.0.2, 10.0.0.1")),
+            case(Proxy, "10.0.0.1", &[(FWD, "for=\"x, for=\"10.0.0.2\", for=198.51.100.7")], client),
         ]);
     }
 
@@ -925,11 +1048,39 @@ mod tests {
             case(Cdn, "10.0.0.1", &[(CF, "garbage"), (TCI, "198.51.100.2")], ("198.51.100.2", "true-client-ip", "malformed", "198.51.100.2, 10.0.0.1")),
             case(Cdn, "10.0.0.1", &[(CF, "198.51.100.1, 198.51.100.5"), (TCI, "198.51.100.2")], ("198.51.100.2", "true-client-ip", "malformed", "198.51.100.2, 10.0.0.1")),
             case(Cdn, "10.0.0.1", &[(CF, "198.51.100.1"), (CF, "198.51.100.1"), (XFF, "198.51.100.9")], ("198.51.100.9", "x-forwarded-for", "malformed", "198.51.100.9, 10.0.0.1")),
-            case(Cdn, "10.0.0.1", &[(CF, ""), (FWD, "for=198.51.100.9")], ("198.51.100.9", "forwarded", "malformed", "198.51.100.9, 10.0.0.1")),
+            case(Cdn, "10.0.0.1", &[(CF, ""), (XFF, "198.51.100.9")], ("198.51.100.9", "x-forwarded-for", "malformed", "198.51.100.9, 10.0.0.1")),
             // No CDN header: the proxy rules.
             case(Cdn, "10.0.0.1", &[(XFF, "198.51.100.9, 10.0.0.2")], ("198.51.100.9", "x-forwarded-for", "", "198.51.100.9, 10.0.0.2, 10.0.0.1")),
             case(Cdn, "10.0.0.1", &[], ("10.0.0.1", "peer", "", "10.0.0.1")),
         ]);
+    }
+
+    #[test]
+    #[rustfmt::skip] // Tables read better one case per line.
+    fn cdn_headers_are_believed_only_from_cdn_cidrs() {
+        check_all(&[
+            // A CDN that is not a trusted hop: its header is believed, its XFF is not needed.
+            case(Cdn, "192.0.2.5", &[(CF, "198.51.100.1"), (XFF, "198.51.100.1")], ("198.51.100.1", "cf-connecting-ip", "", "198.51.100.1, 192.0.2.5")),
+            // Without a usable CDN header, the proxy rules: the CDN is not trusted, so the peer;
+            // its own forwarding header is not an attack.
+            case(Cdn, "192.0.2.5", &[(XFF, "198.51.100.1")], ("192.0.2.5", "peer", "", "192.0.2.5")),
+            case(Cdn, "192.0.2.5", &[(CF, "nope"), (XFF, "198.51.100.1")], ("192.0.2.5", "peer", "malformed", "192.0.2.5")),
+            // A trusted hop that is not the CDN passes on what the client wrote: the CDN header
+            // is ignored and flagged, the client comes from the configured header.
+            case(Cdn, "172.16.0.1", &[(CF, "6.6.6.6"), (XFF, "198.51.100.1")], ("198.51.100.1", "x-forwarded-for", "spoofed", "198.51.100.1, 172.16.0.1")),
+            case(Cdn, "10.1.0.1", &[(TCI, "6.6.6.6")], ("10.1.0.1", "peer", "spoofed", "10.1.0.1")),
+            // Any other peer: ignored and flagged.
+            case(Cdn, "203.0.113.7", &[(CF, "6.6.6.6")], ("203.0.113.7", "peer", "spoofed", "203.0.113.7")),
+            // Outside cdn mode CDN headers mean nothing, whoever sends them.
+            case(Proxy, "192.0.2.5", &[(CF, "6.6.6.6")], ("192.0.2.5", "peer", "", "192.0.2.5")),
+            case(Proxy, "172.16.0.1", &[(CF, "6.6.6.6"), (XFF, "198.51.100.1")], ("198.51.100.1", "x-forwarded-for", "", "198.51.100.1, 172.16.0.1")),
+        ]);
+        // No cdn_cidrs (the default): no CDN header is believed at all.
+        let cfg = GatewayConfig {
+            cdn_cidrs: Vec::new(),
+            ..config(Cdn, &[])
+        };
+        check_with(&cfg, &case(Cdn, "10.0.0.1", &[(CF, "6.6.6.6"), (XFF, "198.51.100.1")], ("198.51.100.1", "x-forwarded-for", "spoofed", "198.51.100.1, 10.0.0.1")));
     }
 
     #[test]
@@ -1018,7 +1169,8 @@ mod tests {
         #[test]
         fn never_panics_and_only_names_addresses_it_was_given(
             mode in proptest::sample::select(IpMode::ALL.to_vec()),
-            peer in proptest::sample::select(vec!["10.0.0.1", "::ffff:10.0.0.1", "203.0.113.7", "fd00::1", "2001:db8::7"]),
+            peer in proptest::sample::select(vec!["10.0.0.1", "::ffff:10.0.0.1", "203.0.113.7", "fd00::1", "2001:db8::7", "192.0.2.5", "172.16.0.1"]),
+            header in proptest::sample::select(ClientIpHeader::ALL.to_vec()),
             headers in proptest::collection::vec((header_name(), header_value()), 0..6),
         ) {
             let mut map = HeaderMap::new();
@@ -1029,7 +1181,7 @@ mod tests {
                 map.append(HeaderName::from_static(name), v);
                 present.extend(addresses_in(value));
             }
-            let cfg = config(mode, &[]);
+            let cfg = GatewayConfig { client_ip_header: header, ..config(mode, &[]) };
             let peer: IpAddr = peer.parse().expect("peer");
             let norm_peer = normalize_ip(peer);
             let (got, upstream) = resolve_with_forwarded_for(peer, &map, &cfg);
@@ -1041,12 +1193,19 @@ mod tests {
             if got.source == IpSource::Peer {
                 prop_assert_eq!(got.ip, norm_peer);
             }
-            if mode == IpMode::Direct || !cfg.is_trusted(norm_peer) {
+            let cdn_peer = mode == IpMode::Cdn && cfg.is_cdn(norm_peer);
+            if mode == IpMode::Direct || (!cfg.is_trusted(norm_peer) && !cdn_peer) {
                 prop_assert_eq!(got.ip, norm_peer);
                 prop_assert!(!got.malformed_forwarded);
             }
-            if got.spoofed_forwarded {
+            if got.spoofed_forwarded && !cfg.is_trusted(norm_peer) {
                 prop_assert_eq!(&got.source, &IpSource::Peer);
+            }
+            // Only the configured header (or a CDN header from a CDN peer) names the client.
+            match &got.source {
+                IpSource::Peer => {}
+                IpSource::Cdn(_) => prop_assert!(cdn_peer),
+                other => prop_assert_eq!(other.as_str(), header.as_str()),
             }
 
             // The upstream chain is well formed, starts with the client, ends with the peer.

@@ -45,6 +45,51 @@ impl fmt::Display for IpMode {
     }
 }
 
+/// The one forwarding header a trusted hop sets, and the only one believed (like nginx's
+/// `real_ip_header`): there is no precedence between headers for a client to exploit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientIpHeader {
+    /// `X-Forwarded-For` (the default).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded` (its `for=` nodes).
+    Forwarded,
+    /// `X-Real-IP`.
+    XRealIp,
+}
+
+impl ClientIpHeader {
+    pub const ALL: [ClientIpHeader; 3] = [
+        ClientIpHeader::XForwardedFor,
+        ClientIpHeader::Forwarded,
+        ClientIpHeader::XRealIp,
+    ];
+
+    /// The header name, lower-case; also the config value and the `ip_source` it yields.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientIpHeader::XForwardedFor => "x-forwarded-for",
+            ClientIpHeader::Forwarded => "forwarded",
+            ClientIpHeader::XRealIp => "x-real-ip",
+        }
+    }
+
+    /// Parse a config value: exactly one of the lower-case names.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|h| h.as_str() == s)
+    }
+}
+
+impl fmt::Display for ClientIpHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn default_client_ip_header() -> String {
+    ClientIpHeader::default().as_str().to_string()
+}
+
 /// The wire form of the gateway config: what is stored in Redis and Postgres and sent over
 /// the admin API. Everything is a plain string or number so that validation can report every
 /// problem at once instead of failing on the first bad field.
@@ -57,6 +102,15 @@ pub struct GatewayConfigDoc {
     /// Headers consulted in `cdn` mode, in order (case-insensitive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cdn_headers: Option<Vec<String>>,
+    /// The forwarding header trusted hops set: `x-forwarded-for` (default), `forwarded` or
+    /// `x-real-ip`. Documents stored before this field existed read as the default.
+    #[serde(default = "default_client_ip_header")]
+    pub client_ip_header: String,
+    /// `cdn` mode: peers whose CDN header is believed (the CDN's own ranges), apart from
+    /// `trusted_cidrs`. Empty (the default, and what older documents read as): no CDN header
+    /// is believed.
+    #[serde(default)]
+    pub cdn_cidrs: Vec<String>,
     #[serde(default)]
     pub version: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -72,6 +126,8 @@ pub enum Problem {
     InvalidCidrs(Vec<String>),
     ThresholdOutOfRange(f64),
     InvalidCdnHeaders(Vec<String>),
+    UnknownClientIpHeader(String),
+    InvalidCdnCidrs(Vec<String>),
 }
 
 impl fmt::Display for Problem {
@@ -88,6 +144,13 @@ impl fmt::Display for Problem {
             }
             Problem::InvalidCdnHeaders(h) => {
                 write!(f, "cdn_headers has invalid header names: {}", h.join(", "))
+            }
+            Problem::UnknownClientIpHeader(h) => write!(
+                f,
+                "client_ip_header {h:?} is not one of x-forwarded-for, forwarded, x-real-ip"
+            ),
+            Problem::InvalidCdnCidrs(c) => {
+                write!(f, "cdn_cidrs has invalid CIDRs: {}", c.join(", "))
             }
         }
     }
@@ -120,6 +183,10 @@ pub struct GatewayConfig {
     pub risk_reject_threshold: f64,
     /// Lower-case header names, in order.
     pub cdn_headers: Vec<http::HeaderName>,
+    /// The one forwarding header believed from trusted peers.
+    pub client_ip_header: ClientIpHeader,
+    /// `cdn` mode: peers whose CDN header is believed.
+    pub cdn_cidrs: Vec<IpNet>,
     pub version: u64,
     pub updated_at: Option<String>,
     pub updated_by: Option<String>,
@@ -132,6 +199,8 @@ impl Default for GatewayConfig {
             trusted_cidrs: Vec::new(),
             risk_reject_threshold: 0.8,
             cdn_headers: default_cdn_headers(),
+            client_ip_header: ClientIpHeader::default(),
+            cdn_cidrs: Vec::new(),
             version: 0,
             updated_at: None,
             updated_by: None,
@@ -220,12 +289,25 @@ impl GatewayConfig {
                 ok
             }
         };
-        match (ip_mode, problems.is_empty()) {
-            (Some(ip_mode), true) => Ok(Self {
+        let client_ip_header = ClientIpHeader::parse(&doc.client_ip_header);
+        if client_ip_header.is_none() {
+            problems.push(Problem::UnknownClientIpHeader(doc.client_ip_header.clone()));
+        }
+        let cdn_cidrs = match parse_cidrs(&doc.cdn_cidrs) {
+            Ok(c) => c,
+            Err(bad) => {
+                problems.push(Problem::InvalidCdnCidrs(bad));
+                Vec::new()
+            }
+        };
+        match (ip_mode, client_ip_header, problems.is_empty()) {
+            (Some(ip_mode), Some(client_ip_header), true) => Ok(Self {
                 ip_mode,
                 trusted_cidrs: trusted,
                 risk_reject_threshold: t,
                 cdn_headers,
+                client_ip_header,
+                cdn_cidrs,
                 version: doc.version,
                 updated_at: doc.updated_at.clone(),
                 updated_by: doc.updated_by.clone(),
@@ -254,6 +336,8 @@ impl GatewayConfig {
             trusted_cidrs: self.trusted_cidrs.iter().map(ToString::to_string).collect(),
             risk_reject_threshold: self.risk_reject_threshold,
             cdn_headers: if default_cdn { None } else { Some(cdn) },
+            client_ip_header: self.client_ip_header.as_str().to_string(),
+            cdn_cidrs: self.cdn_cidrs.iter().map(ToString::to_string).collect(),
             version: self.version,
             updated_at: self.updated_at.clone(),
             updated_by: self.updated_by.clone(),
@@ -271,6 +355,11 @@ impl GatewayConfig {
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_cidrs.iter().any(|n| n.contains(&ip))
     }
+
+    /// Whether `ip` (already normalised) lies in a CDN range (`cdn_cidrs`).
+    pub fn is_cdn(&self, ip: IpAddr) -> bool {
+        self.cdn_cidrs.iter().any(|n| n.contains(&ip))
+    }
 }
 
 #[cfg(test)]
@@ -283,6 +372,8 @@ mod tests {
             trusted_cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
             risk_reject_threshold: t,
             cdn_headers: None,
+            client_ip_header: "x-forwarded-for".into(),
+            cdn_cidrs: Vec::new(),
             version: 3,
             updated_at: None,
             updated_by: None,
@@ -328,6 +419,47 @@ mod tests {
         for bad in ["", "10.0.0.0/", "300.1.1.1/8", "x", "10.0.0.0/8/8"] {
             assert_eq!(parse_cidr(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn client_ip_header_and_cdn_cidrs_are_validated_with_the_rest() {
+        let mut d = doc("cdn", &["10.0.0.0/8"], 0.5);
+        d.client_ip_header = "x-real-ip".into();
+        d.cdn_cidrs = vec!["192.0.2.9/24".into(), "2001:db8::/32".into()];
+        let c = GatewayConfig::from_doc(&d).expect("valid");
+        assert_eq!(c.client_ip_header, ClientIpHeader::XRealIp);
+        assert!(c.is_cdn("192.0.2.200".parse().expect("ip")));
+        assert!(!c.is_cdn("10.0.0.1".parse().expect("ip")));
+        let again = GatewayConfig::from_json(&c.to_json()).expect("round trip");
+        assert_eq!(again, c);
+        assert_eq!(again.to_doc().client_ip_header, "x-real-ip");
+        assert_eq!(again.to_doc().cdn_cidrs, ["192.0.2.0/24", "2001:db8::/32"]);
+
+        for bad in ["X-Real-IP", " forwarded", "", "x-client-ip"] {
+            let mut d = doc("direct", &[], 0.5);
+            d.client_ip_header = bad.into();
+            assert!(GatewayConfig::from_doc(&d).is_err(), "{bad:?}");
+        }
+        let mut d = doc("sideways", &[], 0.5);
+        d.client_ip_header = "x-client-ip".into();
+        d.cdn_cidrs = vec!["192.0.2.0/24".into(), "cdn.example".into(), "".into()];
+        let err = GatewayConfig::from_doc(&d).expect_err("invalid");
+        let msg = err.to_string();
+        for part in ["sideways", "x-client-ip", "cdn.example", "cdn_cidrs"] {
+            assert!(msg.contains(part), "{part} missing from {msg}");
+        }
+        assert!(!msg.contains("192.0.2.0/24"), "{msg}");
+        assert_eq!(err.problems().len(), 3);
+    }
+
+    #[test]
+    fn documents_stored_before_the_new_fields_load_with_defaults() {
+        let old = r#"{"ip_mode":"cdn","trusted_cidrs":["10.0.0.0/8"],"risk_reject_threshold":0.7,
+                      "version":4,"updated_at":"2026-11-20T10:00:00.000Z","updated_by":"usr_1"}"#;
+        let c = GatewayConfig::from_json(old).expect("old document loads");
+        assert_eq!(c.client_ip_header, ClientIpHeader::XForwardedFor);
+        assert!(c.cdn_cidrs.is_empty());
+        assert_eq!(c.version, 4);
     }
 
     #[test]

@@ -49,6 +49,14 @@ pub struct ProxySection {
     pub grace_period_secs: u64,
     /// After the grace period, how long the runtimes get to stop before they are dropped.
     pub shutdown_timeout_secs: u64,
+    /// Most bytes of request header fields (each counted as `name: value` plus CRLF), all
+    /// lines together; a larger request is answered `431` and never reaches an upstream.
+    pub max_header_bytes: usize,
+    /// Health listener: how long a client gets to send a complete request head; a slower one
+    /// is disconnected.
+    pub health_header_read_timeout_ms: u64,
+    /// Health listener: most connections open at once; further ones are closed at once.
+    pub health_max_connections: usize,
 }
 
 impl Default for ProxySection {
@@ -65,6 +73,9 @@ impl Default for ProxySection {
             health_check_interval_ms: 1_000,
             grace_period_secs: 1,
             shutdown_timeout_secs: 5,
+            max_header_bytes: 32_768,
+            health_header_read_timeout_ms: 5_000,
+            health_max_connections: 64,
         }
     }
 }
@@ -149,6 +160,11 @@ pub struct GatewaySection {
     /// Headers naming the client in `cdn` mode, in order (default
     /// `CF-Connecting-IP`, `True-Client-IP`).
     pub cdn_headers: Option<Vec<String>>,
+    /// The one forwarding header trusted hops set and the proxy believes:
+    /// `x-forwarded-for`, `forwarded` or `x-real-ip`.
+    pub client_ip_header: String,
+    /// `cdn` mode: peers (the CDN's own ranges) whose CDN header is believed; empty: none.
+    pub cdn_cidrs: Vec<String>,
 }
 
 impl Default for GatewaySection {
@@ -158,6 +174,10 @@ impl Default for GatewaySection {
             trusted_cidrs: Vec::new(),
             risk_reject_threshold: 0.8,
             cdn_headers: None,
+            client_ip_header: watchpost_common::ClientIpHeader::default()
+                .as_str()
+                .to_string(),
+            cdn_cidrs: Vec::new(),
         }
     }
 }
@@ -257,6 +277,15 @@ impl Settings {
             ("proxy.connect_timeout_ms", p.connect_timeout_ms),
             ("proxy.read_timeout_ms", p.read_timeout_ms),
             ("proxy.health_check_interval_ms", p.health_check_interval_ms),
+            (
+                "proxy.health_header_read_timeout_ms",
+                p.health_header_read_timeout_ms,
+            ),
+            ("proxy.max_header_bytes", p.max_header_bytes as u64),
+            (
+                "proxy.health_max_connections",
+                p.health_max_connections as u64,
+            ),
         ] {
             if v == 0 {
                 return Err(bad(key, "must be greater than 0".into()));
@@ -296,6 +325,8 @@ impl Settings {
             trusted_cidrs: g.trusted_cidrs.clone(),
             risk_reject_threshold: g.risk_reject_threshold,
             cdn_headers: g.cdn_headers.clone(),
+            client_ip_header: g.client_ip_header.clone(),
+            cdn_cidrs: g.cdn_cidrs.clone(),
             version: 0,
             updated_at: None,
             updated_by: None,
@@ -434,6 +465,48 @@ mod tests {
         rejects("[gateway]\nip_mode = \"sideways\"\n", "gateway", "sideways");
         rejects("[gateway]\nrisk_reject_threshold = 1.5\n", "gateway", "1.5");
         rejects("[gateway]\ntrusted = []\n", "gateway", "trusted");
+        rejects(
+            "[gateway]\nclient_ip_header = \"x-client-ip\"\n",
+            "gateway",
+            "x-client-ip",
+        );
+        rejects(
+            "[gateway]\ncdn_cidrs = [\"192.0.2.0/24\", \"cdn\"]\n",
+            "gateway",
+            "cdn_cidrs has invalid CIDRs: cdn",
+        );
+        rejects(
+            "[proxy]\nmax_header_bytes = 0\n",
+            "proxy.max_header_bytes",
+            "greater than 0",
+        );
+        rejects(
+            "[proxy]\nhealth_max_connections = 0\n",
+            "proxy.health_max_connections",
+            "greater than 0",
+        );
+    }
+
+    #[test]
+    fn gateway_file_keys_reach_the_config() {
+        let s = Settings::load_str(
+            "[gateway]\nip_mode = \"cdn\"\nclient_ip_header = \"x-real-ip\"\ncdn_cidrs = [\"192.0.2.0/24\"]\n",
+            None,
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(
+            s.gateway.client_ip_header,
+            watchpost_common::ClientIpHeader::XRealIp
+        );
+        assert!(s.gateway.is_cdn("192.0.2.7".parse().expect("ip")));
+        let d = Settings::load_str("", None, &[]).expect("defaults");
+        assert_eq!(d.file.proxy.max_header_bytes, 32_768);
+        assert_eq!(
+            d.gateway.client_ip_header,
+            watchpost_common::ClientIpHeader::XForwardedFor
+        );
+        assert!(d.gateway.cdn_cidrs.is_empty());
     }
 
     #[test]

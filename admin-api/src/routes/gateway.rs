@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use watchpost_common::gateway::{GatewayConfigDoc, DEFAULT_CDN_HEADERS};
-use watchpost_common::GatewayConfig;
+use watchpost_common::{ClientIpHeader, GatewayConfig};
 
 use crate::{
     audit,
@@ -50,6 +50,11 @@ pub struct GatewayConfigView {
     pub risk_reject_threshold: f64,
     /// Headers consulted in `cdn` mode, in order.
     pub cdn_headers: Vec<String>,
+    /// The one forwarding header trusted hops set and the proxies believe.
+    #[schema(schema_with = client_ip_header_schema)]
+    pub client_ip_header: String,
+    /// `cdn` mode: normalised CIDRs (the CDN's own ranges) whose CDN header is believed.
+    pub cdn_cidrs: Vec<String>,
     /// 0 until the first PUT.
     pub version: u64,
     /// RFC 3339; null until the first PUT.
@@ -67,6 +72,8 @@ impl From<GatewayConfigDoc> for GatewayConfigView {
             cdn_headers: d
                 .cdn_headers
                 .unwrap_or_else(|| DEFAULT_CDN_HEADERS.iter().map(|h| h.to_string()).collect()),
+            client_ip_header: d.client_ip_header,
+            cdn_cidrs: d.cdn_cidrs,
             version: d.version,
             updated_at: d.updated_at,
             updated_by: d.updated_by,
@@ -87,8 +94,26 @@ pub struct GatewayConfigInput {
     pub risk_reject_threshold: f64,
     /// Headers consulted in `cdn` mode; default `cf-connecting-ip`, `true-client-ip`.
     pub cdn_headers: Option<Vec<String>>,
+    /// The one forwarding header trusted hops set (like nginx's `real_ip_header`); the others
+    /// are never believed. Default `x-forwarded-for`.
+    #[schema(schema_with = client_ip_header_schema)]
+    pub client_ip_header: Option<String>,
+    /// `cdn` mode: the CDN's own ranges (CIDRs or single addresses), apart from
+    /// `trusted_cidrs`; a CDN header from any other peer is ignored. Default empty (no CDN
+    /// header believed); every unparseable entry is listed in the 400.
+    #[serde(default)]
+    pub cdn_cidrs: Vec<String>,
     /// The version this change was based on; a different current version is 409.
     pub version: Option<u64>,
+}
+
+/// `client_ip_header` in the OpenAPI document: one of the names the validation accepts.
+fn client_ip_header_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(ClientIpHeader::ALL.map(ClientIpHeader::as_str)))
+        .default(Some(ClientIpHeader::default().as_str().into()))
+        .build()
 }
 
 /// One version of the history.
@@ -216,6 +241,10 @@ async fn put_gateway_config(
         trusted_cidrs: input.trusted_cidrs,
         risk_reject_threshold: input.risk_reject_threshold,
         cdn_headers: input.cdn_headers,
+        client_ip_header: input
+            .client_ip_header
+            .unwrap_or_else(|| ClientIpHeader::default().as_str().to_string()),
+        cdn_cidrs: input.cdn_cidrs,
         version: 0,
         updated_at: None,
         updated_by: None,

@@ -294,3 +294,157 @@ async fn redis_down_answers_503_and_applies_nothing() {
     assert_eq!(n, 0);
     assert!(app.audit_rows("gateway_config.updated").await.is_empty());
 }
+
+#[tokio::test]
+async fn client_ip_header_and_cdn_cidrs_round_trip_and_reach_the_proxies() {
+    let app = TestApp::spawn().await;
+    let admin = app.create_admin().await;
+
+    // Before the first PUT: the defaults.
+    let current = get_config(&app, &admin.key).await;
+    assert_eq!(current["client_ip_header"], "x-forwarded-for", "{current}");
+    assert_eq!(current["cdn_cidrs"], json!([]));
+
+    let (status, put) = put_config(
+        &app,
+        &admin.key,
+        json!({"ip_mode": "cdn", "trusted_cidrs": ["10.0.0.0/8"], "risk_reject_threshold": 0.8,
+               "client_ip_header": "x-real-ip", "cdn_cidrs": ["192.0.2.7/24", "2001:db8:cd::1"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{put}");
+    assert_eq!(put["client_ip_header"], "x-real-ip");
+    assert_eq!(
+        put["cdn_cidrs"],
+        json!(["192.0.2.0/24", "2001:db8:cd::1/128"])
+    );
+    assert_eq!(get_config(&app, &admin.key).await, put);
+
+    // Redis holds exactly what the proxies apply.
+    let applied = GatewayConfig::from_json(&stored_config(&app).await.expect("in Redis"))
+        .expect("valid for the proxy");
+    assert_eq!(
+        applied.client_ip_header,
+        watchpost_common::ClientIpHeader::XRealIp
+    );
+    assert!(applied.is_cdn("192.0.2.200".parse().expect("ip")));
+    assert!(!applied.is_cdn("10.0.0.1".parse().expect("ip")));
+
+    // Versioned and audited like every other field.
+    let rows = app.audit_rows("gateway_config.updated").await;
+    assert_eq!(
+        rows[0]["changes"]["client_ip_header"],
+        json!({"before": "x-forwarded-for", "after": "x-real-ip"})
+    );
+
+    // A PUT without them goes back to the defaults (the body is the whole config).
+    let (status, again) = put_config(
+        &app,
+        &admin.key,
+        json!({"ip_mode": "proxy", "trusted_cidrs": ["10.0.0.0/8"], "risk_reject_threshold": 0.8}),
+    )
+    .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["client_ip_header"], "x-forwarded-for");
+    assert_eq!(again["cdn_cidrs"], json!([]));
+}
+
+#[tokio::test]
+async fn bad_client_ip_header_or_cdn_cidrs_are_400_listing_every_problem() {
+    let app = TestApp::spawn().await;
+    let admin = app.create_admin().await;
+    let (status, body) = put_config(
+        &app,
+        &admin.key,
+        json!({"ip_mode": "cdn", "risk_reject_threshold": 0.5, "trusted_cidrs": ["bad-trusted"],
+               "client_ip_header": "true-client-ip",
+               "cdn_cidrs": ["192.0.2.0/24", "cdn.example", "198.51.100.0/33"]}),
+    )
+    .await;
+    assert_error(status, &body, 400, "BAD_REQUEST");
+    let message = body["error"]["message"].as_str().expect("message");
+    for part in [
+        "client_ip_header",
+        "true-client-ip",
+        "cdn_cidrs",
+        "cdn.example",
+        "198.51.100.0/33",
+        "bad-trusted",
+    ] {
+        assert!(message.contains(part), "{part} missing from {message}");
+    }
+    assert!(!message.contains("192.0.2.0/24"), "{message}");
+
+    for bad in [
+        json!({"ip_mode": "proxy", "risk_reject_threshold": 0.5, "client_ip_header": "X-Forwarded-For"}),
+        json!({"ip_mode": "proxy", "risk_reject_threshold": 0.5, "client_ip_header": ""}),
+        json!({"ip_mode": "proxy", "risk_reject_threshold": 0.5, "client_ip_header": 7}),
+        json!({"ip_mode": "proxy", "risk_reject_threshold": 0.5, "cdn_cidrs": "192.0.2.0/24"}),
+        json!({"ip_mode": "proxy", "risk_reject_threshold": 0.5, "cdn_cidrs": [""]}),
+    ] {
+        let (status, body) = put_config(&app, &admin.key, bad.clone()).await;
+        assert_error(status, &body, 400, "BAD_REQUEST");
+    }
+    assert_eq!(get_config(&app, &admin.key).await["version"], 0);
+    assert_eq!(stored_config(&app).await, None);
+}
+
+#[tokio::test]
+async fn versions_stored_before_the_new_fields_read_with_defaults() {
+    let app = TestApp::spawn().await;
+    let admin = app.create_admin().await;
+    let old = json!({"ip_mode": "cdn", "trusted_cidrs": ["10.0.0.0/8"], "risk_reject_threshold": 0.6,
+                     "version": 1, "updated_at": "2026-11-20T10:00:00.000Z", "updated_by": admin.id});
+    let db = app.db().await;
+    db.execute("SELECT nextval('gateway_config_version_seq')", &[])
+        .await
+        .expect("take version 1");
+    db.execute(
+        "INSERT INTO gateway_config_versions (version, config, created_at, created_by) \
+         VALUES (1, $1, now(), $2)",
+        &[&old, &admin.id],
+    )
+    .await
+    .expect("insert an old version");
+    let current = get_config(&app, &admin.key).await;
+    assert_eq!(current["version"], 1, "{current}");
+    assert_eq!(current["client_ip_header"], "x-forwarded-for");
+    assert_eq!(current["cdn_cidrs"], json!([]));
+    // And a PUT based on it works as usual.
+    let (status, body) = put_config(
+        &app,
+        &admin.key,
+        json!({"ip_mode": "cdn", "risk_reject_threshold": 0.6, "cdn_cidrs": ["192.0.2.0/24"], "version": 1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn openapi_states_the_client_ip_header_choices() {
+    let app = TestApp::spawn().await;
+    let (status, doc) = json_of(
+        app.get("/api/admin/openapi.json")
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for schema in ["GatewayConfigInput", "GatewayConfigView"] {
+        let props = &doc["components"]["schemas"][schema]["properties"];
+        assert_eq!(
+            props["client_ip_header"]["enum"],
+            json!(["x-forwarded-for", "forwarded", "x-real-ip"]),
+            "{schema}: {props}"
+        );
+        assert_eq!(props["cdn_cidrs"]["type"], "array", "{schema}: {props}");
+    }
+    let required = &doc["components"]["schemas"]["GatewayConfigInput"]["required"];
+    assert!(
+        !required.as_array().is_some_and(|r| r
+            .iter()
+            .any(|f| f == "client_ip_header" || f == "cdn_cidrs")),
+        "{required}"
+    );
+}
