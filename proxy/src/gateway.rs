@@ -2,10 +2,12 @@
 //!
 //! - `request_filter`: take the gateway config for this request, decide the client IP, its
 //!   country and request rate, score the request, and either answer 403 (the upstream is never
-//!   contacted) or let it through. The `Connection` header is sanitised here, before Pingora
+//!   contacted) or let it through. Request header fields larger than `[proxy]
+//!   max_header_bytes` in total are answered 431 (logged with `decision=reject`). The `Connection` header is sanitised here, before Pingora
 //!   builds the upstream request from it.
 //! - `upstream_peer`: the next healthy upstream, round-robin.
-//! - `upstream_request_filter`: remove incoming copies of the proxy's headers, set ours.
+//! - `upstream_request_filter`: remove incoming copies of the proxy's headers and forged
+//!   forwarding metadata, set ours.
 //! - `response_filter`: add `X-Request-Id` to the response.
 //! - `fail_to_connect` / `fail_to_proxy`: retry another upstream when one refuses; map
 //!   failures to deliberate statuses (502, 504) with a JSON error body.
@@ -31,7 +33,7 @@ use watchpost_geo::GeoDb;
 use watchpost_risk::{RequestFacts, RiskEngine};
 
 use crate::access_log::LogSink;
-use crate::headers::{self, keep_cdn_headers, plan_connection};
+use crate::headers::{self, plan_connection, plan_forwarding};
 use crate::live_config::LiveConfig;
 use crate::metrics::Metrics;
 
@@ -45,6 +47,8 @@ const MAX_HOST_BYTES: usize = 255;
 /// concurrently active clients rarely share a cell (collisions only ever inflate a count).
 const RATE_HASHES: usize = 4;
 const RATE_SLOTS: usize = 65_536;
+/// `[proxy] max_header_bytes` unless set otherwise.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32_768;
 
 /// Everything the phases share; one per proxy instance.
 pub struct Gateway {
@@ -59,6 +63,7 @@ pub struct Gateway {
     connect_timeout: Duration,
     read_timeout: Duration,
     rate: Rate,
+    max_header_bytes: usize,
 }
 
 impl Gateway {
@@ -89,7 +94,15 @@ impl Gateway {
             connect_timeout,
             read_timeout,
             rate: Rate::new_with_estimator_config(window, RATE_HASHES, RATE_SLOTS),
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         }
+    }
+
+    /// Answer 431 to requests whose header fields exceed `max` bytes (`[proxy]
+    /// max_header_bytes`).
+    pub fn with_max_header_bytes(mut self, max: usize) -> Self {
+        self.max_header_bytes = max;
+        self
     }
 
     /// Requests of the client's rate key over the last window, counting this one: the
@@ -183,6 +196,15 @@ fn remove_present<S: AsRef<str>>(request: &mut RequestHeader, names: &[S]) {
     }
 }
 
+/// Bytes of the request's header fields as they came on the wire: `name: value` plus CRLF for
+/// every line (the request line is not counted).
+pub fn header_bytes(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
 /// The error envelope the proxy answers with (SPEC §6's shape).
 pub fn error_body(code: &str, message: &str, request_id: &str) -> Bytes {
     let body = serde_json::json!({
@@ -233,6 +255,7 @@ impl ProxyHttp for Gateway {
         let gateway = self.live.current();
         let peer = peer_ip(session);
         let req = session.req_header();
+        let too_large = header_bytes(&req.headers) > self.max_header_bytes;
         let (client, forwarded_for) = resolve_with_forwarded_for(peer, &req.headers, &gateway);
         let country = self.geo.lookup_country(client.ip);
         let country = country.as_ref().map(|c| c.as_str()).unwrap_or("");
@@ -250,7 +273,7 @@ impl ProxyHttp for Gateway {
         };
         let eval = self.risk.evaluate(&facts);
         let score = eval.assessment.score;
-        let decision = if score >= gateway.risk_reject_threshold {
+        let decision = if too_large || score >= gateway.risk_reject_threshold {
             Decision::Reject
         } else {
             Decision::Allow
@@ -281,6 +304,17 @@ impl ProxyHttp for Gateway {
             ua_type: eval.ua_type.as_str(),
             decision,
         });
+        if too_large {
+            // A client sending this much is not one whose next request we want to parse.
+            session.set_keepalive(None);
+            let message = format!(
+                "request header fields exceed {} bytes",
+                self.max_header_bytes
+            );
+            let body = error_body("REQUEST_HEADER_FIELDS_TOO_LARGE", &message, &ctx.request_id);
+            let _ = respond_json(session, 431, body, &ctx.request_id).await;
+            return Ok(true);
+        }
         if decision == Decision::Reject {
             if !session.is_body_empty() {
                 // Keeping the connection would mean reading the rejected body to its end;
@@ -334,20 +368,29 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         // `insert_header` below replaces every incoming copy of the headers it sets; the
-        // rest of the stripped ones are removed when present (a lookup is cheaper than a
-        // removal, which also rewrites Pingora's case-preserving name map).
+        // rest are removed only when present (a lookup is cheaper than a removal, which also
+        // rewrites Pingora's case-preserving name map).
         let Some(d) = &ctx.decided else {
             remove_present(upstream_request, &headers::STRIPPED);
+            remove_present(upstream_request, &headers::CLIENT_IP_CLAIMS);
+            remove_present(upstream_request, &headers::CDN_CLIENT_HEADERS);
+            remove_present(upstream_request, &headers::FORWARDED_REQUEST);
             return Ok(());
         };
-        remove_present(upstream_request, &headers::STRIPPED_NOT_SET);
-        if !keep_cdn_headers(d.peer, &d.gateway) {
-            remove_present(upstream_request, &d.gateway.cdn_headers);
+        let tls = session
+            .digest()
+            .is_some_and(|digest| digest.ssl_digest.is_some());
+        let (remove, set) = plan_forwarding(&upstream_request.headers, d.peer, &d.gateway, tls);
+        for name in &remove {
+            upstream_request.remove_header(name);
+        }
+        for (name, value) in set {
+            upstream_request.insert_header(name, value)?;
         }
         upstream_request.insert_header(headers::X_CLIENT_IP, d.client.ip.to_string())?;
         upstream_request.insert_header(headers::X_CLIENT_COUNTRY, d.country.as_str())?;
@@ -492,6 +535,20 @@ mod tests {
         assert_eq!(text(b"abcdef", 3), "abc");
         assert_eq!(text("aé".as_bytes(), 2), "a");
         assert_eq!(text(&[0xff, b'a'], 10), "\u{fffd}a");
+    }
+
+    #[test]
+    fn header_bytes_count_every_line_as_sent() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(header_bytes(&h), 0);
+        h.append("host", http::HeaderValue::from_static("a.example"));
+        assert_eq!(header_bytes(&h), "host: a.example\r\n".len());
+        h.append("x-pad", http::HeaderValue::from_static("1"));
+        h.append("x-pad", http::HeaderValue::from_static("22"));
+        assert_eq!(
+            header_bytes(&h),
+            "host: a.example\r\nx-pad: 1\r\nx-pad: 22\r\n".len()
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::access_log::{self, wait_true, RedisStatus, WriterConfig};
 use crate::config::Settings;
 use crate::error::ProxyError;
 use crate::gateway::Gateway;
-use crate::health::{self, HealthState};
+use crate::health::{self, HealthLimits, HealthState};
 use crate::live_config::{self, LiveConfig};
 use crate::metrics::Metrics;
 
@@ -195,7 +195,13 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
                         geo,
                         proxy_id,
                     };
-                    tokio::spawn(health::serve(listener, state, control_rx.clone()));
+                    let limits = HealthLimits {
+                        header_read_timeout: Duration::from_millis(
+                            settings.file.proxy.health_header_read_timeout_ms,
+                        ),
+                        max_connections: settings.file.proxy.health_max_connections,
+                    };
+                    tokio::spawn(health::serve(listener, state, limits, control_rx.clone()));
                     if ready_tx.send(Ok((live, health_addr))).is_err() {
                         return;
                     }
@@ -231,7 +237,8 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
         &proxy_id,
         settings.connect_timeout(),
         settings.read_timeout(),
-    );
+    )
+    .with_max_header_bytes(settings.file.proxy.max_header_bytes);
 
     // Pingora side.
     let (stop, stop_rx) = oneshot::channel();

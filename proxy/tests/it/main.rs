@@ -5,6 +5,8 @@ mod access_log;
 mod binary;
 mod client_ip;
 mod geo;
+mod header_limits;
+mod health;
 mod live_config;
 mod reject;
 mod support;

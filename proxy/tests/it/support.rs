@@ -265,11 +265,22 @@ async fn read_response(stream: &mut TcpStream) -> Reply {
 /// instance uses the shared work-stealing runtime. The default is exercised by `binary.rs`,
 /// which runs the real binary in its own process.
 pub fn config_text(upstreams: &[SocketAddr], redis_url: &str, prefix: &str, extra: &str) -> String {
+    config_text_with(upstreams, redis_url, prefix, "", extra)
+}
+
+/// [`config_text`] with further `[proxy]` keys (`proxy_keys`, one `key = value` a line).
+pub fn config_text_with(
+    upstreams: &[SocketAddr],
+    redis_url: &str,
+    prefix: &str,
+    proxy_keys: &str,
+    extra: &str,
+) -> String {
     let ups: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
         "[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstreams = [{ups}]\nhealth_listen = \"127.0.0.1:0\"\n\
          proxy_id = \"test-proxy\"\nthreads = 1\nwork_stealing = true\ngrace_period_secs = 0\nshutdown_timeout_secs = 1\n\
-         connect_timeout_ms = 1000\nhealth_check_interval_ms = 200\n\
+         connect_timeout_ms = 1000\nhealth_check_interval_ms = 200\n{proxy_keys}\n\
          [redis]\nurl = \"{redis_url}\"\nkey_prefix = \"{prefix}\"\n{extra}",
         port = free_port(),
         ups = ups.join(", "),
@@ -292,8 +303,19 @@ impl TestProxy {
     }
 
     pub async fn start_on(name: &str, upstreams: &[SocketAddr], redis: &str, extra: &str) -> Self {
+        Self::start_with(name, upstreams, redis, "", extra).await
+    }
+
+    /// [`TestProxy::start_on`] with further `[proxy]` keys.
+    pub async fn start_with(
+        name: &str,
+        upstreams: &[SocketAddr],
+        redis: &str,
+        proxy_keys: &str,
+        extra: &str,
+    ) -> Self {
         let prefix = unique_prefix(name);
-        let text = config_text(upstreams, redis, &prefix, extra);
+        let text = config_text_with(upstreams, redis, &prefix, proxy_keys, extra);
         let settings = Settings::load_str(&text, None, &[]).expect("test config is valid");
         // Starting blocks (it waits for the listener), so keep it off the async threads.
         let proxy =
