@@ -3,7 +3,8 @@
 //! - `request_filter`: take the gateway config for this request, decide the client IP, its
 //!   country and request rate, score the request, and either answer 403 (the upstream is never
 //!   contacted) or let it through. Request header fields larger than `[proxy]
-//!   max_header_bytes` in total are answered 431 (logged with `decision=reject`). The `Connection` header is sanitised here, before Pingora
+//!   max_header_bytes` in total are answered 431 first, before any header is interpreted
+//!   (logged with the peer as client and `decision=reject`). The `Connection` header is sanitised here, before Pingora
 //!   builds the upstream request from it.
 //! - `upstream_peer`: the next healthy upstream, round-robin.
 //! - `upstream_request_filter`: remove incoming copies of the proxy's headers and forged
@@ -28,9 +29,9 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 use pingora_limits::rate::Rate;
 use watchpost_common::client_ip::{normalize_ip, resolve_with_forwarded_for};
-use watchpost_common::{AccessLogEntry, ClientIp, Decision, GatewayConfig};
+use watchpost_common::{AccessLogEntry, ClientIp, Decision, GatewayConfig, IpSource};
 use watchpost_geo::GeoDb;
-use watchpost_risk::{RequestFacts, RiskEngine};
+use watchpost_risk::{RequestFacts, RiskEngine, UaType};
 
 use crate::access_log::LogSink;
 use crate::headers::{self, plan_connection, plan_forwarding};
@@ -113,6 +114,49 @@ impl Gateway {
         self.rate.rate_with(&key, |c| {
             c.prev_samples as f64 * (1.0 - c.current_interval_fraction) + c.curr_samples as f64
         })
+    }
+
+    /// Answer 431 to a request whose header fields exceed `max_header_bytes`, before any of
+    /// them is interpreted: the client is the peer, nothing is scored, and the entry is logged
+    /// with `decision=reject`.
+    async fn refuse_oversized(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        gateway: Arc<GatewayConfig>,
+        peer: IpAddr,
+    ) -> pingora::Result<bool> {
+        let country = self.geo.lookup_country(peer);
+        ctx.decided = Some(Decided {
+            gateway,
+            peer,
+            client: ClientIp {
+                ip: peer,
+                source: IpSource::Peer,
+                spoofed_forwarded: false,
+                malformed_forwarded: false,
+            },
+            forwarded_for: peer.to_string(),
+            country: country
+                .as_ref()
+                .map(|c| c.as_str())
+                .unwrap_or("")
+                .to_string(),
+            score: 0.0,
+            reasons: Vec::new(),
+            ua_type: UaType::Unknown.as_str(),
+            decision: Decision::Reject,
+        });
+        // A client sending this much is not one whose next request we want to parse.
+        session.set_keepalive(None);
+        let message = format!(
+            "request header fields exceed {} bytes",
+            self.max_header_bytes
+        );
+        let body = error_body("REQUEST_HEADER_FIELDS_TOO_LARGE", &message, &ctx.request_id);
+        // A client that went away while we answered is not our failure to report.
+        let _ = respond_json(session, 431, body, &ctx.request_id).await;
+        Ok(true)
     }
 }
 
@@ -255,7 +299,9 @@ impl ProxyHttp for Gateway {
         let gateway = self.live.current();
         let peer = peer_ip(session);
         let req = session.req_header();
-        let too_large = header_bytes(&req.headers) > self.max_header_bytes;
+        if header_bytes(&req.headers) > self.max_header_bytes {
+            return self.refuse_oversized(session, ctx, gateway, peer).await;
+        }
         let (client, forwarded_for) = resolve_with_forwarded_for(peer, &req.headers, &gateway);
         let country = self.geo.lookup_country(client.ip);
         let country = country.as_ref().map(|c| c.as_str()).unwrap_or("");
@@ -273,7 +319,7 @@ impl ProxyHttp for Gateway {
         };
         let eval = self.risk.evaluate(&facts);
         let score = eval.assessment.score;
-        let decision = if too_large || score >= gateway.risk_reject_threshold {
+        let decision = if score >= gateway.risk_reject_threshold {
             Decision::Reject
         } else {
             Decision::Allow
@@ -304,17 +350,6 @@ impl ProxyHttp for Gateway {
             ua_type: eval.ua_type.as_str(),
             decision,
         });
-        if too_large {
-            // A client sending this much is not one whose next request we want to parse.
-            session.set_keepalive(None);
-            let message = format!(
-                "request header fields exceed {} bytes",
-                self.max_header_bytes
-            );
-            let body = error_body("REQUEST_HEADER_FIELDS_TOO_LARGE", &message, &ctx.request_id);
-            let _ = respond_json(session, 431, body, &ctx.request_id).await;
-            return Ok(true);
-        }
         if decision == Decision::Reject {
             if !session.is_body_empty() {
                 // Keeping the connection would mean reading the rejected body to its end;

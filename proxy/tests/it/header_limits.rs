@@ -26,6 +26,7 @@ async fn a_200_kb_header_is_refused_with_431_and_logged() {
     let mut p = TestProxy::start("hdr-200k", &[origin.addr], "").await;
     let big = "a".repeat(200 * 1024);
     let mut headers = BROWSER.to_vec();
+    headers.push(("X-Forwarded-For", "198.51.100.1"));
     headers.push(("X-Big", big.as_str()));
     let r = p.get("/big", &headers).await;
     assert_eq!(r.status, 431, "{r:?}");
@@ -47,7 +48,9 @@ async fn a_200_kb_header_is_refused_with_431_and_logged() {
     assert_eq!(entry["status"], "431");
     assert_eq!(entry["decision"], "reject");
     assert_eq!(entry["path"], "/big");
+    // Logged before any header is interpreted: the peer is the client.
     assert_eq!(entry["ip"], "127.0.0.1");
+    assert_eq!(entry["ip_source"], "peer");
     assert_eq!(entry["upstream"], "");
     // Many lines that are small one by one count together.
     let line = "b".repeat(1000);
