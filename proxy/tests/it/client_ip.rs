@@ -377,3 +377,49 @@ async fn a_trusted_hops_request_metadata_passes_but_client_ip_claims_do_not() {
     );
     p.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ip_header_and_cdn_cidrs_apply_at_runtime_from_redis() {
+    use crate::support::eventually;
+    use std::time::Duration;
+
+    let origin = Origin::start().await;
+    let mut p = TestProxy::start("runtime-ip-header", &[origin.addr], "").await;
+    // What the admin API stores: the new fields, validated by the same code.
+    let mut redis = p.redis().await;
+    let doc = r#"{"ip_mode":"cdn","trusted_cidrs":["127.0.0.0/8"],"risk_reject_threshold":1.0,
+                  "client_ip_header":"x-real-ip","cdn_cidrs":["192.0.2.0/24"],"version":9}"#;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}gateway:config", p.prefix))
+        .arg(doc)
+        .query_async(&mut redis)
+        .await
+        .expect("SET");
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(format!("{}gateway:config:changed", p.prefix))
+        .arg("9")
+        .query_async(&mut redis)
+        .await
+        .expect("PUBLISH");
+    eventually("version 9 applied", Duration::from_secs(10), || async {
+        (p.healthz().await["config_version"] == 9).then_some(())
+    })
+    .await;
+    let r = p
+        .get(
+            "/",
+            &with(&[
+                ("X-Forwarded-For", "6.6.6.6"),
+                ("CF-Connecting-IP", "6.6.6.7"),
+                ("X-Real-IP", "198.51.100.4"),
+            ]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let got = origin.last();
+    assert_eq!(got.header("x-client-ip").as_deref(), Some("198.51.100.4"));
+    assert_eq!(got.header("cf-connecting-ip"), None);
+    let entry = p.entry_for(r.header("x-request-id").expect("id")).await;
+    assert_eq!(entry["ip_source"], "x-real-ip");
+    p.cleanup().await;
+}
