@@ -102,6 +102,7 @@ pub struct GatewayConfigInput {
     /// `trusted_cidrs`; a CDN header from any other peer is ignored. Default empty (no CDN
     /// header believed); every unparseable entry is listed in the 400.
     #[serde(default)]
+    #[schema(example = json!(["173.245.48.0/20", "2400:cb00::/32"]))]
     pub cdn_cidrs: Vec<String>,
     /// The version this change was based on; a different current version is 409.
     pub version: Option<u64>,
