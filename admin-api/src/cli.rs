@@ -1,4 +1,4 @@
-//! The command line: `watchpost-admin [--config FILE] [serve|migrate|create-admin]`.
+//! The command line: `watchpost-admin [--config FILE] [serve|migrate|create-admin|rotate-secrets]`.
 
 use clap::{Parser, Subcommand};
 use deadpool_postgres::Pool;
@@ -40,6 +40,10 @@ pub enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Re-encrypt every stored secret with WATCHPOST_SECRET_KEY (values sealed with
+    /// WATCHPOST_SECRET_KEY_PREVIOUS or in the legacy format), print how many, and exit.
+    /// Running it again re-encrypts nothing.
+    RotateSecrets,
 }
 
 /// Runs the parsed command with the given environment.
@@ -62,6 +66,25 @@ pub async fn run(cli: Cli, env: &[(String, String)]) -> Result<(), StartupError>
                 created.email, created.user_id
             );
             println!("{}", created.key);
+            Ok(())
+        }
+        Command::RotateSecrets => {
+            let key = config.secret_key.clone().ok_or_else(|| {
+                StartupError::Config(format!(
+                    "rotate-secrets needs {} (the key to encrypt with), and {} while values \
+                     sealed with the old key remain",
+                    watchpost_common::config::ENV_SECRET_KEY,
+                    watchpost_common::config::ENV_SECRET_KEY_PREVIOUS
+                ))
+            })?;
+            crate::db::ensure_database(&config.postgres).await?;
+            crate::db::migrate(&config.postgres).await?;
+            let pool = crate::db::create_pool(&config.postgres)?;
+            let report = crate::email::rotate_secrets(&pool, &key).await?;
+            println!(
+                "re-encrypted {} stored secret(s) with the current key; {} already current",
+                report.reencrypted, report.already_current
+            );
             Ok(())
         }
         Command::Serve => {

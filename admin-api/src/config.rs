@@ -22,7 +22,8 @@ pub struct Config {
     pub postgres: PostgresConfig,
     /// `[smtp]` and `WATCHPOST_SMTP_*`: the fallback email server.
     pub smtp: crate::email::SmtpConfig,
-    /// From `WATCHPOST_SECRET_KEY` (never from the file): encrypts stored secrets.
+    /// From `WATCHPOST_SECRET_KEY` and `WATCHPOST_SECRET_KEY_PREVIOUS` (never from the file):
+    /// encrypts stored secrets.
     #[serde(skip)]
     pub secret_key: Option<crate::email::SecretKey>,
 }
@@ -123,7 +124,8 @@ impl Config {
     pub fn load(path: Option<&str>, env: &[(String, String)]) -> Result<Self, StartupError> {
         let mut config: Self = watchpost_common::config::load(path, SECTIONS, env)?;
         config.smtp.apply_env(env).map_err(StartupError::Config)?;
-        config.secret_key = crate::email::SecretKey::from_env(env);
+        config.secret_key = crate::email::SecretKey::from_env(env)
+            .map_err(|e| StartupError::Config(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }

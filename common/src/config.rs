@@ -18,6 +18,8 @@ pub const ENV_REDIS_URL: &str = "REDIS_URL";
 pub const ENV_DATABASE_URL: &str = "DATABASE_URL";
 /// Key that encrypts stored secrets (admin API).
 pub const ENV_SECRET_KEY: &str = "WATCHPOST_SECRET_KEY";
+/// The key being retired during a rotation: still decrypts, never encrypts (admin API).
+pub const ENV_SECRET_KEY_PREVIOUS: &str = "WATCHPOST_SECRET_KEY_PREVIOUS";
 
 /// A config that could not be loaded; the message names the file, key or variable at fault.
 #[derive(Debug, thiserror::Error)]

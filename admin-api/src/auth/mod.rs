@@ -14,6 +14,8 @@ pub mod settings;
 pub mod tokens;
 
 pub use api_keys::{create_api_key, IssuedApiKey};
-pub use principal::{admin_guard, authenticate, CurrentUser, PlatformAdmin, Principal};
+pub use principal::{
+    admin_guard, authenticate, reauthenticate, CurrentUser, PlatformAdmin, Principal,
+};
 pub use sessions::{issue_session, IssuedSession};
 pub use settings::AuthSettings;

@@ -1,6 +1,8 @@
 //! Who is calling: bearer-token authentication, the `CurrentUser` / `PlatformAdmin`
 //! extractors and the `/api/admin` guard (authentication, role, rate limit).
 
+use std::sync::LazyLock;
+
 use axum::{
     extract::{FromRequestParts, Request, State},
     http::{header, request::Parts},
@@ -42,27 +44,98 @@ impl Principal {
     }
 }
 
-const SESSION_QUERY: &str = "\
-SELECT s.id AS credential_id, s.token_hash AS hash, s.user_id, s.impersonator_id, u.role, \
-       u.status, \
+/// A session row with everything [`check_row`] needs; completed by the condition on `s`.
+/// An impersonation session stays valid only while its admin is an active platform admin.
+const SESSION_SELECT: &str = "\
+SELECT s.id AS credential_id, s.token_hash AS hash, s.user_id, s.impersonator_id, \
+       s.impersonated_role, u.role, u.status, \
        (u.last_active_at IS NULL OR u.last_active_at < now() - interval '1 minute') AS stale, \
        EXISTS (SELECT 1 FROM memberships m JOIN organizations o ON o.id = m.organization_id \
                WHERE m.user_id = u.id AND NOT o.enabled) AS org_disabled, \
-       (s.impersonator_id IS NULL OR imp.status = 'active') AS impersonator_ok \
+       (s.impersonator_id IS NULL \
+        OR (imp.status = 'active' AND imp.role = 'platform_admin')) AS impersonator_ok \
 FROM sessions s \
 JOIN users u ON u.id = s.user_id \
 LEFT JOIN users imp ON imp.id = s.impersonator_id \
-WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()";
+WHERE s.revoked_at IS NULL AND s.expires_at > now() AND ";
 
-const API_KEY_QUERY: &str = "\
+/// An API key row, like [`SESSION_SELECT`]; completed by the condition on `k`.
+const API_KEY_SELECT: &str = "\
 SELECT k.id AS credential_id, k.key_hash AS hash, k.user_id, NULL::text AS impersonator_id, \
-       u.role, u.status, \
+       NULL::text AS impersonated_role, u.role, u.status, \
        (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute') AS stale, \
        EXISTS (SELECT 1 FROM memberships m JOIN organizations o ON o.id = m.organization_id \
                WHERE m.user_id = u.id AND NOT o.enabled) AS org_disabled, \
        true AS impersonator_ok \
 FROM api_keys k JOIN users u ON u.id = k.user_id \
-WHERE k.key_hash = $1 AND k.revoked_at IS NULL";
+WHERE k.revoked_at IS NULL AND ";
+
+/// Lookups by presented token (each request) and by credential id (re-checks of long
+/// responses such as the access-log tail).
+static SESSION_BY_HASH: LazyLock<String> =
+    LazyLock::new(|| format!("{SESSION_SELECT}s.token_hash = $1"));
+static SESSION_BY_ID: LazyLock<String> = LazyLock::new(|| format!("{SESSION_SELECT}s.id = $1"));
+static API_KEY_BY_HASH: LazyLock<String> =
+    LazyLock::new(|| format!("{API_KEY_SELECT}k.key_hash = $1"));
+static API_KEY_BY_ID: LazyLock<String> = LazyLock::new(|| format!("{API_KEY_SELECT}k.id = $1"));
+
+/// Order of roles, for "never above": an exhaustive match, so a new role must be placed.
+fn rank(role: Role) -> u8 {
+    match role {
+        Role::User => 0,
+        Role::PlatformAdmin => 1,
+    }
+}
+
+/// What a credential row grants.
+struct Checked {
+    user_id: String,
+    role: Role,
+    credential_id: String,
+    impersonator_id: Option<String>,
+    stale: bool,
+}
+
+/// Applies the rules to a row of [`SESSION_SELECT`] / [`API_KEY_SELECT`]: 401 when the user
+/// is disabled, in a disabled organization, or impersonated by someone who is no longer an
+/// active platform admin. An impersonation session gets the lesser of the user's role now and
+/// the role at issue time.
+fn check_row(row: &tokio_postgres::Row) -> Result<Checked, ApiError> {
+    let status: String = col(row, "status")?;
+    let org_disabled: bool = col(row, "org_disabled")?;
+    let impersonator_ok: bool = col(row, "impersonator_ok")?;
+    if status != "active" {
+        return Err(ApiError::unauthorized("account is disabled"));
+    }
+    if org_disabled {
+        return Err(ApiError::unauthorized("organization is disabled"));
+    }
+    if !impersonator_ok {
+        return Err(ApiError::unauthorized("invalid or expired token"));
+    }
+    let parse = |text: String| {
+        Role::parse(&text).ok_or_else(|| ApiError::internal(format!("unknown role {text}")))
+    };
+    let mut role = parse(col(row, "role")?)?;
+    let impersonator_id: Option<String> = col(row, "impersonator_id")?;
+    if impersonator_id.is_some() {
+        // The column is set for every impersonation session; without it, the least role.
+        let issued = match col::<Option<String>>(row, "impersonated_role")? {
+            Some(text) => parse(text)?,
+            None => Role::User,
+        };
+        if rank(issued) < rank(role) {
+            role = issued;
+        }
+    }
+    Ok(Checked {
+        user_id: col(row, "user_id")?,
+        role,
+        credential_id: col(row, "credential_id")?,
+        impersonator_id,
+        stale: col(row, "stale")?,
+    })
+}
 
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     let value = parts
@@ -91,45 +164,58 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, 
     let hash = hash_token(token);
     let conn = state.db().await?;
     let query = match kind {
-        TokenKind::ApiKey => API_KEY_QUERY,
-        TokenKind::Session => SESSION_QUERY,
+        TokenKind::ApiKey => API_KEY_BY_HASH.as_str(),
+        TokenKind::Session => SESSION_BY_HASH.as_str(),
     };
     let row = conn.query_opt(query, &[&hash]).await?.ok_or_else(invalid)?;
     let stored: String = col(&row, "hash")?;
     if !hashes_equal(&stored, &hash) {
         return Err(invalid());
     }
-    let status: String = col(&row, "status")?;
-    let org_disabled: bool = col(&row, "org_disabled")?;
-    let impersonator_ok: bool = col(&row, "impersonator_ok")?;
-    if status != "active" {
-        return Err(ApiError::unauthorized("account is disabled"));
-    }
-    if org_disabled {
-        return Err(ApiError::unauthorized("organization is disabled"));
-    }
-    if !impersonator_ok {
-        return Err(invalid());
-    }
-    let role_text: String = col(&row, "role")?;
-    let role = Role::parse(&role_text)
-        .ok_or_else(|| ApiError::internal(format!("unknown role {role_text}")))?;
-    let credential_id: String = col(&row, "credential_id")?;
-    let user_id: String = col(&row, "user_id")?;
-    if col::<bool>(&row, "stale")? {
-        touch(state, kind, &user_id, &credential_id);
+    let checked = check_row(&row)?;
+    if checked.stale {
+        touch(state, kind, &checked.user_id, &checked.credential_id);
     }
     let (session_id, api_key_id) = match kind {
-        TokenKind::Session => (Some(credential_id), None),
-        TokenKind::ApiKey => (None, Some(credential_id)),
+        TokenKind::Session => (Some(checked.credential_id), None),
+        TokenKind::ApiKey => (None, Some(checked.credential_id)),
     };
     Ok(Principal {
-        user_id,
-        role,
+        user_id: checked.user_id,
+        role: checked.role,
         session_id,
         api_key_id,
-        impersonator_id: col(&row, "impersonator_id")?,
+        impersonator_id: checked.impersonator_id,
         meta: RequestMeta::from_parts(parts),
+    })
+}
+
+/// Checks again, by credential id, that an earlier authentication still holds: the same rules
+/// as [`authenticate`] (401 once the credential is revoked, deleted or expired, or the user
+/// or an impersonating admin is disabled), with the role as it is now. For responses that
+/// outlive their request, such as the access-log tail. One indexed query.
+pub async fn reauthenticate(
+    state: &AppState,
+    principal: &Principal,
+) -> Result<Principal, ApiError> {
+    let (query, id) = match (&principal.session_id, &principal.api_key_id) {
+        (Some(id), _) => (SESSION_BY_ID.as_str(), id),
+        (None, Some(id)) => (API_KEY_BY_ID.as_str(), id),
+        (None, None) => return Err(ApiError::unauthorized("invalid or expired token")),
+    };
+    let conn = state.db().await?;
+    let row = conn
+        .query_opt(query, &[id])
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("the credential was revoked or has expired"))?;
+    let checked = check_row(&row)?;
+    if checked.user_id != principal.user_id {
+        return Err(ApiError::unauthorized("invalid or expired token"));
+    }
+    Ok(Principal {
+        role: checked.role,
+        impersonator_id: checked.impersonator_id,
+        ..principal.clone()
     })
 }
 

@@ -17,7 +17,8 @@ pub struct IssuedSession {
 }
 
 /// Creates a session for `user_id` valid for `ttl`. For an impersonation token pass the admin's
-/// id and their reason as `impersonator`.
+/// id and their reason as `impersonator`: the user's role now is stored with the session, and
+/// the session never acts above it (nor outlives the admin's own standing).
 pub async fn issue_session(
     tx: &Transaction<'_>,
     user_id: &str,
@@ -30,9 +31,14 @@ pub async fn issue_session(
     let id = IdKind::Session.new_id();
     let expires_at = Utc::now() + ttl;
     let (impersonator_id, reason) = impersonator.unzip();
-    tx.execute(
+    let inserted = tx
+        .execute(
         "INSERT INTO sessions (id, user_id, token_hash, impersonator_id, reason, expires_at, ip, \
-         user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         user_agent, impersonated_role) \
+         SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::timestamptz, $7::inet, \
+                $8::text, \
+                CASE WHEN $4::text IS NULL THEN NULL ELSE u.role END \
+         FROM users u WHERE u.id = $2",
         &[
             &id,
             &user_id,
@@ -45,6 +51,9 @@ pub async fn issue_session(
         ],
     )
     .await?;
+    if inserted != 1 {
+        return Err(ApiError::not_found("user not found"));
+    }
     Ok(IssuedSession {
         id,
         token,

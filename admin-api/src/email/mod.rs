@@ -7,8 +7,13 @@
 //! setting applies to the next message) and is wrapped in one overall `tokio` timeout, because
 //! lettre's own timeout covers single commands only and not, for example, a server that
 //! accepts the connection and never greets.
+//!
+//! The saved password is encrypted with a key derived from `WATCHPOST_SECRET_KEY` (see
+//! [`crypto`]), kept only while host, port and user stay the same, and re-encrypted with a
+//! new key by `watchpost-admin rotate-secrets` ([`rotate_secrets`]).
 
 pub mod crypto;
+mod rotate;
 mod settings;
 
 use std::time::Duration;
@@ -21,6 +26,7 @@ use lettre::{
 };
 
 pub use crypto::{CryptoError, SecretKey};
+pub use rotate::{rotate_secrets, RotationReport};
 pub use settings::{EmailSource, SmtpConfig, StoredSettings, TlsMode};
 
 use crate::{error::ApiError, state::AppState};
@@ -74,7 +80,11 @@ pub enum EmailError {
     #[error("invalid address {0}")]
     InvalidAddress(String),
     /// A password is stored but cannot be decrypted with the current key.
-    #[error("the stored SMTP password cannot be decrypted: WATCHPOST_SECRET_KEY is missing or differs from the key it was saved with; save the password again")]
+    #[error(
+        "the stored SMTP password cannot be decrypted: WATCHPOST_SECRET_KEY is missing or \
+         differs from the key it was saved with (during a rotation, set the old one as \
+         WATCHPOST_SECRET_KEY_PREVIOUS); or save the password again"
+    )]
     Undecryptable,
     /// The server refused (reply code and text) or could not be reached.
     #[error("SMTP delivery failed: {0}")]

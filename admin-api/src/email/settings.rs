@@ -209,7 +209,7 @@ pub struct StoredSettings {
     pub smtp_host: String,
     pub smtp_port: u16,
     pub smtp_user: Option<String>,
-    /// `nonce || ciphertext`, see [`super::crypto`].
+    /// `v2:` || nonce || ciphertext (or the legacy nonce || ciphertext), see [`super::crypto`].
     pub smtp_pass_encrypted: Option<Vec<u8>>,
     pub smtp_tls_mode: TlsMode,
     pub updated_at: DateTime<Utc>,
@@ -303,6 +303,10 @@ mod tests {
             (vec![("WATCHPOST_SMTP_TLS_MODE", "ssl")], "tls_mode"),
             (vec![("WATCHPOST_SMTP_HOST", "h")], "from"),
             (vec![("WATCHPOST_SMTP_TIMEOUT_MS", "0")], "timeout_ms"),
+            (
+                vec![("WATCHPOST_SECRET_KEY_PREVIOUS", "old")],
+                "WATCHPOST_SECRET_KEY_PREVIOUS",
+            ),
         ] {
             let err = Config::load(None, &env(&pairs)).expect_err(key);
             assert!(err.to_string().contains(key), "{key}: {err}");

@@ -174,7 +174,10 @@ async fn list_access_log(
 /// New access-log entries as Server-Sent Events (`event: entry`, `id: <stream id>`, data: the
 /// entry as in the list), with the list's filters, from now or after `since`. Heartbeat
 /// comments keep idle connections open. If Redis fails mid-stream, one `event: error` is sent
-/// and the stream ends; reconnecting with `Last-Event-ID` resumes without a gap.
+/// and the stream ends; reconnecting with `Last-Event-ID` resumes without a gap. The caller's
+/// credential is checked again every 2 s: once it is revoked, or the user is disabled or no
+/// longer a platform admin, an `event: error` (`UNAUTHORIZED` / `FORBIDDEN`) is sent and the
+/// stream ends.
 #[utoipa::path(
     get,
     path = "/access-log/tail",
@@ -191,7 +194,7 @@ async fn list_access_log(
 )]
 async fn tail_access_log(
     State(state): State<AppState>,
-    _admin: PlatformAdmin,
+    admin: PlatformAdmin,
     Extension(slots): Extension<Slots>,
     headers: HeaderMap,
     Query(q): Query<TailQuery>,
@@ -224,6 +227,7 @@ async fn tail_access_log(
         since,
         filters,
         block: Duration::from_millis(admin_config.access_log_tail_block_ms),
+        principal: admin.0,
     };
     let events = tail::open(&state, request, slot).await?;
     let keep_alive = KeepAlive::new()

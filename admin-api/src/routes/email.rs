@@ -61,8 +61,10 @@ pub struct EmailConfigInput {
     pub smtp_port: Option<i64>,
     /// Absent, null or empty: no authentication.
     pub smtp_user: Option<String>,
-    /// Write-only. Absent or null: keep the stored password; `""`: clear it; anything else
-    /// replaces it. A value made only of `*` or `•` (a masked placeholder) is refused.
+    /// Write-only. Absent or null: keep the stored password, unless `smtp_host`, `smtp_port`
+    /// or `smtp_user` changes, which clears it (a password is never sent to a server other
+    /// than the one it was saved for); `""`: clear it; anything else replaces it. A value made
+    /// only of `*` or `•` (a masked placeholder) is refused.
     pub smtp_pass: Option<String>,
     /// `none`, `starttls` or `tls`.
     pub smtp_tls_mode: String,
@@ -186,8 +188,9 @@ enum PasswordChange {
 }
 
 /// Saves the SMTP settings (they then win over `WATCHPOST_SMTP_*`); audited as
-/// `email.config_updated` with `has_password` before/after, never the password. Storing a
-/// password needs `WATCHPOST_SECRET_KEY` (422 without it).
+/// `email.config_updated` with `has_password` before/after, never the password. Changing
+/// `smtp_host`, `smtp_port` or `smtp_user` without a new `smtp_pass` clears the stored
+/// password. Storing a password needs `WATCHPOST_SECRET_KEY` (422 without it).
 #[utoipa::path(
     put,
     path = "/email/config",
@@ -274,11 +277,23 @@ async fn put_config(
     let mut conn = state.db().await?;
     let tx = conn.transaction().await?;
     let before = StoredSettings::load_for_update(&tx).await?;
+    // The stored password belongs to the server and account it was saved for: kept only
+    // while both stay the same, so that it can never be steered to another host.
+    let same_destination = before.as_ref().is_some_and(|b| {
+        b.smtp_host == host && b.smtp_port == port && b.smtp_user.as_deref() == user.as_deref()
+    });
     let pass_value: Option<Vec<u8>> = match password {
-        PasswordChange::Keep => before.as_ref().and_then(|b| b.smtp_pass_encrypted.clone()),
-        PasswordChange::Clear => None,
+        PasswordChange::Keep if same_destination => {
+            before.as_ref().and_then(|b| b.smtp_pass_encrypted.clone())
+        }
+        PasswordChange::Keep | PasswordChange::Clear => None,
         PasswordChange::Set(_) => sealed,
     };
+    let cleared_by_move = matches!(password, PasswordChange::Keep)
+        && !same_destination
+        && before
+            .as_ref()
+            .is_some_and(|b| b.smtp_pass_encrypted.is_some());
     tx.execute(
         "INSERT INTO email_settings (id, from_address, smtp_host, smtp_port, smtp_user, \
            smtp_pass_encrypted, smtp_tls_mode, updated_at, updated_by) \
@@ -313,6 +328,12 @@ async fn put_config(
     if let (Some(map), PasswordChange::Set(_)) = (changes.as_object_mut(), &password) {
         map.entry("has_password")
             .or_insert_with(|| json!({"before": true, "after": true, "replaced": true}));
+    }
+    if let (Some(map), true) = (changes.as_object_mut(), cleared_by_move) {
+        map.insert(
+            "has_password".into(),
+            json!({"before": true, "after": false, "cleared": "smtp_host, smtp_port or smtp_user changed"}),
+        );
     }
     audit::record(
         &tx,

@@ -6,6 +6,13 @@
 //! dedicated connection gets a response timeout longer than the block time. When the client
 //! goes away, axum drops the event stream, which drops the pending read and the connection,
 //! and releases the tail's slot.
+//!
+//! A tail outlives the request that authenticated it, so its credential is checked again
+//! every [`RECHECK_INTERVAL`]: once the API key or session is revoked or deleted, the user or
+//! an impersonating admin is disabled, or the user is no longer a platform admin, the tail
+//! sends one `error` event (`UNAUTHORIZED` or `FORBIDDEN`) and ends. While PostgreSQL is
+//! unreachable the tail goes on (no credential can be revoked meanwhile) and the next check
+//! that reaches it decides.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,7 +23,11 @@ use futures::{Stream, StreamExt};
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::{error::ApiError, state::AppState};
+use crate::{
+    auth::{reauthenticate, Principal},
+    error::{ApiError, ErrorCode},
+    state::AppState,
+};
 
 use super::{decode_entries, to_item, Filters, StreamId};
 
@@ -26,6 +37,8 @@ const READ_COUNT: usize = 500;
 const RESPONSE_SLACK: Duration = Duration::from_secs(5);
 /// Longest wait to open the tail's connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often an open tail checks that its credential still holds (one indexed query).
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Bounds the number of concurrent tails of one server.
 #[derive(Debug, Clone)]
@@ -55,6 +68,8 @@ pub struct TailRequest {
     pub filters: Filters,
     /// `XREAD BLOCK` time.
     pub block: Duration,
+    /// The caller, re-checked while the tail is open.
+    pub principal: Principal,
 }
 
 struct Tail {
@@ -115,11 +130,62 @@ pub async fn open(
         failed: false,
         _slot: slot,
     };
+    // The closing event of a withdrawn credential. When the tail ends otherwise, the watch is
+    // dropped with its sender and nothing more is sent.
+    let (closing_tx, closing_rx) = tokio::sync::oneshot::channel::<Event>();
+    let watch = {
+        let state = state.clone();
+        let principal = req.principal;
+        async move {
+            let event = credential_withdrawn(&state, &principal).await;
+            let _ = closing_tx.send(event);
+        }
+    };
+    let closing = futures::stream::once(closing_rx)
+        .filter_map(|event| std::future::ready(event.ok().map(Ok)));
     Ok(futures::stream::unfold(tail, next_events)
         .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok)))
         // A tail never ends by itself; graceful shutdown waits for open responses, so end
-        // it when the process is asked to stop.
-        .take_until(stop_requested()))
+        // it when the process is asked to stop, or when its credential no longer holds.
+        .take_until(async move {
+            tokio::select! {
+                () = stop_requested() => {},
+                () = watch => {},
+            }
+        })
+        .chain(closing))
+}
+
+/// Resolves, with the `error` event to send last, once `principal`'s credential no longer
+/// grants the tail: checked every [`RECHECK_INTERVAL`].
+async fn credential_withdrawn(state: &AppState, principal: &Principal) -> Event {
+    let mut ticks = tokio::time::interval(RECHECK_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate, and the request was authenticated just now.
+    ticks.tick().await;
+    let (code, message) = loop {
+        ticks.tick().await;
+        match reauthenticate(state, principal).await {
+            Ok(p) if p.is_platform_admin() => continue,
+            Ok(_) => {
+                break (
+                    ErrorCode::Forbidden,
+                    "platform_admin role required".to_string(),
+                )
+            }
+            Err(e) if e.code() == ErrorCode::Unauthorized => break (e.code(), e.public_message()),
+            Err(e) => {
+                tracing::debug!(error = %e, "access-log tail: cannot re-check the credential now");
+            }
+        }
+    };
+    tracing::info!(
+        user_id = %principal.user_id,
+        code = ?code,
+        "access-log tail: credential withdrawn, ending the stream"
+    );
+    let body = serde_json::json!({"code": code, "message": message});
+    Event::default().event("error").data(body.to_string())
 }
 
 /// Resolves on SIGINT or SIGTERM (every listener is notified; the server has its own). A

@@ -669,3 +669,133 @@ async fn summary_counts_a_known_window() {
     assert_eq!(s["truncated"], true);
     assert_eq!(s["by_decision"]["reject"], 5);
 }
+
+/// Opens a tail with any bearer token.
+async fn open_tail_as(app: &TestApp, token: &str) -> reqwest::Response {
+    let response = app
+        .get("/api/admin/access-log/tail")
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("tail request");
+    assert_eq!(response.status(), 200);
+    response
+}
+
+/// Reads an SSE response until the server ends it (at most 15 s) and returns its named
+/// events (heartbeat comments skipped).
+async fn read_to_end(mut response: reqwest::Response) -> Vec<SseEvent> {
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(chunk) = response.chunk().await.expect("read the event stream") {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .expect("the tail ends within 15 s");
+    text.split("\n\n")
+        .filter_map(|block| {
+            let mut ev = SseEvent::default();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    ev.event = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    ev.data.push_str(v.trim());
+                }
+            }
+            (!ev.event.is_empty()).then_some(ev)
+        })
+        .collect()
+}
+
+#[track_caller]
+fn assert_closed_with(events: &[SseEvent], code: &str, case: &str) {
+    let last = events.last().unwrap_or_else(|| panic!("{case}: no event"));
+    assert_eq!(last.event, "error", "{case}: {events:?}");
+    let data: Value = serde_json::from_str(&last.data).expect("JSON data");
+    assert_eq!(data["code"], code, "{case}: {data}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_ends_when_its_credential_is_revoked_or_its_user_disabled_or_demoted() {
+    let app = TestApp::builder()
+        .configure(|c| {
+            c.admin.access_log_tail_block_ms = 300;
+            c.admin.access_log_tail_heartbeat_secs = 1;
+        })
+        .spawn()
+        .await;
+    let boss = app.create_admin().await;
+    let key_deleted = app.create_admin().await;
+    let disabled = app.create_admin().await;
+    let demoted = app.create_admin().await;
+    // A platform admin signed in with a session token.
+    let session_admin = app.create_user().await;
+    app.db()
+        .await
+        .execute(
+            "UPDATE users SET role = 'platform_admin' WHERE id = $1",
+            &[&session_admin.id],
+        )
+        .await
+        .expect("promote");
+
+    let control = open_tail_as(&app, &boss.key).await;
+    let tails = [
+        open_tail_as(&app, &key_deleted.key).await,
+        open_tail_as(&app, &disabled.key).await,
+        open_tail_as(&app, &demoted.key).await,
+        open_tail_as(&app, &session_admin.token).await,
+    ];
+
+    // The API key is deleted outright.
+    app.db()
+        .await
+        .execute(
+            "DELETE FROM api_keys WHERE user_id = $1",
+            &[&key_deleted.id],
+        )
+        .await
+        .expect("delete key");
+    for (user, change) in [
+        (&disabled.id, serde_json::json!({"status": "disabled"})),
+        (&demoted.id, serde_json::json!({"role": "user"})),
+    ] {
+        let response = app
+            .patch(&format!("/api/admin/users/{user}"))
+            .bearer_auth(&boss.key)
+            .json(&change)
+            .send()
+            .await
+            .expect("patch");
+        assert_eq!(response.status(), 200, "{change}");
+    }
+    let response = app
+        .delete("/api/auth/sessions/current")
+        .bearer_auth(&session_admin.token)
+        .send()
+        .await
+        .expect("sign out");
+    assert_eq!(response.status(), 204);
+
+    let [a, b, c, d] = tails;
+    let (a, b, c, d) = tokio::join!(
+        read_to_end(a),
+        read_to_end(b),
+        read_to_end(c),
+        read_to_end(d)
+    );
+    assert_closed_with(&a, "UNAUTHORIZED", "API key deleted");
+    assert_closed_with(&b, "UNAUTHORIZED", "user disabled");
+    assert_closed_with(&c, "FORBIDDEN", "user demoted");
+    assert_closed_with(&d, "UNAUTHORIZED", "session revoked");
+
+    // A tail whose credential still holds goes on through the same re-checks.
+    let mut control = control;
+    let entry = synthetic(3);
+    xadd_all(&app, &[(format!("{}-0", now_ms()), entry.clone())]).await;
+    let mut buf = String::new();
+    let events = read_entries(&mut control, &mut buf, 1).await;
+    let data: Value = serde_json::from_str(&events[0].data).expect("JSON data");
+    assert_eq!(data["request_id"], entry.request_id);
+}

@@ -116,3 +116,127 @@ fn invalid_config_exits_with_a_message_naming_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("[admin] listen"), "{stderr}");
 }
+
+#[tokio::test]
+async fn rotate_secrets_moves_every_stored_secret_to_the_new_key() {
+    use clap::Parser as _;
+    use serde_json::json;
+    use watchpost_admin::{
+        cli::{run, Cli},
+        email::{SecretKey, PASSWORD_PURPOSE},
+    };
+    use watchpost_common::config::{ENV_SECRET_KEY, ENV_SECRET_KEY_PREVIOUS};
+
+    const OLD: &str = "the key being retired";
+    const NEW: &str = "the key taking over";
+    const PASS: &str = "smtp-password-to-rotate";
+    let app = crate::common::TestApp::builder()
+        .configure(|c| c.secret_key = Some(SecretKey::from_text(OLD).expect("key")))
+        .spawn()
+        .await;
+    let admin = app.create_admin().await;
+    let response = app
+        .put("/api/admin/email/config")
+        .bearer_auth(&admin.key)
+        .json(&json!({
+            "from": "noreply@watchpost.test",
+            "smtp_host": "127.0.0.1",
+            "smtp_port": 2525,
+            "smtp_user": "mailer",
+            "smtp_pass": PASS,
+            "smtp_tls_mode": "none",
+        }))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status(), 204);
+    let stored = || async {
+        app.db()
+            .await
+            .query_one("SELECT smtp_pass_encrypted FROM email_settings", &[])
+            .await
+            .expect("row")
+            .get::<_, Option<Vec<u8>>>(0)
+            .expect("a password is stored")
+    };
+    let sealed = stored().await;
+    let url = app.config.postgres.url.clone();
+    let env = |keys: &[(&str, &str)]| {
+        let mut pairs = vec![("DATABASE_URL".to_string(), url.clone())];
+        pairs.extend(keys.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        pairs
+    };
+    let command = || Cli::parse_from(["watchpost-admin", "rotate-secrets"]);
+
+    // The new key alone cannot open the old value: a clear error, and nothing changes.
+    let err = run(command(), &env(&[(ENV_SECRET_KEY, NEW)]))
+        .await
+        .expect_err("the old value cannot be opened");
+    let message = err.to_string();
+    assert!(
+        message.contains("email_settings.smtp_pass_encrypted"),
+        "{message}"
+    );
+    assert!(message.contains(ENV_SECRET_KEY_PREVIOUS), "{message}");
+    assert!(
+        !message.contains(PASS) && !message.contains(OLD),
+        "{message}"
+    );
+    assert_eq!(stored().await, sealed);
+
+    // With the old key as the previous one, the value moves to the new key.
+    run(
+        command(),
+        &env(&[(ENV_SECRET_KEY, NEW), (ENV_SECRET_KEY_PREVIOUS, OLD)]),
+    )
+    .await
+    .expect("rotate");
+    let rotated = stored().await;
+    assert_ne!(rotated, sealed);
+    let new_only = SecretKey::from_text(NEW).expect("key");
+    assert_eq!(
+        new_only
+            .decrypt(PASSWORD_PURPOSE, &rotated)
+            .expect("new key opens it"),
+        PASS.as_bytes()
+    );
+    assert!(SecretKey::from_text(OLD)
+        .expect("key")
+        .decrypt(PASSWORD_PURPOSE, &rotated)
+        .is_err());
+    assert_eq!(app.audit_rows("secrets.rotated").await.len(), 1);
+
+    // The binary: a second run re-encrypts nothing and never prints a secret.
+    let out = admin_bin()
+        .args(["rotate-secrets"])
+        .env("DATABASE_URL", &url)
+        .env(ENV_SECRET_KEY, NEW)
+        .env(ENV_SECRET_KEY_PREVIOUS, OLD)
+        .output()
+        .expect("run rotate-secrets");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("re-encrypted 0 stored secret(s)") && stdout.contains("1 already current"),
+        "{stdout}"
+    );
+    for text in [&stdout, &stderr] {
+        assert!(
+            !text.contains(PASS) && !text.contains(NEW) && !text.contains(OLD),
+            "{text}"
+        );
+    }
+    assert_eq!(stored().await, rotated);
+    assert_eq!(app.audit_rows("secrets.rotated").await.len(), 1);
+
+    // Without a key there is nothing to encrypt with.
+    let out = admin_bin()
+        .args(["rotate-secrets"])
+        .env("DATABASE_URL", &url)
+        .output()
+        .expect("run rotate-secrets");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(ENV_SECRET_KEY), "{stderr}");
+}

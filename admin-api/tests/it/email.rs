@@ -11,7 +11,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
     task::JoinHandle,
 };
-use watchpost_admin::email::{SecretKey, PASSWORD_PURPOSE};
+use watchpost_admin::email::{rotate_secrets, SecretKey, PASSWORD_PURPOSE};
 
 const SECRET: &str = "test secret key for email settings";
 
@@ -253,7 +253,7 @@ async fn closed_port() -> u16 {
 async fn app_with_key() -> TestApp {
     TestApp::builder()
         .configure(|c| {
-            c.secret_key = SecretKey::from_text(SECRET);
+            c.secret_key = Some(SecretKey::from_text(SECRET).expect("key"));
             c.smtp.timeout_ms = 2000;
         })
         .spawn()
@@ -351,7 +351,7 @@ async fn without_settings_email_is_not_configured() {
 async fn environment_settings_are_reported_and_the_saved_ones_win() {
     let app = TestApp::builder()
         .configure(|c| {
-            c.secret_key = SecretKey::from_text(SECRET);
+            c.secret_key = Some(SecretKey::from_text(SECRET).expect("key"));
             c.smtp.host = "smtp.env.test".into();
             c.smtp.from = "env@watchpost.test".into();
             c.smtp.user = "env-user".into();
@@ -420,11 +420,13 @@ async fn the_password_is_write_only_and_encrypted_at_rest() {
         password.as_bytes()
     );
 
-    // Absent and null keep it, byte for byte.
-    let (status, _) = put_config(&app, &admin, &smtp_body(2526, Some("mailer"), None)).await;
+    // Absent and null keep it, byte for byte, while host, port and user stay the same.
+    let mut new_sender = smtp_body(2525, Some("mailer"), None);
+    new_sender["from"] = json!("ops@watchpost.test");
+    let (status, _) = put_config(&app, &admin, &new_sender).await;
     assert_eq!(status, 204);
     assert_eq!(stored_ciphertext(&app).await.as_ref(), Some(&sealed));
-    let mut with_null = smtp_body(2526, Some("mailer"), None);
+    let mut with_null = smtp_body(2525, Some("mailer"), None);
     with_null["smtp_pass"] = Value::Null;
     let (status, _) = put_config(&app, &admin, &with_null).await;
     assert_eq!(status, 204);
@@ -434,7 +436,7 @@ async fn the_password_is_write_only_and_encrypted_at_rest() {
     let (status, body) = put_config(
         &app,
         &admin,
-        &smtp_body(2526, Some("mailer"), Some("********")),
+        &smtp_body(2525, Some("mailer"), Some("********")),
     )
     .await;
     assert_error(status, &body, 400, "BAD_REQUEST");
@@ -444,7 +446,7 @@ async fn the_password_is_write_only_and_encrypted_at_rest() {
     let (status, _) = put_config(
         &app,
         &admin,
-        &smtp_body(2526, Some("mailer"), Some("other")),
+        &smtp_body(2525, Some("mailer"), Some("other")),
     )
     .await;
     assert_eq!(status, 204);
@@ -453,7 +455,7 @@ async fn the_password_is_write_only_and_encrypted_at_rest() {
         key.decrypt(PASSWORD_PURPOSE, &replaced).expect("decrypts"),
         b"other"
     );
-    let (status, _) = put_config(&app, &admin, &smtp_body(2526, Some("mailer"), Some(""))).await;
+    let (status, _) = put_config(&app, &admin, &smtp_body(2525, Some("mailer"), Some(""))).await;
     assert_eq!(status, 204);
     assert_eq!(stored_ciphertext(&app).await, None);
     let config = get_json(&app, &admin, "/api/admin/email/config").await;
@@ -466,9 +468,10 @@ async fn the_password_is_write_only_and_encrypted_at_rest() {
     assert_eq!(rows[0]["changes"]["has_password"]["after"], true);
     assert_eq!(rows[0]["changes"]["smtp_port"]["after"], 2525);
     assert_eq!(
-        rows[1]["changes"]["smtp_port"],
-        json!({"before": 2525, "after": 2526})
+        rows[1]["changes"]["from"],
+        json!({"before": "Watchpost <noreply@watchpost.test>", "after": "ops@watchpost.test"})
     );
+    assert!(rows[1]["changes"].get("has_password").is_none(), "kept");
     assert_eq!(rows[3]["changes"]["has_password"]["replaced"], true);
     assert_eq!(
         rows[4]["changes"]["has_password"],
@@ -764,4 +767,232 @@ async fn a_password_sealed_with_another_key_is_409_not_sent() {
     let (status, body) = send_test(&app, &admin, "ops@example.com").await;
     assert_error(status, &body, 409, "CONFLICT");
     assert!(server.messages().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The password stays with its server; keys, legacy values and rotation
+// ---------------------------------------------------------------------------------------------
+
+/// Whether any message reached `server` authenticated with `password`.
+fn saw_password(server: &SmtpServer, password: &str) -> bool {
+    server
+        .messages()
+        .iter()
+        .any(|m| m.auth.as_ref().is_some_and(|(_, _, p)| p == password))
+}
+
+#[tokio::test]
+async fn changing_host_port_or_user_clears_the_stored_password() {
+    const OLD: &str = "password-for-the-first-server";
+    let first = SmtpServer::start(Behaviour {
+        credentials: Some(("mailer".into(), OLD.into())),
+        ..Behaviour::default()
+    })
+    .await;
+    // The server an attacker points the settings to: accepts any AUTH and records it.
+    let second = SmtpServer::start(Behaviour::default()).await;
+    let app = app_with_key().await;
+    let admin = app.create_admin().await;
+    let saved = smtp_body(first.port, Some("mailer"), Some(OLD));
+
+    // A new port, same host and user, no smtp_pass: the password is gone.
+    let (status, body) = put_config(&app, &admin, &saved).await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) =
+        put_config(&app, &admin, &smtp_body(second.port, Some("mailer"), None)).await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(stored_ciphertext(&app).await, None);
+    let config = get_json(&app, &admin, "/api/admin/email/config").await;
+    assert_eq!(config["has_password"], false, "{config}");
+    assert_eq!(config["smtp_port"], second.port);
+    let rows = app.audit_rows("email.config_updated").await;
+    let last = &rows[rows.len() - 1]["changes"]["has_password"];
+    assert_eq!(last["before"], true, "{last}");
+    assert_eq!(last["after"], false, "{last}");
+    assert!(last["cleared"].is_string(), "{last}");
+    // The test message goes to the new server without the old password.
+    let (status, body) = send_test(&app, &admin, "ops@example.com").await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(second.messages().len(), 1);
+    assert!(!saw_password(&second, OLD), "{:?}", second.messages());
+    assert!(first.messages().is_empty());
+
+    // A new host, or a new user, clears it the same way.
+    let mut other_host = smtp_body(first.port, Some("mailer"), None);
+    other_host["smtp_host"] = json!("smtp.elsewhere.test");
+    let other_user = smtp_body(first.port, Some("someone-else"), None);
+    let no_user = smtp_body(first.port, None, None);
+    for moved in [other_host, other_user, no_user] {
+        let (status, body) = put_config(&app, &admin, &saved).await;
+        assert_eq!(status, 204, "{body}");
+        assert!(stored_ciphertext(&app).await.is_some());
+        let (status, body) = put_config(&app, &admin, &moved).await;
+        assert_eq!(status, 204, "{body}");
+        assert_eq!(stored_ciphertext(&app).await, None, "{moved}");
+        let config = get_json(&app, &admin, "/api/admin/email/config").await;
+        assert_eq!(config["has_password"], false, "{moved}: {config}");
+    }
+
+    // With a new password given, the move keeps the new one.
+    let (status, body) = put_config(
+        &app,
+        &admin,
+        &smtp_body(second.port, Some("mailer"), Some("password-for-the-second")),
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = send_test(&app, &admin, "ops@example.com").await;
+    assert_eq!(status, 204, "{body}");
+    assert!(saw_password(&second, "password-for-the-second"));
+    assert!(!saw_password(&second, OLD));
+    let config = get_json(&app, &admin, "/api/admin/email/config").await;
+    assert_eq!(config["has_password"], true);
+    assert!(!config.to_string().contains("password-for"), "{config}");
+}
+
+/// A value as the first version stored it: nonce || AES-256-GCM ciphertext under the SHA-256
+/// of the passphrase, no version tag.
+fn legacy_seal(passphrase: &str, plaintext: &[u8]) -> Vec<u8> {
+    use aes_gcm::{
+        aead::{Aead, KeyInit, Payload},
+        Aes256Gcm, Nonce,
+    };
+    use sha2::{Digest, Sha256};
+    let key: [u8; 32] = Sha256::digest(passphrase.as_bytes()).into();
+    let nonce: [u8; 12] = rand::random();
+    let mut out = nonce.to_vec();
+    out.extend(
+        Aes256Gcm::new(&key.into())
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: PASSWORD_PURPOSE.as_bytes(),
+                },
+            )
+            .expect("seal"),
+    );
+    out
+}
+
+async fn store_ciphertext(app: &TestApp, value: &[u8]) {
+    app.db()
+        .await
+        .execute(
+            "UPDATE email_settings SET smtp_pass_encrypted = $1",
+            &[&value],
+        )
+        .await
+        .expect("update");
+}
+
+#[tokio::test]
+async fn a_password_stored_in_the_legacy_format_still_works_and_rotation_upgrades_it() {
+    const LEGACY: &str = "stored-before-the-kdf";
+    let server = SmtpServer::start(Behaviour {
+        credentials: Some(("mailer".into(), LEGACY.into())),
+        ..Behaviour::default()
+    })
+    .await;
+    let app = app_with_key().await;
+    let admin = app.create_admin().await;
+    put_config(
+        &app,
+        &admin,
+        &smtp_body(server.port, Some("mailer"), Some("placeholder")),
+    )
+    .await;
+    let legacy = legacy_seal(SECRET, LEGACY.as_bytes());
+    store_ciphertext(&app, &legacy).await;
+
+    let (status, body) = send_test(&app, &admin, "ops@example.com").await;
+    assert_eq!(status, 204, "{body}");
+    assert!(saw_password(&server, LEGACY));
+    let config = get_json(&app, &admin, "/api/admin/email/config").await;
+    assert_eq!(config["has_password"], true);
+    assert!(!config.to_string().contains(LEGACY), "{config}");
+
+    // Rotation re-encrypts it in the current format, once.
+    let key = SecretKey::from_text(SECRET).expect("key");
+    let report = rotate_secrets(&app.pool, &key).await.expect("rotate");
+    assert_eq!(report.reencrypted, 1);
+    assert_eq!(report.already_current, 0);
+    let upgraded = stored_ciphertext(&app).await.expect("still stored");
+    assert!(upgraded.starts_with(b"v2:"));
+    assert_eq!(
+        key.decrypt(PASSWORD_PURPOSE, &upgraded).expect("decrypts"),
+        LEGACY.as_bytes()
+    );
+    let again = rotate_secrets(&app.pool, &key).await.expect("rotate again");
+    assert_eq!((again.reencrypted, again.already_current), (0, 1));
+    assert_eq!(stored_ciphertext(&app).await, Some(upgraded));
+    let rows = app.audit_rows("secrets.rotated").await;
+    assert_eq!(rows.len(), 1, "only the run that changed something");
+    assert_eq!(
+        rows[0]["changes"]["email_settings.smtp_pass_encrypted"]["after"],
+        1
+    );
+    assert!(!rows[0].to_string().contains(LEGACY));
+
+    let (status, body) = send_test(&app, &admin, "ops@example.com").await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(server.messages().len(), 2);
+}
+
+#[tokio::test]
+async fn the_previous_key_decrypts_during_a_rotation_and_a_wrong_key_is_a_clear_409() {
+    const PASS: &str = "sealed-with-the-old-key";
+    let server = SmtpServer::start(Behaviour {
+        credentials: Some(("mailer".into(), PASS.into())),
+        ..Behaviour::default()
+    })
+    .await;
+    // The app runs with a new key and the old one as WATCHPOST_SECRET_KEY_PREVIOUS.
+    let app = TestApp::builder()
+        .configure(|c| {
+            c.secret_key = Some(
+                SecretKey::from_text("the new key")
+                    .and_then(|k| k.with_previous(SECRET))
+                    .expect("keys"),
+            );
+            c.smtp.timeout_ms = 2000;
+        })
+        .spawn()
+        .await;
+    let admin = app.create_admin().await;
+    put_config(
+        &app,
+        &admin,
+        &smtp_body(server.port, Some("mailer"), Some("placeholder")),
+    )
+    .await;
+    let old = SecretKey::from_text(SECRET).expect("old key");
+    store_ciphertext(
+        &app,
+        &old.encrypt(PASSWORD_PURPOSE, PASS.as_bytes())
+            .expect("seal"),
+    )
+    .await;
+    let (status, body) = send_test(&app, &admin, "ops@example.com").await;
+    assert_eq!(status, 204, "{body}");
+    assert!(saw_password(&server, PASS));
+
+    // A value no configured key opens: 409 naming both variables, nothing sent, no secret shown.
+    let foreign = SecretKey::from_text("a third key").expect("key");
+    store_ciphertext(
+        &app,
+        &foreign
+            .encrypt(PASSWORD_PURPOSE, PASS.as_bytes())
+            .expect("seal"),
+    )
+    .await;
+    let (status, body) = send_test(&app, &admin, "ops@example.com").await;
+    assert_error(status, &body, 409, "CONFLICT");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("WATCHPOST_SECRET_KEY_PREVIOUS"),
+        "{message}"
+    );
+    assert!(!message.contains(PASS), "{message}");
+    assert_eq!(server.messages().len(), 1);
 }

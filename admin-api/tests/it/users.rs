@@ -846,6 +846,113 @@ async fn impersonation_issues_a_token_that_shows_the_admin() {
     assert_eq!(app.audit_rows("user.impersonated").await.len(), 2);
 }
 
+/// Impersonates `user_id` as `admin_key`; the access token.
+async fn impersonate(app: &TestApp, admin_key: &str, user_id: &str) -> String {
+    let (status, token) = send(
+        app,
+        "POST",
+        "/users/impersonate",
+        admin_key,
+        Some(json!({"user_id": user_id, "reason": "support ticket"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{token}");
+    token["access_token"].as_str().expect("token").to_string()
+}
+
+#[tokio::test]
+async fn an_impersonation_token_never_acts_above_the_role_at_issue_time() {
+    let app = TestApp::spawn().await;
+    let admin = app.create_admin().await;
+    let user = app.create_user().await;
+    let access = impersonate(&app, &admin.key, &user.id).await;
+    let stored: Option<String> = app
+        .db()
+        .await
+        .query_one(
+            "SELECT impersonated_role FROM sessions WHERE impersonator_id = $1",
+            &[&admin.id],
+        )
+        .await
+        .expect("session")
+        .get(0);
+    assert_eq!(stored.as_deref(), Some("user"));
+
+    // The target is promoted afterwards: their own session now acts as an admin, the
+    // impersonation token still does not.
+    let (status, body) = send(
+        &app,
+        "PATCH",
+        &format!("/users/{}", user.id),
+        &admin.key,
+        Some(json!({"role": "platform_admin"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = send(&app, "GET", "/users", &user.token, None).await;
+    assert_eq!(status, 200, "{body}");
+    for (method, path, body) in [
+        ("GET", "/users".to_string(), None),
+        ("GET", "/stats".to_string(), None),
+        (
+            "PATCH",
+            format!("/users/{}", admin.id),
+            Some(json!({"status": "disabled"})),
+        ),
+    ] {
+        let (status, err) = send(&app, method, &path, &access, body).await;
+        assert_error(status, &err, 403, "FORBIDDEN");
+    }
+    // It still works as the user it impersonates.
+    let (status, body) = me(&app, &access).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["impersonated_by"], admin.id.as_str());
+}
+
+#[tokio::test]
+async fn an_impersonation_token_dies_when_its_admin_is_demoted_or_disabled() {
+    let app = TestApp::spawn().await;
+    let boss = app.create_admin().await;
+    let demoted = app.create_admin().await;
+    let disabled = app.create_admin().await;
+    let user = app.create_user().await;
+    let by_demoted = impersonate(&app, &demoted.key, &user.id).await;
+    let by_disabled = impersonate(&app, &disabled.key, &user.id).await;
+    assert_eq!(me(&app, &by_demoted).await.0, 200);
+    assert_eq!(me(&app, &by_disabled).await.0, 200);
+
+    let (status, body) = send(
+        &app,
+        "PATCH",
+        &format!("/users/{}", demoted.id),
+        &boss.key,
+        Some(json!({"role": "user"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, err) = me(&app, &by_demoted).await;
+    assert_error(status, &err, 401, "UNAUTHORIZED");
+    assert_eq!(
+        me(&app, &by_disabled).await.0,
+        200,
+        "the other admin's token lives"
+    );
+
+    let (status, body) = send(
+        &app,
+        "PATCH",
+        &format!("/users/{}", disabled.id),
+        &boss.key,
+        Some(json!({"status": "disabled"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, err) = me(&app, &by_disabled).await;
+    assert_error(status, &err, 401, "UNAUTHORIZED");
+    // The user's own session is untouched.
+    assert_eq!(me(&app, &user.token).await.0, 200);
+}
+
 async fn second_session(app: &TestApp, admin: &TestAdmin) -> String {
     // An admin session token, to check that exclude_user_id keeps it.
     let conn = app.db().await;
