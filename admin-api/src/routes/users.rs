@@ -606,7 +606,8 @@ impl SearchCursor {
         if field != sort.field.name() || direction != sort.direction.name() {
             return Err(bad());
         }
-        if !IdKind::User.matches(id) {
+        // The key goes to PostgreSQL as text, which refuses NUL.
+        if !IdKind::User.matches(id) || crate::extract::has_control_char(key) {
             return Err(bad());
         }
         if sort.field.expr().1 == "timestamptz"
