@@ -12,6 +12,7 @@
 #   status_code_conformance, response_schema_conformance, positive_data_acceptance).
 #   Configs: admin-api/fuzz/user.toml and admin.toml; hooks: admin-api/fuzz/hooks.py.
 # - Each run must have reached every operation it covers (read from its JUnit report).
+# - schemathesis runs in a temporary directory (its .schemathesis state goes there).
 # - Bounded time: each run has a time budget (WATCHPOST_FUZZ_USER_SECS, WATCHPOST_FUZZ_ADMIN_SECS).
 #
 # schemathesis is pinned in admin-api/fuzz/requirements.txt and installed in a virtualenv
@@ -46,7 +47,8 @@ if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "version $want_ver
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r admin-api/fuzz/requirements.txt
 fi
-ST="$VENV/bin/schemathesis"
+ST="$(cd "$VENV/bin" && pwd)/schemathesis"
+FUZZ_DIR="$PWD/admin-api/fuzz"
 
 # ------------------------------------------------------------------ the server ------------
 say "building watchpost-admin"
@@ -149,24 +151,24 @@ seed_args=()
 [ -n "$SEED" ] && seed_args=(--seed "$SEED")
 
 say "run 1: a plain user's session on every admin operation (only 401/403 expected)"
-"$ST" --config-file admin-api/fuzz/user.toml run "$BASE/api/admin/openapi.json" \
+(cd "$WORK" && "$ST" --config-file "$FUZZ_DIR/user.toml" run "$BASE/api/admin/openapi.json" \
   --url "$BASE" \
   -H "Authorization: Bearer $USER_TOKEN" \
   --include-path-regex '^/api/admin/' --exclude-path '/api/admin/openapi.json' \
   --workers 1 --max-examples 5 --max-time "$USER_SECS" --phases examples,coverage,fuzzing \
   --generation-database none --no-color "${seed_args[@]}" \
-  --report junit --report-junit-path "$WORK/user.xml" \
+  --report junit --report-junit-path "$WORK/user.xml") \
   || die "run 1 failed: an admin operation answered a plain user with something else than 401/403"
 check_reached "$WORK/user.xml" '^/api/admin/(?!openapi\.json$)' "run 1"
 
 say "run 2: the admin key on every operation"
-PYTHONPATH="$PWD/admin-api/fuzz${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=hooks \
-"$ST" --config-file admin-api/fuzz/admin.toml run "$BASE/api/admin/openapi.json" \
+(cd "$WORK" && PYTHONPATH="$FUZZ_DIR${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=hooks \
+"$ST" --config-file "$FUZZ_DIR/admin.toml" run "$BASE/api/admin/openapi.json" \
   --url "$BASE" \
   -H "Authorization: Bearer $ADMIN_KEY" \
   --workers 1 --max-examples 25 --max-time "$ADMIN_SECS" --phases examples,coverage,fuzzing \
   --generation-database none --no-color "${seed_args[@]}" \
-  --report junit --report-junit-path "$WORK/admin.xml" \
+  --report junit --report-junit-path "$WORK/admin.xml") \
   || die "run 2 failed: see the failures above"
 check_reached "$WORK/admin.xml" '.' "run 2"
 say "all operations fuzzed without failures"
