@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every check and test of the workspace, the way CI does:
 # services up (deploy/setup.sh), the public GeoIP test database fetched, formatting, lints,
-# then all tests against real Redis and PostgreSQL.
+# then all tests against real Redis and PostgreSQL, then the admin API fuzzed with schemathesis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,3 +28,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
 cargo test --workspace --locked --no-fail-fast
+
+step "schemathesis against watchpost-admin"
+bash deploy/schemathesis.sh

@@ -49,7 +49,8 @@ impl Cursor {
         let raw = URL_SAFE_NO_PAD.decode(text).map_err(|_| bad())?;
         let raw = String::from_utf8(raw).map_err(|_| bad())?;
         let (time, id) = raw.split_once('|').ok_or_else(bad)?;
-        if id.is_empty() || id.len() > 64 {
+        // The id goes to PostgreSQL as text, which refuses NUL.
+        if id.is_empty() || id.len() > 64 || crate::extract::has_control_char(id) {
             return Err(bad());
         }
         let created_at = DateTime::parse_from_rfc3339(time)
@@ -180,6 +181,10 @@ mod tests {
         bad(None, Some(&URL_SAFE_NO_PAD.encode("no-separator")));
         bad(None, Some(&URL_SAFE_NO_PAD.encode("yesterday|usr_1")));
         bad(None, Some(&URL_SAFE_NO_PAD.encode("2024-01-01T00:00:00Z|")));
+        bad(
+            None,
+            Some(&URL_SAFE_NO_PAD.encode("2024-01-01T00:00:00Z|usr_\u{0}")),
+        );
     }
 
     #[test]

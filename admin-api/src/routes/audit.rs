@@ -33,10 +33,13 @@ pub struct AuditQuery {
     /// Only this resource type, e.g. `user`.
     pub resource_type: Option<String>,
     /// Only entries at or after this time (RFC 3339).
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// Only entries before this time (RFC 3339).
+    #[param(format = DateTime)]
     pub to: Option<String>,
     /// Page size, default 50, at most 500.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,

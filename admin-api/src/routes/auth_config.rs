@@ -33,6 +33,7 @@ pub enum DurationInput {
 #[serde(deny_unknown_fields)]
 pub struct AuthConfigPatch {
     /// 8..=128.
+    #[schema(minimum = 8, maximum = 128)]
     pub password_min_length: Option<i64>,
     /// 5 minutes ..= 365 days.
     pub session_duration: Option<DurationInput>,

@@ -44,10 +44,13 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct ListTransactionsQuery {
     /// Only this organization's rows.
+    #[param(pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
     pub organization_id: Option<String>,
     /// `purchase`, `execution`, `sale_earning`, `withdrawal`, `refund` or `adjustment`.
+    #[param(pattern = "^(purchase|execution|sale_earning|withdrawal|refund|adjustment)$")]
     pub transaction_type: Option<String>,
     /// Page size, default 20, at most 100.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -114,10 +117,16 @@ async fn list_transactions(
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdjustCredits {
+    #[schema(pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
     pub organization_id: String,
     /// Signed integer, not 0: credits added (> 0) or taken (< 0).
     pub credits_amount: i64,
     /// Why (required).
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub description: String,
 }
 

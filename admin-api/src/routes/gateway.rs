@@ -141,6 +141,7 @@ pub struct GatewayConfigVersionPage {
 #[into_params(parameter_in = Query)]
 pub struct VersionsQuery {
     /// Page size, default 20, at most 100.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,

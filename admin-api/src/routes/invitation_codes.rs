@@ -136,6 +136,7 @@ pub struct ListCodesQuery {
     /// Part of the code, or the owner's user id.
     pub q: Option<String>,
     /// Page size, default 20, at most 100.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -209,8 +210,10 @@ async fn list_codes(
 #[serde(deny_unknown_fields)]
 pub struct CreateCode {
     /// The owner.
+    #[schema(pattern = "^usr_[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
     pub user_id: String,
     /// Default 5; 1..=1000000.
+    #[schema(minimum = 1, maximum = 1000000)]
     pub max_uses: Option<i32>,
 }
 
@@ -286,8 +289,10 @@ async fn get_code(
 /// `PATCH /invitation-codes/{code}` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = InvitationCodePatch)]
 pub struct PatchCode {
     /// Not below the uses already made (422 otherwise).
+    #[schema(minimum = 1, maximum = 1000000)]
     pub max_uses: Option<i32>,
     pub is_active: Option<bool>,
 }

@@ -77,6 +77,7 @@ pub struct ListOrganizationsQuery {
     /// Substring of name or display name (case-insensitive).
     pub q: Option<String>,
     /// Page size, default 20, at most 100.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -135,9 +136,20 @@ async fn list_organizations(
 #[serde(deny_unknown_fields)]
 pub struct CreateOrganization {
     /// Unique slug: 2-63 of `a-z 0-9 -`.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,61}[a-z0-9]$")]
     pub name: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub display_name: String,
     /// Default `free`.
+    #[schema(
+        min_length = 1,
+        max_length = 32,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub plan: Option<String>,
 }
 
@@ -195,7 +207,7 @@ async fn create_organization(
     get,
     path = "/organizations/{id}",
     tag = "organizations",
-    params(("id" = String, Path, description = "Organization id (org_…)")),
+    params(("id" = String, Path, description = "Organization id (org_…)", pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
     responses(
         (status = 200, body = Organization),
         (status = 401, body = ErrorEnvelope),
@@ -216,7 +228,17 @@ async fn get_organization(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchOrganization {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub display_name: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 32,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub plan: Option<String>,
     /// `false` blocks the members' sign-in and makes their tokens fail on the next request.
     pub enabled: Option<bool>,
@@ -227,7 +249,7 @@ pub struct PatchOrganization {
     patch,
     path = "/organizations/{id}",
     tag = "organizations",
-    params(("id" = String, Path, description = "Organization id (org_…)")),
+    params(("id" = String, Path, description = "Organization id (org_…)", pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
     request_body = PatchOrganization,
     responses(
         (status = 200, body = Organization),
@@ -295,7 +317,7 @@ async fn patch_organization(
     delete,
     path = "/organizations/{id}",
     tag = "organizations",
-    params(("id" = String, Path, description = "Organization id (org_…)")),
+    params(("id" = String, Path, description = "Organization id (org_…)", pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, body = ErrorEnvelope),
@@ -349,7 +371,7 @@ pub struct OrganizationStats {
     get,
     path = "/organizations/{id}/stats",
     tag = "organizations",
-    params(("id" = String, Path, description = "Organization id (org_…)")),
+    params(("id" = String, Path, description = "Organization id (org_…)", pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
     responses(
         (status = 200, body = OrganizationStats),
         (status = 401, body = ErrorEnvelope),
@@ -401,6 +423,7 @@ async fn organization_stats(
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Page size, default 20, at most 100.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -421,7 +444,7 @@ pub struct OrganizationUser {
     get,
     path = "/organizations/{id}/users",
     tag = "organizations",
-    params(("id" = String, Path, description = "Organization id (org_…)"), PageQuery),
+    params(("id" = String, Path, description = "Organization id (org_…)", pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$"), PageQuery),
     responses(
         (status = 200, body = Page<OrganizationUser>),
         (status = 400, body = ErrorEnvelope),
@@ -507,7 +530,7 @@ impl Group {
     get,
     path = "/organizations/{id}/groups",
     tag = "organizations",
-    params(("id" = String, Path, description = "Organization id (org_…)"), PageQuery),
+    params(("id" = String, Path, description = "Organization id (org_…)", pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$"), PageQuery),
     responses(
         (status = 200, body = Page<Group>),
         (status = 400, body = ErrorEnvelope),
@@ -555,6 +578,11 @@ async fn list_groups(
 #[serde(deny_unknown_fields)]
 pub struct CreateGroup {
     /// Unique within the organization, ignoring case.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub name: String,
 }
 
@@ -563,7 +591,7 @@ pub struct CreateGroup {
     post,
     path = "/organizations/{id}/groups",
     tag = "organizations",
-    params(("id" = String, Path, description = "Organization id (org_…)")),
+    params(("id" = String, Path, description = "Organization id (org_…)", pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
     request_body = CreateGroup,
     responses(
         (status = 201, body = Group),
@@ -642,6 +670,7 @@ impl Membership {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
+    #[schema(pattern = "^usr_[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
     pub user_id: String,
     pub role: OrgRole,
 }
@@ -651,7 +680,7 @@ pub struct AddMember {
     post,
     path = "/organizations/{id}/members",
     tag = "organizations",
-    params(("id" = String, Path, description = "Organization id (org_…)")),
+    params(("id" = String, Path, description = "Organization id (org_…)", pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
     request_body = AddMember,
     responses(
         (status = 201, body = Membership),
@@ -737,8 +766,8 @@ pub struct PatchMember {
     path = "/organizations/{id}/members/{user_id}",
     tag = "organizations",
     params(
-        ("id" = String, Path, description = "Organization id (org_…)"),
-        ("user_id" = String, Path, description = "User id (usr_…)")
+        ("id" = String, Path, description = "Organization id (org_…)", pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$"),
+        ("user_id" = String, Path, description = "User id (usr_…)", pattern = "^usr_[0-7][0-9A-HJKMNP-TV-Z]{25}$")
     ),
     request_body = PatchMember,
     responses(
@@ -794,8 +823,8 @@ async fn patch_member(
     path = "/organizations/{id}/members/{user_id}",
     tag = "organizations",
     params(
-        ("id" = String, Path, description = "Organization id (org_…)"),
-        ("user_id" = String, Path, description = "User id (usr_…)")
+        ("id" = String, Path, description = "Organization id (org_…)", pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$"),
+        ("user_id" = String, Path, description = "User id (usr_…)", pattern = "^usr_[0-7][0-9A-HJKMNP-TV-Z]{25}$")
     ),
     responses(
         (status = 204, description = "Removed"),

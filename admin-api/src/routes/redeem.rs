@@ -84,6 +84,7 @@ pub struct RedeemRequest {
     /// The code, any case, dashes optional.
     pub code: String,
     /// The organization to credit; default: the caller's only organization.
+    #[schema(pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
     pub organization_id: Option<String>,
 }
 
@@ -232,12 +233,20 @@ async fn refusal(
 #[serde(deny_unknown_fields)]
 pub struct CreateRun {
     /// Default: the caller's only organization.
+    #[schema(pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
     pub organization_id: Option<String>,
     /// What ran (1-200 characters).
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub name: String,
     /// Its cost in credits (≥ 0), debited as an `execution` ledger row.
+    #[schema(minimum = 0)]
     pub credits: i64,
     /// `pending`, `running`, `completed` (default) or `failed`.
+    #[schema(pattern = "^(pending|running|completed|failed)$")]
     pub status: Option<String>,
     /// Anything the caller wants kept with the run.
     pub input: Option<serde_json::Value>,

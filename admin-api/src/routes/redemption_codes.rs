@@ -121,9 +121,11 @@ impl RedemptionCode {
 #[serde(deny_unknown_fields)]
 pub struct BulkCreate {
     /// 1..=10000.
+    #[schema(minimum = 1, maximum = 10000)]
     pub count: i64,
     /// `credits`.
     #[serde(rename = "type")]
+    #[schema(pattern = "^credits$")]
     pub code_type: String,
     /// Credits per redemption: a positive integer, as a number or a numeric string.
     #[schema(value_type = String)]
@@ -133,6 +135,11 @@ pub struct BulkCreate {
     /// RFC 3339, in the future; none means the codes never expire.
     pub expires_at: Option<String>,
     /// Groups the codes; generated when absent.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub batch_id: Option<String>,
 }
 
@@ -280,9 +287,11 @@ pub struct ListCodesQuery {
     /// `credits`.
     #[serde(rename = "type")]
     #[param(rename = "type")]
+    #[param(pattern = "^credits$")]
     pub code_type: Option<String>,
     pub batch_id: Option<String>,
     /// Page size, default 20, at most 100.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -354,6 +363,7 @@ async fn list_codes(
 /// `PATCH /redemption-codes/{code}` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RedemptionCodePatch)]
 pub struct PatchCode {
     pub is_active: bool,
 }

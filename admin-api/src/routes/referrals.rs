@@ -57,8 +57,10 @@ impl Referral {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListReferralsQuery {
+    #[param(pattern = "^usr_[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
     pub inviter_user_id: Option<String>,
     /// Page size, default 20, at most 100.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -114,8 +116,10 @@ async fn list_referrals(
 #[into_params(parameter_in = Query)]
 pub struct TreeQuery {
     /// The root.
+    #[param(pattern = "^usr_[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
     pub user_id: String,
     /// Levels below the root, 1..=10 (default 3).
+    #[param(minimum = 1, maximum = 10)]
     pub depth: Option<i32>,
 }
 

@@ -83,11 +83,15 @@ pub struct RunDetail {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListRunsQuery {
+    #[param(pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
     pub organization_id: Option<String>,
+    #[param(pattern = "^usr_[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
     pub user_id: Option<String>,
     /// `pending`, `running`, `completed` or `failed`.
+    #[param(pattern = "^(pending|running|completed|failed)$")]
     pub status: Option<String>,
     /// Page size, default 20, at most 100.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -157,7 +161,7 @@ async fn list_runs(
     get,
     path = "/runs/{id}",
     tag = "runs",
-    params(("id" = String, Path, description = "Run id (run_…)")),
+    params(("id" = String, Path, description = "Run id (run_…)", pattern = "^run_[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
     responses(
         (status = 200, body = RunDetail),
         (status = 401, body = ErrorEnvelope),

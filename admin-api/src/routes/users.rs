@@ -128,8 +128,10 @@ pub struct ListUsersQuery {
     /// `active` or `disabled`.
     pub status: Option<UserStatus>,
     /// Only members of this organization.
+    #[param(pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
     pub organization_id: Option<String>,
     /// Page size, default 20, at most 100.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -194,8 +196,15 @@ async fn list_users(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    #[schema(format = "email", max_length = 254)]
     pub email: String,
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$")]
     pub username: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub name: Option<String>,
     /// Without a password the user cannot sign in until one is set.
     pub password: Option<String>,
@@ -279,7 +288,7 @@ pub struct UserDetail {
     get,
     path = "/users/{id}",
     tag = "users",
-    params(("id" = String, Path, description = "User id (usr_…)")),
+    params(("id" = String, Path, description = "User id (usr_…)", pattern = "^usr_[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
     responses(
         (status = 200, body = UserDetail),
         (status = 401, body = ErrorEnvelope),
@@ -306,13 +315,22 @@ async fn get_user(
 #[serde(deny_unknown_fields)]
 pub struct PatchUser {
     pub status: Option<UserStatus>,
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$")]
     pub username: Option<String>,
+    #[schema(format = "email", max_length = 254)]
     pub email: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub name: Option<String>,
     pub email_verified: Option<bool>,
     /// A language tag such as `en-GB` (letters, digits, `-`, `_`; ≤ 35).
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_-]{0,34}$")]
     pub locale: Option<String>,
     /// An IANA zone name such as `Europe/Paris` (letters, digits, `/ _ + -`; ≤ 64).
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9/_+-]{0,63}$")]
     pub timezone: Option<String>,
     pub role: Option<Role>,
 }
@@ -344,7 +362,7 @@ fn token_field(field: &str, raw: &str, max: usize, extra: &[char]) -> Result<Str
     patch,
     path = "/users/{id}",
     tag = "users",
-    params(("id" = String, Path, description = "User id (usr_…)")),
+    params(("id" = String, Path, description = "User id (usr_…)", pattern = "^usr_[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
     request_body = PatchUser,
     responses(
         (status = 200, body = User),
@@ -443,7 +461,7 @@ async fn patch_user(
     delete,
     path = "/users/{id}",
     tag = "users",
-    params(("id" = String, Path, description = "User id (usr_…)")),
+    params(("id" = String, Path, description = "User id (usr_…)", pattern = "^usr_[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, body = ErrorEnvelope),
@@ -554,6 +572,7 @@ pub struct SearchFilters {
     pub email_verified: Option<bool>,
     pub mfa_enrolled: Option<bool>,
     pub status: Option<UserStatus>,
+    #[schema(pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
     pub organization_id: Option<String>,
     pub role: Option<Role>,
 }
@@ -569,6 +588,7 @@ pub struct SearchUsers {
     #[serde(default)]
     pub sort: SearchSort,
     /// Page size, default 20, at most 100.
+    #[schema(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page (only valid with the same sort).
     pub cursor: Option<String>,
@@ -606,7 +626,8 @@ impl SearchCursor {
         if field != sort.field.name() || direction != sort.direction.name() {
             return Err(bad());
         }
-        if !IdKind::User.matches(id) {
+        // The key goes to PostgreSQL as text, which refuses NUL.
+        if !IdKind::User.matches(id) || crate::extract::has_control_char(key) {
             return Err(bad());
         }
         if sort.field.expr().1 == "timestamptz"
@@ -727,7 +748,13 @@ async fn search_users(
 #[serde(deny_unknown_fields)]
 pub struct BulkDisable {
     /// 1..=100 user ids; unknown ids are ignored.
+    #[schema(min_items = 1, max_items = 100)]
     pub user_ids: Vec<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub reason: String,
     /// Also revoke the users' sessions (default true). Their API keys stop working anyway,
     /// because every request re-checks the user's status.
@@ -829,8 +856,14 @@ pub enum ExpiresIn {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Impersonate {
+    #[schema(pattern = "^usr_[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
     pub user_id: String,
     /// Why; recorded on the session and in the audit log.
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub reason: String,
     /// 5 minutes ..= 24 hours; default `"1h"`.
     pub expires_in: Option<ExpiresIn>,

@@ -171,6 +171,64 @@ async fn openapi_document_lists_every_route() {
 }
 
 #[tokio::test]
+async fn openapi_document_states_constraints_and_error_responses() {
+    let app = TestApp::spawn().await;
+    let (status, doc) = json_of(
+        app.get("/api/admin/openapi.json")
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let envelope = json!({"$ref": "#/components/schemas/ErrorEnvelope"});
+    let user = &doc["paths"]["/api/admin/users/{id}"]["get"];
+    assert_eq!(
+        user["parameters"][0]["schema"]["pattern"], "^usr_[0-7][0-9A-HJKMNP-TV-Z]{25}$",
+        "{user}"
+    );
+    for code in ["400", "401", "403", "404", "429", "503"] {
+        assert_eq!(
+            user["responses"][code]["content"]["application/json"]["schema"], envelope,
+            "GET /users/{{id}} {code}: {user}"
+        );
+    }
+    let list = &doc["paths"]["/api/admin/users"]["get"];
+    let param = |name: &str| {
+        list["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .map(|p| p["schema"].clone())
+            .unwrap_or_else(|| panic!("parameter {name}: {list}"))
+    };
+    // The extractors' control-character rule, stated on free-text parameters.
+    assert_eq!(param("q")["pattern"], "^[^\\u0000-\\u001F\\u007F]*$");
+    assert_eq!(param("limit")["minimum"], 1);
+    assert_eq!(param("limit")["maximum"], 100);
+    let register = &doc["paths"]["/api/auth/register"]["post"]["responses"];
+    for code in ["400", "413", "429", "503"] {
+        assert!(register[code].is_object(), "register {code}: {register}");
+    }
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["CreateUser"]["properties"]["username"]["pattern"],
+        "^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$"
+    );
+    assert_eq!(
+        schemas["CreateOrganization"]["properties"]["name"]["pattern"],
+        "^[a-z0-9][a-z0-9-]{0,61}[a-z0-9]$"
+    );
+    // JSON strings allow tab, line feed and carriage return.
+    assert_eq!(
+        schemas["SearchUsers"]["properties"]["query"]["pattern"],
+        "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F]*$"
+    );
+    // Two different bodies, two schemas.
+    assert!(schemas["InvitationCodePatch"]["properties"]["max_uses"].is_object());
+    assert!(schemas["RedemptionCodePatch"]["properties"]["is_active"].is_object());
+}
+
+#[tokio::test]
 async fn healthz_reports_both_stores() {
     let app = TestApp::spawn().await;
     let (status, body) = json_of(app.get("/healthz").send().await.expect("request")).await;
