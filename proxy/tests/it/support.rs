@@ -74,6 +74,8 @@ where
 #[derive(Debug, Clone)]
 pub struct Received {
     pub path: String,
+    /// The query string as the origin received it (empty when none).
+    pub query: String,
     pub headers: HeaderMap,
 }
 
@@ -114,6 +116,7 @@ impl Origin {
                         async move {
                             rec.lock().expect("lock").push(Received {
                                 path: req.uri().path().to_string(),
+                                query: req.uri().query().unwrap_or_default().to_string(),
                                 headers: req.headers().clone(),
                             });
                             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
