@@ -407,9 +407,13 @@ impl Drop for TestProxy {
 
 /// Read a whole stream; a missing stream is empty. Panics when Redis is unreachable.
 pub async fn read_stream(url: &str, key: &str) -> Vec<Vec<(String, String)>> {
+    // A loaded machine can take longer than the client's default 500 ms to answer a read of a
+    // few thousand entries.
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
     let mut c = redis::Client::open(url)
         .expect("redis url")
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("Redis must be reachable for the proxy tests");
     let raw: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
