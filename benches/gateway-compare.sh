@@ -715,7 +715,8 @@ VERSIONS="$("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $("$OHA" --version),
     echo "Log entries over all rounds: Redis healthy — written $(fmt_int "$HEALTHY_WRITTEN"), dropped $HEALTHY_DROPPED;"
     echo "Redis stopped — written $OUTAGE_WRITTEN, dropped $(fmt_int "$OUTAGE_DROPPED"), still buffered when the run ended $(fmt_int "$OUTAGE_BUFFERED") (summed over rounds)."
     echo "/healthz said Redis down ${DOWN_AFTER[*]} s after each stop. While it was down the writer kept entries in its buffer"
-    echo "([access_log] buffer_entries) and dropped the batches it failed to send (one per retry, backing off to 2 s)."
+    echo "([access_log] buffer_entries, buffer_bytes) and retried the batch it failed to send, backing off to 2 s, without dropping it;"
+    echo "drops above are entries refused at the buffer's bound (watchpost-log-writer-bench --mode outage counts every entry across an outage)."
     echo "After each restart writing resumed by itself: $RESUMED."
     echo
     echo "### Access-log writer vs raw pipelined XADD: $LOG_ENTRIES entries, pipeline $BATCH, MAXLEN ~ $STREAM_MAX_LEN, median of $ROUNDS rounds"

@@ -80,19 +80,26 @@ async fn request_timeout(State(limit): State<Duration>, request: Request, next: 
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then drains in-flight requests.
+/// Meanwhile keeps the gateway config in Redis current ([`crate::gateway_sync`]).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
+    let sync = crate::gateway_sync::run(state.clone());
     let app = app(state);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .map_err(StartupError::Io)
+    let server = std::future::IntoFuture::into_future(
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown),
+    );
+    // The sync loop never ends by itself; it stops with the server.
+    tokio::select! {
+        served = server => served.map_err(StartupError::Io),
+        () = sync => Ok(()),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

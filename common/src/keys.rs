@@ -6,6 +6,10 @@ pub const DEFAULT_PREFIX: &str = "wp:";
 
 /// Suffix of the access-log stream.
 pub const ACCESS_STREAM: &str = "access";
+/// Suffix of the hash beside the stream holding each proxy's access-log high-water mark (field
+/// `proxy_id`, value the sequence of the last batch appended). A later cluster sharding moves
+/// the stream and this hash into one hash slot together (a shared `{…}` tag).
+pub const ACCESS_HWM: &str = "access:hwm";
 /// Suffix of the JSON gateway config written by the admin API.
 pub const GATEWAY_CONFIG: &str = "gateway:config";
 /// Suffix of the pub/sub channel announcing a new gateway config.
@@ -51,6 +55,11 @@ impl Keys {
         self.key(ACCESS_STREAM)
     }
 
+    /// The access-log high-water marks, `wp:access:hwm` by default.
+    pub fn access_hwm(&self) -> String {
+        self.key(ACCESS_HWM)
+    }
+
     /// The current gateway config (JSON), `wp:gateway:config` by default.
     pub fn gateway_config(&self) -> String {
         self.key(GATEWAY_CONFIG)
@@ -94,6 +103,7 @@ mod tests {
     fn default_names_match_the_spec() {
         let k = Keys::default();
         assert_eq!(k.access_stream(), "wp:access");
+        assert_eq!(k.access_hwm(), "wp:access:hwm");
         assert_eq!(k.gateway_config(), "wp:gateway:config");
         assert_eq!(k.gateway_config_changed(), "wp:gateway:config:changed");
         assert_eq!(k.requests_in_minute(7), "wp:gw:req:7");
@@ -105,6 +115,7 @@ mod tests {
         let k = Keys::new("t42:");
         for name in [
             k.access_stream(),
+            k.access_hwm(),
             k.gateway_config(),
             k.gateway_config_changed(),
             k.requests_in_minute(1),

@@ -105,8 +105,15 @@ impl Default for RedisSection {
 pub struct AccessLogSection {
     /// `XADD … MAXLEN ~ N`: the stream is trimmed to about this many entries.
     pub stream_max_len: u64,
-    /// Entries held in memory while Redis is slow or down; past it new entries are dropped.
+    /// Entries held in memory while Redis is slow or down; past it the newest entries are
+    /// dropped (and counted).
     pub buffer_entries: usize,
+    /// Bytes held in memory (estimated from each entry's fields), a second bound beside
+    /// `buffer_entries`; past it the newest entries are dropped (and counted).
+    pub buffer_bytes: usize,
+    /// Query parameters whose values are replaced by `REDACTED` in the logged `query` (names
+    /// match case-insensitively and percent-decoded); the upstream still gets the original.
+    pub redact_query_params: Vec<String>,
     /// Most entries sent in one pipeline.
     pub batch_max_entries: usize,
     /// After the first entry of a batch arrives, how long to wait for more before sending a
@@ -121,6 +128,11 @@ impl Default for AccessLogSection {
         Self {
             stream_max_len: 1_000_000,
             buffer_entries: 100_000,
+            buffer_bytes: 64 * 1024 * 1024,
+            redact_query_params: crate::redact::DEFAULT_PARAMS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             batch_max_entries: 512,
             flush_interval_ms: 2,
             shutdown_flush_ms: 5_000,
@@ -165,6 +177,10 @@ pub struct GatewaySection {
     pub client_ip_header: String,
     /// `cdn` mode: peers (the CDN's own ranges) whose CDN header is believed; empty: none.
     pub cdn_cidrs: Vec<String>,
+    /// Local file keeping the last good gateway config read from Redis (written atomically on
+    /// every change); the proxy starts from it when Redis is unreachable or holds no config.
+    /// Empty (the default) keeps no cache.
+    pub cache_path: String,
 }
 
 impl Default for GatewaySection {
@@ -178,6 +194,7 @@ impl Default for GatewaySection {
                 .as_str()
                 .to_string(),
             cdn_cidrs: Vec::new(),
+            cache_path: String::new(),
         }
     }
 }
@@ -307,6 +324,22 @@ impl Settings {
                 "must be greater than 0".into(),
             ));
         }
+        if a.buffer_bytes == 0 {
+            return Err(bad(
+                "access_log.buffer_bytes",
+                "must be greater than 0".into(),
+            ));
+        }
+        if let Some(i) = a
+            .redact_query_params
+            .iter()
+            .position(|n| n.trim().is_empty())
+        {
+            return Err(bad(
+                &format!("access_log.redact_query_params[{i}]"),
+                "must not be empty".into(),
+            ));
+        }
         if a.batch_max_entries == 0 {
             return Err(bad(
                 "access_log.batch_max_entries",
@@ -411,6 +444,23 @@ mod tests {
         assert_eq!(s.file.redis.key_prefix, "wp:");
         assert_eq!(s.file.access_log.stream_max_len, 1_000_000);
         assert_eq!(s.file.access_log.buffer_entries, 100_000);
+        assert_eq!(s.file.access_log.buffer_bytes, 67_108_864);
+        assert_eq!(
+            s.file.access_log.redact_query_params,
+            [
+                "token",
+                "access_token",
+                "id_token",
+                "key",
+                "api_key",
+                "password",
+                "secret",
+                "code",
+                "signature",
+                "sig"
+            ]
+        );
+        assert_eq!(s.file.gateway.cache_path, "");
         assert_eq!(s.gateway.risk_reject_threshold, 0.8);
         assert_eq!(s.file.geo.mmdb_path, "");
     }
@@ -452,6 +502,16 @@ mod tests {
             "0",
         );
         rejects("[access_log]\nbatch = 5\n", "access_log", "batch");
+        rejects(
+            "[access_log]\nbuffer_bytes = 0\n",
+            "access_log.buffer_bytes",
+            "0",
+        );
+        rejects(
+            "[access_log]\nredact_query_params = [\"token\", \" \"]\n",
+            "access_log.redact_query_params[1]",
+            "empty",
+        );
         rejects("[geo]\nmmdb = \"x\"\n", "geo", "mmdb");
     }
 

@@ -10,6 +10,7 @@ pub mod headers;
 pub mod health;
 pub mod live_config;
 pub mod metrics;
+pub mod redact;
 pub mod server;
 
 pub use config::Settings;

@@ -1,5 +1,4 @@
-//! The runtime gateway config (SPEC §4): loaded from Redis at start (else the file's
-//! `[gateway]`), then kept current by a subscription to `<prefix>gateway:config:changed` on a
+//! The runtime gateway config (SPEC §4): loaded from Redis at start, then kept current by a subscription to `<prefix>gateway:config:changed` on a
 //! dedicated connection and by a periodic re-read, so a missed message costs at most one poll
 //! interval.
 //!
@@ -7,7 +6,17 @@
 //! config is swapped in atomically and only new requests see it. A config in Redis that does
 //! not validate is refused with a warning and the last good one stays; so does an unreachable
 //! Redis.
+//!
+//! Surviving Redis faults: with `[gateway] cache_path` set, every config taken from Redis is
+//! also written to that file (a temporary file in the same directory, renamed into place, so a
+//! reader never sees half a document). At start, when Redis is unreachable, holds no config or
+//! an invalid one, the proxy runs the cached config; without a usable cache, the file's
+//! `[gateway]`. `/healthz` reports which (`config_source`: `redis`, `cache` or `file`); the
+//! source turns to `redis` as soon as Redis serves a config again.
 
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,9 +33,48 @@ use crate::metrics::Metrics;
 /// How long a read of the config may take before Redis is treated as unreachable.
 const READ_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Where the applied gateway config came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// Read from Redis (the admin API's current version).
+    Redis,
+    /// The local cache (`[gateway] cache_path`), Redis being unreachable or empty.
+    Cache,
+    /// The config file's `[gateway]`.
+    File,
+}
+
+impl ConfigSource {
+    /// `redis`, `cache` or `file`, as `/healthz` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::Cache => "cache",
+            Self::File => "file",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Redis,
+            1 => Self::Cache,
+            _ => Self::File,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Self::Redis => 0,
+            Self::Cache => 1,
+            Self::File => 2,
+        }
+    }
+}
+
 /// The applied gateway config.
 pub struct LiveConfig {
     current: ArcSwap<GatewayConfig>,
+    source: AtomicU8,
     metrics: Metrics,
 }
 
@@ -47,13 +95,19 @@ pub enum Applied {
 }
 
 impl LiveConfig {
-    /// Start with `initial` applied.
-    pub fn new(initial: GatewayConfig, metrics: Metrics) -> Self {
+    /// Start with `initial`, taken from `source`, applied.
+    pub fn new(initial: GatewayConfig, source: ConfigSource, metrics: Metrics) -> Self {
         metrics.config_version.set(version_gauge(initial.version));
         Self {
             current: ArcSwap::from_pointee(initial),
+            source: AtomicU8::new(source.to_u8()),
             metrics,
         }
+    }
+
+    /// Where the applied config came from.
+    pub fn source(&self) -> ConfigSource {
+        ConfigSource::from_u8(self.source.load(Ordering::Relaxed))
     }
 
     /// The config for a request starting now.
@@ -61,7 +115,8 @@ impl LiveConfig {
         self.current.load_full()
     }
 
-    /// Validate a JSON document from Redis and apply it when its version differs.
+    /// Validate a JSON document from Redis and apply it when its version differs. A valid
+    /// document makes Redis the config's source, changed or not.
     pub fn apply_json(&self, json: &str) -> Applied {
         let next = match GatewayConfig::from_json(json) {
             Ok(c) => c,
@@ -70,6 +125,8 @@ impl LiveConfig {
                 return Applied::Refused(e.to_string());
             }
         };
+        self.source
+            .store(ConfigSource::Redis.to_u8(), Ordering::Relaxed);
         let from = self.current.load().version;
         if next.version == from {
             return Applied::Unchanged;
@@ -85,14 +142,16 @@ fn version_gauge(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The config to start with: Redis's when it is there and valid, else the file's.
+/// The config to start with and where it came from: Redis's when it is there and valid (then
+/// also written to the cache), else the cache's, else the file's.
 pub async fn initial(
     redis_url: &str,
     keys: &Keys,
     file: GatewayConfig,
+    cache: Option<&Path>,
     metrics: &Metrics,
     status: &RedisStatus,
-) -> GatewayConfig {
+) -> (GatewayConfig, ConfigSource) {
     let read = async {
         let client = redis::Client::open(redis_url)?;
         let mut conn = client.get_multiplexed_async_connection().await?;
@@ -101,36 +160,90 @@ pub async fn initial(
             .query_async::<Option<String>>(&mut conn)
             .await
     };
-    match timeout(READ_TIMEOUT, read).await {
+    let why = match timeout(READ_TIMEOUT, read).await {
         Ok(Ok(Some(json))) => {
             status.set(true, metrics);
             match GatewayConfig::from_json(&json) {
                 Ok(c) => {
                     tracing::info!(version = c.version, "gateway config: loaded from Redis");
-                    c
+                    if let Some(path) = cache {
+                        write_cache(path, &c).await;
+                    }
+                    return (c, ConfigSource::Redis);
                 }
                 Err(e) => {
                     metrics.config_refused.inc();
-                    tracing::warn!(error = %e, "gateway config in Redis is invalid; using the file's [gateway]");
-                    file
+                    tracing::warn!(error = %e, "gateway config in Redis is invalid");
+                    "the config in Redis is invalid"
                 }
             }
         }
         Ok(Ok(None)) => {
             status.set(true, metrics);
-            tracing::info!("gateway config: none in Redis yet; using the file's [gateway]");
-            file
+            "Redis holds no config yet"
         }
         Ok(Err(e)) => {
             status.set(false, metrics);
-            tracing::warn!(error = %e, "gateway config: Redis unreachable; using the file's [gateway]");
-            file
+            tracing::warn!(error = %e, "gateway config: Redis unreachable");
+            "Redis is unreachable"
         }
         Err(_) => {
             status.set(false, metrics);
-            tracing::warn!("gateway config: Redis timed out; using the file's [gateway]");
-            file
+            "Redis timed out"
         }
+    };
+    if let Some(path) = cache {
+        match read_cache(path).await {
+            Ok(c) => {
+                tracing::info!(
+                    version = c.version,
+                    cache = %path.display(),
+                    reason = why,
+                    "gateway config: starting from the cached config"
+                );
+                return (c, ConfigSource::Cache);
+            }
+            Err(e) => {
+                tracing::warn!(cache = %path.display(), error = %e, "gateway config: no usable cache");
+            }
+        }
+    }
+    tracing::info!(reason = why, "gateway config: using the file's [gateway]");
+    (file, ConfigSource::File)
+}
+
+/// Read and validate the cached config.
+pub async fn read_cache(path: &Path) -> Result<GatewayConfig, String> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| e.to_string())?;
+    GatewayConfig::from_json(&text).map_err(|e| e.to_string())
+}
+
+/// Write `config` to the cache atomically (temporary file in the same directory, flushed, then
+/// renamed over the old one). A failure is logged; the proxy runs on regardless.
+pub async fn write_cache(path: &Path, config: &GatewayConfig) {
+    let path: PathBuf = path.to_path_buf();
+    let json = config.to_json();
+    let version = config.version;
+    let written = tokio::task::spawn_blocking(move || -> std::io::Result<PathBuf> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+        tmp.write_all(json.as_bytes())?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&path).map_err(|e| e.error)?;
+        Ok(path)
+    })
+    .await;
+    match written {
+        Ok(Ok(path)) => {
+            tracing::debug!(version, cache = %path.display(), "gateway config: cache written")
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "gateway config: cannot write the cache"),
+        Err(e) => tracing::warn!(error = %e, "gateway config: cache write task failed"),
     }
 }
 
@@ -140,6 +253,7 @@ pub async fn watch(
     live: Arc<LiveConfig>,
     redis_url: String,
     keys: Keys,
+    cache: Option<PathBuf>,
     poll: Duration,
     status: Arc<RedisStatus>,
     shutdown: watch::Receiver<bool>,
@@ -151,14 +265,26 @@ pub async fn watch(
         changed.clone(),
         shutdown.clone(),
     ));
-    poll_loop(live, &redis_url, &keys, poll, status, changed, shutdown).await;
+    poll_loop(
+        live,
+        &redis_url,
+        &keys,
+        cache.as_deref(),
+        poll,
+        status,
+        changed,
+        shutdown,
+    )
+    .await;
     subscriber.abort();
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn poll_loop(
     live: Arc<LiveConfig>,
     redis_url: &str,
     keys: &Keys,
+    cache: Option<&Path>,
     poll: Duration,
     status: Arc<RedisStatus>,
     changed: Arc<Notify>,
@@ -192,6 +318,9 @@ async fn poll_loop(
                     Applied::Unchanged => {}
                     Applied::Applied { from, to } => {
                         tracing::info!(from, to, "gateway config: applied new version");
+                        if let Some(path) = cache {
+                            write_cache(path, &live.current()).await;
+                        }
                     }
                     Applied::Refused(e) => {
                         tracing::warn!(error = %e, "gateway config in Redis refused; keeping the last good one");
@@ -291,13 +420,19 @@ mod tests {
     #[test]
     fn applies_new_versions_and_refuses_invalid_ones() {
         let metrics = Metrics::new().expect("metrics");
-        let live = LiveConfig::new(GatewayConfig::default(), metrics.clone());
+        let live = LiveConfig::new(
+            GatewayConfig::default(),
+            ConfigSource::File,
+            metrics.clone(),
+        );
+        assert_eq!(live.source(), ConfigSource::File);
         let before = live.current();
         assert_eq!(
             live.apply_json(&json(3, 0.5)),
             Applied::Applied { from: 0, to: 3 }
         );
         assert_eq!(live.current().risk_reject_threshold, 0.5);
+        assert_eq!(live.source(), ConfigSource::Redis);
         // A request that started before keeps its snapshot.
         assert_eq!(before.risk_reject_threshold, 0.8);
         assert_eq!(live.apply_json(&json(3, 0.1)), Applied::Unchanged);

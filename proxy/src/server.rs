@@ -106,7 +106,10 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
         WriterConfig {
             redis_url: settings.file.redis.url.clone(),
             keys: keys.clone(),
+            proxy_id: settings.file.proxy.proxy_id.clone(),
             stream_max_len: a.stream_max_len,
+            buffer_bytes: a.buffer_bytes,
+            redact_query_params: a.redact_query_params.clone(),
             batch_max_entries: a.batch_max_entries,
             flush_interval: Duration::from_millis(a.flush_interval_ms),
             shutdown_flush: Duration::from_millis(a.shutdown_flush_ms),
@@ -163,20 +166,25 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
                     };
                     let health_addr = listener.local_addr().unwrap_or(settings.health_listen);
                     let url = settings.file.redis.url.clone();
-                    let initial = live_config::initial(
+                    let cache = Some(settings.file.gateway.cache_path.as_str())
+                        .filter(|p| !p.is_empty())
+                        .map(std::path::PathBuf::from);
+                    let (initial, source) = live_config::initial(
                         &url,
                         &keys,
                         settings.gateway.clone(),
+                        cache.as_deref(),
                         &metrics,
                         &status,
                     )
                     .await;
-                    let live = Arc::new(LiveConfig::new(initial, metrics.clone()));
+                    let live = Arc::new(LiveConfig::new(initial, source, metrics.clone()));
                     let writer_task = tokio::spawn(writer.run(control_rx.clone()));
                     tokio::spawn(live_config::watch(
                         live.clone(),
                         url,
                         keys,
+                        cache,
                         CONFIG_POLL,
                         status.clone(),
                         control_rx.clone(),

@@ -448,3 +448,108 @@ async fn openapi_states_the_client_ip_header_choices() {
         "{required}"
     );
 }
+
+/// The version of the config Redis holds, if any.
+async fn stored_version(app: &TestApp) -> Option<u64> {
+    let json = stored_config(app).await?;
+    Some(
+        GatewayConfig::from_json(&json)
+            .expect("valid config in Redis")
+            .version,
+    )
+}
+
+#[tokio::test]
+async fn redis_is_repaired_when_it_lacks_the_current_version_or_holds_an_older_one() {
+    let app = TestApp::spawn().await;
+    let admin = app.create_admin().await;
+    let keys = Keys::new(app.key_prefix.clone());
+    let mut con = redis_con(&app).await;
+
+    let (status, first) = put_config(
+        &app,
+        &admin.key,
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.5}),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    let old_json = stored_config(&app).await.expect("written by the PUT");
+    let (status, second) = put_config(
+        &app,
+        &admin.key,
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.6}),
+    )
+    .await;
+    assert_eq!(status, 200, "{second}");
+    let current = second["version"].as_u64().expect("version");
+    assert_eq!(stored_version(&app).await, Some(current));
+
+    let client = redis::Client::open(app.config.redis.url.as_str()).expect("url");
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    pubsub
+        .subscribe(keys.gateway_config_changed())
+        .await
+        .expect("subscribe");
+
+    // A flushed Redis (here: the key deleted) gets the current version back, announced.
+    let _: () = redis::cmd("DEL")
+        .arg(keys.gateway_config())
+        .query_async(&mut con)
+        .await
+        .expect("DEL");
+    let announced: String = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        pubsub
+            .on_message()
+            .next()
+            .await
+            .expect("message")
+            .get_payload()
+            .expect("payload")
+    })
+    .await
+    .expect("the repair is announced within a few seconds");
+    assert_eq!(announced, current.to_string());
+    assert_eq!(stored_version(&app).await, Some(current));
+    let repaired =
+        GatewayConfig::from_json(&stored_config(&app).await.expect("stored")).expect("valid");
+    assert_eq!(repaired.risk_reject_threshold, 0.6);
+
+    // An older version in Redis is replaced by the current one.
+    let _: () = redis::cmd("SET")
+        .arg(keys.gateway_config())
+        .arg(&old_json)
+        .query_async(&mut con)
+        .await
+        .expect("SET");
+    let mut waited = 0;
+    while stored_version(&app).await != Some(current) {
+        assert!(waited < 750, "the older version was not replaced");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        waited += 1;
+    }
+
+    // A newer version in Redis (a PUT about to commit) is left alone.
+    let newer = old_json.replace(
+        &format!("\"version\":{}", first["version"]),
+        &format!("\"version\":{}", current + 100),
+    );
+    assert_ne!(newer, old_json, "the version was rewritten");
+    let _: () = redis::cmd("SET")
+        .arg(keys.gateway_config())
+        .arg(&newer)
+        .query_async(&mut con)
+        .await
+        .expect("SET");
+    let state = watchpost_admin::AppState::new(app.config.clone()).expect("state");
+    let once = watchpost_admin::gateway_sync::sync_once(
+        &state,
+        &redis::Script::new(watchpost_admin::gateway_sync::REPAIR_SCRIPT),
+    )
+    .await
+    .expect("sync");
+    assert_eq!(
+        once,
+        watchpost_admin::gateway_sync::Synced::Current(current)
+    );
+    assert_eq!(stored_version(&app).await, Some(current + 100));
+}

@@ -1,12 +1,18 @@
 //! The access-log stream (SPEC §5): every field, typed; flushing on shutdown; surviving a
-//! Redis outage without failing a single client request.
+//! Redis outage without failing a single client request and without losing or duplicating an
+//! entry; secrets redacted from the logged query.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use watchpost_common::{AccessLogEntry, Decision, ACCESS_LOG_FIELDS};
+use watchpost_common::{AccessLogEntry, Decision, Keys, ACCESS_LOG_FIELDS};
+use watchpost_proxy::access_log::{self, append_batch, RedisStatus, WriterConfig, APPEND_SCRIPT};
+use watchpost_proxy::metrics::Metrics;
 
-use crate::support::{eventually, read_stream, Origin, OwnRedis, TestProxy, BROWSER};
+use crate::support::{
+    eventually, read_stream, unique_prefix, Origin, OwnRedis, TestProxy, BROWSER,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_field_is_present_in_order_and_typed() {
@@ -98,11 +104,37 @@ async fn shutdown_flushes_the_buffer() {
     p.cleanup().await;
 }
 
+/// Request ids in the stream, with how often each appears.
+async fn id_counts(url: &str, key: &str) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for e in read_stream(url, key).await {
+        if let Some((_, id)) = e.into_iter().find(|(k, _)| k == "request_id") {
+            *counts.entry(id).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Wait until every id in `ids` is in the stream, then check that each is there exactly once
+/// and nothing else is.
+async fn assert_exactly_once(url: &str, key: &str, ids: &[String]) {
+    let counts = eventually("every entry to arrive", Duration::from_secs(30), || async {
+        let c = id_counts(url, key).await;
+        ids.iter().all(|id| c.contains_key(id)).then_some(c)
+    })
+    .await;
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "duplicated entries: {twice:?}");
+    assert_eq!(counts.len(), ids.len(), "no entry beyond the ones sent");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_outage_never_fails_a_request_and_writing_resumes() {
+async fn entries_sent_during_a_redis_outage_all_arrive_exactly_once() {
     let origin = Origin::start().await;
     let mut redis = OwnRedis::start().await;
-    let mut p = TestProxy::start_on("outage", &[origin.addr], &redis.url(), "").await;
+    // Hundreds of requests from one address: keep the rate signal out of the way.
+    let extra = "[risk]\nrate_limit = 1000000.0\n";
+    let mut p = TestProxy::start_on("outage", &[origin.addr], &redis.url(), extra).await;
     let key = p.stream_key();
 
     for _ in 0..20 {
@@ -113,40 +145,42 @@ async fn redis_outage_never_fails_a_request_and_writing_resumes() {
     })
     .await;
 
+    // A 2-second outage with traffic all along: every request succeeds.
     redis.stop();
-    // Keep sending until the writer has noticed and dropped something; every request succeeds.
-    let mut sent = 0;
-    eventually("drops to be counted", Duration::from_secs(20), || {
-        sent += 1;
-        let p = &p;
-        async move {
-            let r = p.get("/", BROWSER).await;
-            assert_eq!(r.status, 200, "requests must not fail while Redis is down");
-            (p.metrics().log_dropped.get() > 0).then_some(())
-        }
-    })
-    .await;
-    assert!(sent > 0);
-    let h = p.healthz().await;
-    assert_eq!(h["redis"], "down");
-    assert!(h["log_dropped"].as_u64().expect("number") > 0);
-
-    // Same port, empty data set: whatever lands now was written after the restart.
-    redis.restart().await;
-    eventually("writing to resume", Duration::from_secs(20), || {
-        let p = &p;
-        let url = redis.url();
-        let key = key.clone();
-        async move {
-            assert_eq!(p.get("/", BROWSER).await.status, 200);
-            (!read_stream(&url, &key).await.is_empty()).then_some(())
-        }
-    })
-    .await;
+    let mut ids = Vec::new();
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(2) {
+        let r = p.get("/", BROWSER).await;
+        assert_eq!(r.status, 200, "requests must not fail while Redis is down");
+        ids.push(r.header("x-request-id").expect("request id").to_string());
+    }
     eventually(
-        "health to report Redis up",
+        "health to report Redis down",
         Duration::from_secs(10),
-        || async { (p.healthz().await["redis"] == "up").then_some(()) },
+        || async { (p.healthz().await["redis"] == "down").then_some(()) },
+    )
+    .await;
+    let h = p.healthz().await;
+    assert!(h["buffer_depth"].as_u64().expect("number") > 0, "{h}");
+    assert!(h["buffer_bytes"].as_u64().expect("number") > 0, "{h}");
+
+    // Same port, empty data set: whatever lands now was written after the restart. The
+    // entries held during the outage arrive, once each, and so do the ones sent right after.
+    redis.restart().await;
+    for _ in 0..20 {
+        let r = p.get("/", BROWSER).await;
+        assert_eq!(r.status, 200);
+        ids.push(r.header("x-request-id").expect("request id").to_string());
+    }
+    assert_exactly_once(&redis.url(), &key, &ids).await;
+    assert_eq!(p.metrics().log_dropped.get(), 0, "nothing was dropped");
+    eventually(
+        "health to report Redis up and the buffer empty",
+        Duration::from_secs(10),
+        || async {
+            let h = p.healthz().await;
+            (h["redis"] == "up" && h["buffer_depth"] == 0 && h["buffer_bytes"] == 0).then_some(())
+        },
     )
     .await;
     p.shutdown().await;
@@ -160,27 +194,251 @@ async fn starts_and_serves_while_redis_is_down_then_writes_when_it_appears() {
     let h = p.healthz().await;
     assert_eq!(h["redis"], "down");
     assert_eq!(h["config_version"], 0, "the file's [gateway] applies");
+    assert_eq!(h["config_source"], "file");
+    let mut ids = Vec::new();
     for _ in 0..5 {
-        assert_eq!(p.get("/", BROWSER).await.status, 200);
+        let r = p.get("/", BROWSER).await;
+        assert_eq!(r.status, 200);
+        ids.push(r.header("x-request-id").expect("request id").to_string());
     }
-    eventually("drops to be counted", Duration::from_secs(20), || async {
-        (p.metrics().log_dropped.get() > 0).then_some(())
-    })
-    .await;
 
     redis.restart().await;
-    let key = p.stream_key();
-    eventually("writing to start", Duration::from_secs(20), || {
-        let p = &p;
-        let url = redis.url();
-        let key = key.clone();
-        async move {
-            assert_eq!(p.get("/", BROWSER).await.status, 200);
-            (!read_stream(&url, &key).await.is_empty()).then_some(())
-        }
-    })
-    .await;
+    assert_exactly_once(&redis.url(), &p.stream_key(), &ids).await;
+    assert_eq!(p.metrics().log_dropped.get(), 0);
     p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_out_of_memory_redis_drops_and_counts_the_batch_then_writing_goes_on() {
+    let origin = Origin::start().await;
+    let redis = OwnRedis::start().await;
+    let mut p = TestProxy::start_on("oom", &[origin.addr], &redis.url(), "").await;
+    let mut c = p.redis().await;
+    let set_maxmemory = |v: &'static str| {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(v)
+            .clone()
+    };
+    let _: () = set_maxmemory("1")
+        .query_async(&mut c)
+        .await
+        .expect("CONFIG SET");
+    assert_eq!(p.get("/", BROWSER).await.status, 200);
+    eventually(
+        "the refused batch to be counted",
+        Duration::from_secs(10),
+        || async { (p.metrics().log_dropped.get() == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(p.healthz().await["buffer_depth"], 0, "not held for a retry");
+    let _: () = set_maxmemory("0")
+        .query_async(&mut c)
+        .await
+        .expect("CONFIG SET");
+    let r = p.get("/", BROWSER).await;
+    let id = r.header("x-request-id").expect("request id").to_string();
+    p.entry_for(&id).await;
+    assert_eq!(p.metrics().log_dropped.get(), 1);
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_query_parameters_are_redacted_in_the_log_but_not_upstream() {
+    let origin = Origin::start().await;
+    let mut p = TestProxy::start("redact", &[origin.addr], "").await;
+    let query = "page=2&token=abc&API_KEY=k1&%73ig=zz&code=9&keep=%20x";
+    let r = p.get(&format!("/cb?{query}"), BROWSER).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(origin.last().query, query, "the upstream gets the original");
+    let id = r.header("x-request-id").expect("request id").to_string();
+    let e = p.entry_for(&id).await;
+    assert_eq!(
+        e["query"],
+        "page=2&token=REDACTED&API_KEY=REDACTED&%73ig=REDACTED&code=REDACTED&keep=%20x"
+    );
+    p.cleanup().await;
+
+    // The list is configurable; an empty one redacts nothing.
+    let mut p = TestProxy::start(
+        "redact-custom",
+        &[origin.addr],
+        "[access_log]\nredact_query_params = [\"Session\"]\n",
+    )
+    .await;
+    let r = p.get("/?session=s&token=t", BROWSER).await;
+    let id = r.header("x-request-id").expect("request id").to_string();
+    assert_eq!(p.entry_for(&id).await["query"], "session=REDACTED&token=t");
+    p.cleanup().await;
+}
+
+fn writer_config(url: &str, keys: &Keys, proxy_id: &str) -> WriterConfig {
+    WriterConfig {
+        redis_url: url.to_string(),
+        keys: keys.clone(),
+        proxy_id: proxy_id.to_string(),
+        stream_max_len: 1_000_000,
+        buffer_bytes: 1 << 20,
+        redact_query_params: Vec::new(),
+        batch_max_entries: 100,
+        flush_interval: Duration::ZERO,
+        shutdown_flush: Duration::from_secs(5),
+    }
+}
+
+fn logged(n: u64) -> AccessLogEntry {
+    AccessLogEntry {
+        ts: 120_000 + n,
+        request_id: format!("req-{n}"),
+        proxy_id: "w".into(),
+        ..AccessLogEntry::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_batch_is_appended_once() {
+    let url = crate::support::redis_url();
+    let keys = Keys::new(unique_prefix("seq"));
+    let mut c = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis must be reachable");
+    let script = redis::Script::new(APPEND_SCRIPT);
+    let batch = [logged(1), logged(2), logged(3)];
+    let append = |seq: u64, batch: Vec<AccessLogEntry>| {
+        let (script, keys, mut c) = (script.clone(), keys.clone(), c.clone());
+        async move {
+            append_batch(&mut c, &script, &keys, "w", seq, 1000, &batch)
+                .await
+                .expect("script")
+        }
+    };
+    assert_eq!(append(7, batch.to_vec()).await, 3);
+    // The reply was lost; the writer sends the same batch again: nothing is added twice.
+    assert_eq!(append(7, batch.to_vec()).await, 0);
+    // An older sequence is refused as well; the next one is appended.
+    assert_eq!(append(6, batch.to_vec()).await, 0);
+    assert_eq!(append(8, vec![logged(4)]).await, 1);
+
+    let ids: Vec<String> = read_stream(&url, &keys.access_stream())
+        .await
+        .into_iter()
+        .filter_map(|e| {
+            e.into_iter()
+                .find(|(k, _)| k == "request_id")
+                .map(|(_, v)| v)
+        })
+        .collect();
+    assert_eq!(ids, ["req-1", "req-2", "req-3", "req-4"]);
+    let requests: u64 = redis::cmd("GET")
+        .arg(keys.requests_in_minute(2))
+        .query_async(&mut c)
+        .await
+        .expect("GET");
+    assert_eq!(requests, 4, "counters count each entry once");
+    let hwm: u64 = redis::cmd("HGET")
+        .arg(keys.access_hwm())
+        .arg("w")
+        .query_async(&mut c)
+        .await
+        .expect("HGET");
+    assert_eq!(hwm, 8);
+    let _: () = redis::cmd("DEL")
+        .arg(keys.access_stream())
+        .arg(keys.access_hwm())
+        .arg(keys.requests_in_minute(2))
+        .query_async(&mut c)
+        .await
+        .expect("DEL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_never_go_back_below_the_high_water_mark() {
+    let url = crate::support::redis_url();
+    let keys = Keys::new(unique_prefix("hwm"));
+    let mut c = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis must be reachable");
+    let run_writer = |entries: Vec<AccessLogEntry>, bump_to: Option<u64>| {
+        let (url, keys) = (url.clone(), keys.clone());
+        let mut c = c.clone();
+        async move {
+            let metrics = Metrics::new().expect("metrics");
+            let (sink, writer) = access_log::channel(
+                1000,
+                writer_config(&url, &keys, "w"),
+                metrics.clone(),
+                Arc::new(RedisStatus::default()),
+            );
+            let (stop, stop_rx) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(writer.run(stop_rx));
+            let n = entries.len() as u64;
+            let mut entries = entries.into_iter();
+            // The first entry makes the writer read the mark; then another writer with the
+            // same proxy_id moves it far ahead.
+            if let Some(first) = entries.next() {
+                assert!(sink.push(first));
+            }
+            eventually("the first entry", Duration::from_secs(10), || async {
+                (metrics.log_written.get() == 1).then_some(())
+            })
+            .await;
+            if let Some(to) = bump_to {
+                let _: () = redis::cmd("HSET")
+                    .arg(keys.access_hwm())
+                    .arg("w")
+                    .arg(to)
+                    .query_async(&mut c)
+                    .await
+                    .expect("HSET");
+            }
+            for e in entries {
+                assert!(sink.push(e));
+            }
+            eventually("every entry", Duration::from_secs(10), || async {
+                (metrics.log_written.get() == n).then_some(())
+            })
+            .await;
+            let _ = stop.send(true);
+            task.await.expect("writer");
+            assert_eq!(metrics.log_dropped.get(), 0);
+        }
+    };
+    // A first process, then a restarted one under the same proxy_id: its batches start above
+    // the mark the first one left.
+    run_writer((0..3).map(logged).collect(), None).await;
+    run_writer((3..6).map(logged).collect(), None).await;
+    // A mark moved ahead behind the writer's back: fresh batches are renumbered, not lost.
+    run_writer((6..9).map(logged).collect(), Some(1_000_000)).await;
+    let ids: Vec<String> = read_stream(&url, &keys.access_stream())
+        .await
+        .into_iter()
+        .filter_map(|e| {
+            e.into_iter()
+                .find(|(k, _)| k == "request_id")
+                .map(|(_, v)| v)
+        })
+        .collect();
+    let want: Vec<String> = (0..9).map(|n| format!("req-{n}")).collect();
+    assert_eq!(ids, want);
+    let hwm: u64 = redis::cmd("HGET")
+        .arg(keys.access_hwm())
+        .arg("w")
+        .query_async(&mut c)
+        .await
+        .expect("HGET");
+    assert!(hwm > 1_000_000, "{hwm}");
+    let _: () = redis::cmd("DEL")
+        .arg(keys.access_stream())
+        .arg(keys.access_hwm())
+        .arg(keys.requests_in_minute(2))
+        .query_async(&mut c)
+        .await
+        .expect("DEL");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -129,3 +129,124 @@ async fn config_in_redis_at_start_wins_over_the_file() {
     );
     p.cleanup().await;
 }
+
+/// Start a proxy on `redis` under `prefix` with this `[gateway]` cache file.
+async fn start_with_cache(
+    origin: &Origin,
+    redis: &str,
+    prefix: &str,
+    cache: &std::path::Path,
+) -> TestProxy {
+    let extra = format!(
+        "[gateway]\ncache_path = {:?}\n",
+        cache.display().to_string()
+    );
+    let text = crate::support::config_text(&[origin.addr], redis, prefix, &extra);
+    let settings = watchpost_proxy::Settings::load_str(&text, None, &[]).expect("valid");
+    let proxy = tokio::task::spawn_blocking(move || {
+        watchpost_proxy::start(settings, watchpost_proxy::StopOn::Handle)
+    })
+    .await
+    .expect("task")
+    .expect("starts");
+    TestProxy {
+        addr: proxy.listen_addr(),
+        health: proxy.health_addr(),
+        proxy: Some(proxy),
+        prefix: prefix.to_string(),
+        redis_url: redis.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_config_from_redis_is_cached_and_used_when_redis_is_down() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = dir.path().join("gateway.json");
+    let url = crate::support::redis_url();
+    let prefix = crate::support::unique_prefix("cache");
+
+    // Redis holds no config yet, and there is no cache: the file's [gateway] applies.
+    let mut p = start_with_cache(&origin, &url, &prefix, &cache).await;
+    let h = p.healthz().await;
+    assert_eq!(h["config_version"], 0);
+    assert_eq!(h["config_source"], "file");
+    assert!(!cache.exists());
+
+    // A version arrives through Redis: applied, and written to the cache.
+    let mut redis = p.redis().await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}gateway:config"))
+        .arg(doc(11, 0.01))
+        .query_async(&mut redis)
+        .await
+        .expect("SET");
+    eventually("version 11 cached", Duration::from_secs(10), || async {
+        let text = tokio::fs::read_to_string(&cache).await.ok()?;
+        let cached = watchpost_common::GatewayConfig::from_json(&text).ok()?;
+        (cached.version == 11).then_some(())
+    })
+    .await;
+    let h = p.healthz().await;
+    assert_eq!(h["config_version"], 11);
+    assert_eq!(h["config_source"], "redis");
+    p.shutdown().await;
+    // No temporary file is left beside the cache.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, ["gateway.json"]);
+
+    // Redis is unreachable: the next proxy starts from the cache.
+    let down = crate::support::OwnRedis::not_started();
+    let mut q = start_with_cache(&origin, &down.url(), &prefix, &cache).await;
+    let h = q.healthz().await;
+    assert_eq!(h["redis"], "down");
+    assert_eq!(h["config_version"], 11);
+    assert_eq!(h["config_source"], "cache");
+    // Threshold 0.01 from the cache: a command-line client is rejected.
+    assert_eq!(
+        q.get("/", &[("User-Agent", "curl/8.5.0")]).await.status,
+        403
+    );
+    q.shutdown().await;
+
+    // Redis is up but was flushed (no config): the cache still wins over the file.
+    let mut r = start_with_cache(
+        &origin,
+        &url,
+        &crate::support::unique_prefix("flushed"),
+        &cache,
+    )
+    .await;
+    let h = r.healthz().await;
+    assert_eq!(h["config_version"], 11);
+    assert_eq!(h["config_source"], "cache");
+    r.cleanup().await;
+    p.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_and_no_usable_cache_the_file_gateway_applies() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let down = crate::support::OwnRedis::not_started();
+    let prefix = crate::support::unique_prefix("nocache");
+
+    let missing = dir.path().join("missing.json");
+    let mut p = start_with_cache(&origin, &down.url(), &prefix, &missing).await;
+    let h = p.healthz().await;
+    assert_eq!(h["config_version"], 0);
+    assert_eq!(h["config_source"], "file");
+    p.shutdown().await;
+
+    // A corrupt cache is refused the same way.
+    let corrupt = dir.path().join("corrupt.json");
+    std::fs::write(&corrupt, "{\"version\": ").expect("write");
+    let mut p = start_with_cache(&origin, &down.url(), &prefix, &corrupt).await;
+    let h = p.healthz().await;
+    assert_eq!(h["config_version"], 0);
+    assert_eq!(h["config_source"], "file");
+    p.shutdown().await;
+}

@@ -74,6 +74,8 @@ where
 #[derive(Debug, Clone)]
 pub struct Received {
     pub path: String,
+    /// The query string as the origin received it (empty when none).
+    pub query: String,
     pub headers: HeaderMap,
 }
 
@@ -114,6 +116,7 @@ impl Origin {
                         async move {
                             rec.lock().expect("lock").push(Received {
                                 path: req.uri().path().to_string(),
+                                query: req.uri().query().unwrap_or_default().to_string(),
                                 headers: req.headers().clone(),
                             });
                             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
@@ -426,9 +429,13 @@ impl Drop for TestProxy {
 
 /// Read a whole stream; a missing stream is empty. Panics when Redis is unreachable.
 pub async fn read_stream(url: &str, key: &str) -> Vec<Vec<(String, String)>> {
+    // A loaded machine can take longer than the client's default 500 ms to answer a read of a
+    // few thousand entries.
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
     let mut c = redis::Client::open(url)
         .expect("redis url")
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("Redis must be reachable for the proxy tests");
     let raw: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")

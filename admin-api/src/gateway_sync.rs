@@ -1,0 +1,123 @@
+//! Keeps the gateway config in Redis equal to PostgreSQL's current version.
+//!
+//! PostgreSQL is the record (`gateway_config_versions`); Redis holds the copy the proxies read
+//! (`<prefix>gateway:config`). A Redis restart without persistence, a flush or an eviction
+//! loses that copy, and a proxy started then would run its file's `[gateway]` while the rest
+//! of the fleet runs the current version. So while the admin API serves, it checks every
+//! [`SYNC_INTERVAL`] (and once at start) and writes the current version to Redis whenever Redis
+//! lacks it or holds an older one, announcing the repair on `<prefix>gateway:config:changed`
+//! like a `PUT` does.
+//!
+//! The check and the write are one script in Redis, so a `PUT` that wrote a newer version
+//! between our read of PostgreSQL and our write is never overwritten. A Redis version newer
+//! than PostgreSQL's is left alone: a `PUT` writes Redis just before it commits. Before the
+//! first `PUT` there is nothing to write (proxies use their file's `[gateway]`).
+
+use std::time::Duration;
+
+use redis::Script;
+use watchpost_common::gateway::GatewayConfigDoc;
+use watchpost_common::GatewayConfig;
+
+use crate::state::AppState;
+
+/// How often Redis's copy is checked.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Set the config and announce it, unless Redis already holds this version or a newer one.
+/// `KEYS[1]` the config, `KEYS[2]` the channel; `ARGV[1]` the document, `ARGV[2]` its version.
+/// Returns 1 when it wrote, 0 when Redis was current. An unreadable document counts as absent.
+pub const REPAIR_SCRIPT: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, doc = pcall(cjson.decode, cur)
+  if ok and type(doc) == 'table' and tonumber(doc.version) and tonumber(doc.version) >= tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PUBLISH', KEYS[2], ARGV[2])
+return 1
+";
+
+/// What one check did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synced {
+    /// PostgreSQL holds no version yet.
+    NothingStored,
+    /// Redis already held this version (or a newer one).
+    Current(u64),
+    /// Redis lacked the config or held an older one; this version was written and announced.
+    Repaired(u64),
+}
+
+/// Compare Redis's copy with PostgreSQL's current version once, repairing Redis if needed.
+pub async fn sync_once(state: &AppState, script: &Script) -> Result<Synced, String> {
+    let conn = state.db().await.map_err(|e| e.to_string())?;
+    let row = conn
+        .query_opt(
+            "SELECT version, config FROM gateway_config_versions ORDER BY version DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(conn);
+    let Some(row) = row else {
+        return Ok(Synced::NothingStored);
+    };
+    let version: i64 = row.try_get("version").map_err(|e| e.to_string())?;
+    let stored: serde_json::Value = row.try_get("config").map_err(|e| e.to_string())?;
+    let doc: GatewayConfigDoc =
+        serde_json::from_value(stored).map_err(|e| format!("stored gateway config: {e}"))?;
+    let config =
+        GatewayConfig::from_doc(&doc).map_err(|e| format!("stored gateway config: {e}"))?;
+    let version = u64::try_from(version).unwrap_or_default();
+    let keys = state.keys();
+    let mut redis = state.redis();
+    let mut call = script.prepare_invoke();
+    call.key(keys.gateway_config())
+        .key(keys.gateway_config_changed())
+        .arg(config.to_json())
+        .arg(version);
+    let wrote: i64 = state
+        .redis_timeout(call.invoke_async(&mut redis))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(if wrote == 1 {
+        Synced::Repaired(version)
+    } else {
+        Synced::Current(version)
+    })
+}
+
+/// Check at start and every [`SYNC_INTERVAL`], for as long as the future is polled (the server
+/// runs it beside its listener). Failures are logged once per outage and retried next time.
+pub async fn run(state: AppState) {
+    let script = Script::new(REPAIR_SCRIPT);
+    let mut failing = false;
+    let mut ticks = tokio::time::interval(SYNC_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match sync_once(&state, &script).await {
+            Ok(result) => {
+                if failing {
+                    tracing::info!("gateway config sync: working again");
+                    failing = false;
+                }
+                if let Synced::Repaired(version) = result {
+                    tracing::info!(
+                        gateway.version = version,
+                        "gateway config sync: Redis lacked the current version; restored and announced"
+                    );
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "gateway config sync: check failed; retrying");
+                    failing = true;
+                }
+            }
+        }
+    }
+}
