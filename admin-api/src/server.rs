@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 
-use crate::{error::ApiError, state::AppState, StartupError};
+use crate::{error::ApiError, extract::ClientIpRule, state::AppState, StartupError};
 
 /// The request id header: taken from the client when sane, generated otherwise, echoed on the
 /// response, and used in error envelopes, logs and audit rows.
@@ -24,7 +24,12 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id"
 pub fn app(state: AppState) -> Router {
     let timeout = state.config().request_timeout();
     let body_limit = state.config().admin.body_limit_bytes;
-    with_layers(crate::routes::router(state), timeout, body_limit)
+    let client_ip = ClientIpRule::new(&state.config().admin.trusted_cidrs);
+    let router = crate::routes::router(state).layer(middleware::from_fn_with_state(
+        client_ip,
+        crate::extract::client_addr,
+    ));
+    with_layers(router, timeout, body_limit)
 }
 
 /// Wraps a router in the server-wide layers.
@@ -80,19 +85,23 @@ async fn request_timeout(State(limit): State<Duration>, request: Request, next: 
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then drains in-flight requests.
+/// Background upkeep (deleting old sign-in events) runs meanwhile.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
+    let retention = tokio::spawn(crate::sign_in_events::run(state.clone()));
     let app = app(state);
-    axum::serve(
+    let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await
-    .map_err(StartupError::Io)
+    .map_err(StartupError::Io);
+    retention.abort();
+    served
 }
 
 /// Resolves on SIGINT or SIGTERM.
