@@ -3,7 +3,16 @@
 //! Every mutation calls [`record`] inside its own transaction, so the audit row commits or
 //! rolls back with the change it describes. Writers take a transaction-scoped advisory lock
 //! ([`AUDIT_LOCK_KEY`]) before reading the chain head, so concurrent writers never fork the
-//! chain: `hash = sha256(prev_hash || canonical content)` in `seq` order. The table refuses
+//! chain: `hash = sha256(prev_hash || canonical content)` in `seq` order.
+//!
+//! The lock is held from [`record`] until the transaction ends, so [`record`] is the last
+//! thing a transaction does before its commit: every other statement (the mutation itself,
+//! ledger rows, sessions, and anything slow such as password hashing, which runs before the
+//! transaction and without a pooled connection) happens before the lock is taken. The
+//! lock is then held for three short statements (lock, read the head, insert) and the commit,
+//! whatever the request does; user-facing writes (registration, redemption, runs) and admin
+//! mutations wait on one another only for that window. A registration that consumes an
+//! invitation code writes both of its audit rows at its end. The table refuses
 //! UPDATE, DELETE and TRUNCATE (trigger), and [`verify`] recomputes the chain. (Removing the
 //! newest rows by bypassing the trigger is not detectable from the chain alone; anchor the
 //! head hash elsewhere if that matters.)

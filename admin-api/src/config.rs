@@ -52,6 +52,28 @@ pub struct AdminConfig {
     pub access_log_tail_heartbeat_secs: u64,
     /// Most concurrent live tails per server (each holds a Redis connection). Default 32.
     pub access_log_max_tails: usize,
+    /// Peers (CIDRs or bare addresses) whose `X-Forwarded-For` is believed, as in SPEC §2's
+    /// `proxy` mode: the client IP used by throttles, sessions and the audit log is found by
+    /// walking the header right to left, skipping trusted addresses. Default `[]`: the socket
+    /// peer is the client and forwarding headers are ignored.
+    pub trusted_cidrs: Vec<String>,
+    /// Sign-in attempts (`POST /api/auth/sessions`) per client IP per fixed minute, counted
+    /// before the password is checked. Default 30.
+    pub sign_in_per_ip_per_minute: u64,
+    /// Sign-in attempts per (account, client IP) per fixed minute; a successful sign-in clears
+    /// the count. Never per account alone, so attempts from elsewhere cannot lock the owner
+    /// out from the owner's own addresses. Default 10.
+    pub sign_in_per_account_ip_per_minute: u64,
+    /// Registrations (`POST /api/auth/register`) per client IP per fixed minute. Default 10.
+    pub register_per_ip_per_minute: u64,
+    /// Requests per client IP per fixed minute to each of `POST /api/redeem`, `POST /api/runs`
+    /// and `POST /api/me/invitation-codes` (each endpoint counted on its own). Default 120.
+    pub public_per_ip_per_minute: u64,
+    /// Sign-in events older than this many days are deleted (hourly, in batches). Default 90.
+    pub sign_in_events_retention_days: u32,
+    /// Most active invitation codes (enabled, with uses left) one user may mint for themself
+    /// with `POST /api/me/invitation-codes`. Default 20.
+    pub max_active_invitation_codes_per_user: u32,
 }
 
 impl Default for AdminConfig {
@@ -67,6 +89,13 @@ impl Default for AdminConfig {
             access_log_tail_block_ms: 5000,
             access_log_tail_heartbeat_secs: 15,
             access_log_max_tails: 32,
+            trusted_cidrs: Vec::new(),
+            sign_in_per_ip_per_minute: 30,
+            sign_in_per_account_ip_per_minute: 10,
+            register_per_ip_per_minute: 10,
+            public_per_ip_per_minute: 120,
+            sign_in_events_retention_days: 90,
+            max_active_invitation_codes_per_user: 20,
         }
     }
 }
@@ -145,6 +174,49 @@ impl Config {
         if self.admin.rate_limit_per_minute == 0 || self.admin.rate_limit_per_hour == 0 {
             return bad("[admin] rate_limit_per_*", "must be positive");
         }
+        let bad_cidrs: Vec<&str> = self
+            .admin
+            .trusted_cidrs
+            .iter()
+            .filter(|c| watchpost_common::gateway::parse_cidr(c).is_none())
+            .map(String::as_str)
+            .collect();
+        if !bad_cidrs.is_empty() {
+            return bad(
+                "[admin] trusted_cidrs",
+                &format!("invalid CIDRs: {}", bad_cidrs.join(", ")),
+            );
+        }
+        for (key, v) in [
+            (
+                "[admin] sign_in_per_ip_per_minute",
+                self.admin.sign_in_per_ip_per_minute,
+            ),
+            (
+                "[admin] sign_in_per_account_ip_per_minute",
+                self.admin.sign_in_per_account_ip_per_minute,
+            ),
+            (
+                "[admin] register_per_ip_per_minute",
+                self.admin.register_per_ip_per_minute,
+            ),
+            (
+                "[admin] public_per_ip_per_minute",
+                self.admin.public_per_ip_per_minute,
+            ),
+            (
+                "[admin] sign_in_events_retention_days",
+                u64::from(self.admin.sign_in_events_retention_days),
+            ),
+            (
+                "[admin] max_active_invitation_codes_per_user",
+                u64::from(self.admin.max_active_invitation_codes_per_user),
+            ),
+        ] {
+            if v == 0 {
+                return bad(key, "must be positive");
+            }
+        }
         crate::stream::validate_config(&self.admin).map_err(StartupError::Config)?;
         self.smtp.validate().map_err(StartupError::Config)?;
         if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
@@ -211,6 +283,9 @@ mod tests {
         assert_eq!(c.admin.listen, "127.0.0.1:8081");
         assert_eq!(c.admin.rate_limit_per_minute, 500);
         assert_eq!(c.admin.rate_limit_per_hour, 5000);
+        assert!(c.admin.trusted_cidrs.is_empty());
+        assert_eq!(c.admin.sign_in_events_retention_days, 90);
+        assert_eq!(c.admin.max_active_invitation_codes_per_user, 20);
         assert_eq!(c.redis.key_prefix, "wp:");
     }
 
@@ -240,6 +315,14 @@ mod tests {
         for (text, key) in [
             ("[admin]\nlisten = \"nope\"\n", "listen"),
             ("[admin]\nrate_limit_per_hour = 0\n", "rate_limit"),
+            (
+                "[admin]\ntrusted_cidrs = [\"10.0.0.0/8\", \"nope\"]\n",
+                "trusted_cidrs",
+            ),
+            (
+                "[admin]\nsign_in_per_ip_per_minute = 0\n",
+                "sign_in_per_ip_per_minute",
+            ),
             ("[redis]\nurl = \"http://x\"\n", "[redis] url"),
             ("[postgres]\npool_size = 0\n", "pool_size"),
             (

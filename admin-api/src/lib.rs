@@ -17,6 +17,7 @@ pub mod pagination;
 pub mod rate_limit;
 pub mod routes;
 pub mod server;
+pub mod sign_in_events;
 pub mod state;
 pub mod stream;
 pub mod validate;

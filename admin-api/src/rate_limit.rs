@@ -1,11 +1,24 @@
-//! Per-admin rate limits in Redis, shared by every admin instance.
+//! Rate limits in Redis, shared by every admin instance.
 //!
-//! Two fixed windows (a minute and an hour) per actor. One pipeline per request does
-//! `INCR` + `EXPIRE` on both window keys. When Redis is unreachable the limiter fails open
-//! (the request proceeds, a warning is logged): the admin API must stay usable for
-//! PostgreSQL-only work while Redis is down.
+//! - Per admin ([`check`]): two fixed windows (a minute and an hour) per actor. One pipeline
+//!   per request does `INCR` + `EXPIRE` on both window keys.
+//! - Per client on the public endpoints ([`Throttle`]): fixed one-minute windows per client
+//!   IP (an IPv6 client counts by its /64), and for sign-in also per (account, client IP), so
+//!   that attempts from elsewhere never lock an owner out from the owner's own addresses.
+//!   Refusals are 429 `RATE_LIMITED` with `Retry-After` (seconds to the window's end).
+//!
+//! When Redis is unreachable both fail open (the request proceeds, a warning is logged): the
+//! admin API must stay usable for PostgreSQL-only work while Redis is down, and sign-in keeps
+//! working for the people who need it then. Password hashing stays bounded meanwhile by the
+//! hashing semaphore ([`crate::auth::password`]), so a flood during an outage costs latency,
+//! not the server.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    net::IpAddr,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use sha2::{Digest, Sha256};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -128,9 +141,163 @@ pub async fn check(state: &AppState, actor: &str) -> Option<Decision> {
     }
 }
 
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// A per-client throttle on a public endpoint; each counts on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    /// `POST /api/auth/sessions` per client IP (`sign_in_per_ip_per_minute`).
+    SignIn,
+    /// `POST /api/auth/sessions` per (account, client IP)
+    /// (`sign_in_per_account_ip_per_minute`). Failed second factors (TOTP, recovery codes)
+    /// belong here too once they exist.
+    SignInAccount,
+    /// `POST /api/auth/register` (`register_per_ip_per_minute`).
+    Register,
+    /// `POST /api/redeem` (`public_per_ip_per_minute`).
+    Redeem,
+    /// `POST /api/runs` (`public_per_ip_per_minute`).
+    Runs,
+    /// `POST /api/me/invitation-codes` (`public_per_ip_per_minute`).
+    InvitationCodes,
+}
+
+impl Throttle {
+    /// The scope part of the Redis key.
+    pub fn scope(self) -> &'static str {
+        match self {
+            Throttle::SignIn => "sign_in",
+            Throttle::SignInAccount => "sign_in_account",
+            Throttle::Register => "register",
+            Throttle::Redeem => "redeem",
+            Throttle::Runs => "runs",
+            Throttle::InvitationCodes => "invitation_codes",
+        }
+    }
+
+    /// Requests allowed per minute.
+    pub fn limit(self, cfg: &crate::config::AdminConfig) -> u64 {
+        match self {
+            Throttle::SignIn => cfg.sign_in_per_ip_per_minute,
+            Throttle::SignInAccount => cfg.sign_in_per_account_ip_per_minute,
+            Throttle::Register => cfg.register_per_ip_per_minute,
+            Throttle::Redeem | Throttle::Runs | Throttle::InvitationCodes => {
+                cfg.public_per_ip_per_minute
+            }
+        }
+    }
+}
+
+/// What a throttle counts for a client address: the IPv4 address, or the /64 of an IPv6
+/// address (one host usually holds a whole /64). `unknown` without an address.
+pub fn client_subject(ip: Option<IpAddr>) -> String {
+    match ip {
+        Some(IpAddr::V4(v4)) => v4.to_string(),
+        Some(IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        None => "unknown".into(),
+    }
+}
+
+/// The subject of [`Throttle::SignInAccount`]: the client and a digest of the account (so
+/// that no email address is written to Redis).
+pub fn account_subject(ip: Option<IpAddr>, account: &str) -> String {
+    let digest = Sha256::digest(account.trim().to_lowercase().as_bytes());
+    format!("{}|{}", client_subject(ip), hex::encode(&digest[..12]))
+}
+
+/// Counts one request against every `(throttle, subject)`; 429 when any is over its limit.
+/// Fails open (with a warning) when Redis is unreachable.
+pub async fn throttle(state: &AppState, items: &[(Throttle, &str)]) -> Result<(), ApiError> {
+    let now = unix_now();
+    let minute = now / 60;
+    let cfg = &state.config().admin;
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for (t, subject) in items {
+        let key = state.keys().public_throttle(t.scope(), subject, minute);
+        pipe.incr(&key, 1u64).expire(&key, 120).ignore();
+    }
+    let mut con = state.redis();
+    let counts: Vec<u64> = match state
+        .redis_timeout(pipe.query_async::<Vec<u64>>(&mut con))
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "throttle cannot reach redis; allowing the request");
+            return Ok(());
+        }
+    };
+    let over = items
+        .iter()
+        .zip(&counts)
+        .find(|((t, _), count)| **count > t.limit(cfg));
+    match over {
+        Some(((t, _), _)) => {
+            tracing::info!(throttle = t.scope(), "client throttled");
+            Err(ApiError::rate_limited((60 - now % 60).max(1)))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Counts one request of the client `ip` against a per-IP `throttle`.
+pub async fn per_ip(
+    state: &AppState,
+    throttle_kind: Throttle,
+    ip: Option<IpAddr>,
+) -> Result<(), ApiError> {
+    let subject = client_subject(ip);
+    throttle(state, &[(throttle_kind, &subject)]).await
+}
+
+/// Forgets the (account, client) count after a successful sign-in. Best effort.
+pub async fn clear(state: &AppState, throttle_kind: Throttle, subject: &str) {
+    let key = state
+        .keys()
+        .public_throttle(throttle_kind.scope(), subject, unix_now() / 60);
+    let mut con = state.redis();
+    let mut cmd = redis::cmd("DEL");
+    cmd.arg(&key);
+    if let Err(e) = state.redis_timeout(cmd.query_async::<u64>(&mut con)).await {
+        tracing::warn!(error = %e, "cannot clear a sign-in throttle");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttle_subjects() {
+        assert_eq!(
+            client_subject(Some("192.0.2.7".parse().expect("ip"))),
+            "192.0.2.7"
+        );
+        assert_eq!(
+            client_subject(Some("2001:db8:1:2:3:4:5:6".parse().expect("ip"))),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(client_subject(None), "unknown");
+        let ip = Some("192.0.2.7".parse().expect("ip"));
+        assert_eq!(
+            account_subject(ip, " Owner@Example.com"),
+            account_subject(ip, "owner@example.com")
+        );
+        assert_ne!(
+            account_subject(ip, "a@example.com"),
+            account_subject(ip, "b@example.com")
+        );
+        assert!(account_subject(ip, "a@example.com").starts_with("192.0.2.7|"));
+    }
 
     fn w(limit: u64, count: u64, reset_secs: u64) -> Window {
         Window {

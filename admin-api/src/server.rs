@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 
-use crate::{error::ApiError, state::AppState, StartupError};
+use crate::{error::ApiError, extract::ClientIpRule, state::AppState, StartupError};
 
 /// The request id header: taken from the client when sane, generated otherwise, echoed on the
 /// response, and used in error envelopes, logs and audit rows.
@@ -24,7 +24,12 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id"
 pub fn app(state: AppState) -> Router {
     let timeout = state.config().request_timeout();
     let body_limit = state.config().admin.body_limit_bytes;
-    with_layers(crate::routes::router(state), timeout, body_limit)
+    let client_ip = ClientIpRule::new(&state.config().admin.trusted_cidrs);
+    let router = crate::routes::router(state).layer(middleware::from_fn_with_state(
+        client_ip,
+        crate::extract::client_addr,
+    ));
+    with_layers(router, timeout, body_limit)
 }
 
 /// Wraps a router in the server-wide layers.
@@ -80,13 +85,15 @@ async fn request_timeout(State(limit): State<Duration>, request: Request, next: 
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then drains in-flight requests.
-/// Meanwhile keeps the gateway config in Redis current ([`crate::gateway_sync`]).
+/// Meanwhile keeps the gateway config in Redis current ([`crate::gateway_sync`]) and deletes
+/// old sign-in events ([`crate::sign_in_events`]).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
     let sync = crate::gateway_sync::run(state.clone());
+    let retention = tokio::spawn(crate::sign_in_events::run(state.clone()));
     let app = app(state);
     let server = std::future::IntoFuture::into_future(
         axum::serve(
@@ -96,10 +103,12 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown),
     );
     // The sync loop never ends by itself; it stops with the server.
-    tokio::select! {
+    let served = tokio::select! {
         served = server => served.map_err(StartupError::Io),
         () = sync => Ok(()),
-    }
+    };
+    retention.abort();
+    served
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -22,6 +22,10 @@ pub const GATEWAY_REJECTS_PER_MINUTE: &str = "gw:rej:";
 pub const MINUTE_COUNTER_TTL_SECS: u64 = 2 * 60 * 60;
 /// Suffix of admin rate-limit counters (`<prefix>rl:<actor>:<window>:<bucket>`).
 pub const ADMIN_RATE_LIMIT: &str = "rl:";
+/// Suffix of the admin API's per-client throttles on its public endpoints
+/// (`<prefix>throttle:<scope>:<subject>:<unix minute>`; the subject is a client IP, an IPv6
+/// /64, or a client IP with an account digest).
+pub const PUBLIC_THROTTLE: &str = "throttle:";
 
 /// Key names under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +97,14 @@ impl Keys {
             self.prefix, ADMIN_RATE_LIMIT, actor, window, bucket
         )
     }
+
+    /// A public-endpoint throttle bucket (`scope` names the endpoint, e.g. `sign_in`).
+    pub fn public_throttle(&self, scope: &str, subject: &str, unix_minute: u64) -> String {
+        format!(
+            "{}{}{}:{}:{}",
+            self.prefix, PUBLIC_THROTTLE, scope, subject, unix_minute
+        )
+    }
 }
 
 #[cfg(test)]
@@ -121,6 +133,7 @@ mod tests {
             k.requests_in_minute(1),
             k.rejects_in_minute(1),
             k.admin_rate_limit("usr_1", "m", 1),
+            k.public_throttle("sign_in", "127.0.0.1", 1),
         ] {
             assert!(name.starts_with("t42:"), "{name}");
         }

@@ -22,6 +22,7 @@ use crate::{
     ids::IdKind,
     invitations,
     models::{col, User, UserOrganization},
+    rate_limit::{self, Throttle},
     state::AppState,
     validate,
 };
@@ -87,7 +88,9 @@ pub struct Me {
 ///
 /// Field formats are checked first (400); then policy: a password shorter than
 /// `password_min_length`, a missing invitation code when `registration_requires_invitation`,
-/// or a refused code are 422. A taken email or username is 409.
+/// or a refused code (unknown, disabled, used up, or owned by a disabled account) are 422. A
+/// taken email or username is 409. More than `[admin] register_per_ip_per_minute` attempts
+/// from one client IP in a minute are 429.
 #[utoipa::path(
     post,
     path = "/api/auth/register",
@@ -98,7 +101,8 @@ pub struct Me {
         (status = 201, body = SessionResponse),
         (status = 400, body = ErrorEnvelope),
         (status = 409, body = ErrorEnvelope),
-        (status = 422, body = ErrorEnvelope)
+        (status = 422, body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope)
     )
 )]
 async fn register(
@@ -106,6 +110,7 @@ async fn register(
     meta: RequestMeta,
     Json(body): Json<RegisterRequest>,
 ) -> Result<(StatusCode, Json<SessionResponse>), ApiError> {
+    rate_limit::per_ip(&state, Throttle::Register, meta.ip).await?;
     let email = validate::email(&body.email)?;
     let username = validate::username(&body.username)?;
     let name = body
@@ -118,13 +123,17 @@ async fn register(
         .as_deref()
         .map(str::trim)
         .filter(|c| !c.is_empty());
-    let mut conn = state.db().await?;
-    let settings = AuthSettings::load(&conn).await?;
+    // The pooled connection goes back before argon2 runs and is taken again after.
+    let settings = {
+        let conn = state.db().await?;
+        AuthSettings::load(&conn).await?
+    };
     settings.check_password(&body.password)?;
     if settings.registration_requires_invitation && code.is_none() {
         return Err(ApiError::unprocessable("an invitation code is required"));
     }
     let password_hash = hash_password(body.password).await?;
+    let mut conn = state.db().await?;
     let tx = conn.transaction().await?;
     let id = IdKind::User.new_id();
     let row = tx
@@ -138,9 +147,10 @@ async fn register(
         )
         .await?;
     let user = User::from_row(&row)?;
-    if let Some(code) = code {
-        invitations::redeem_for_registration(&tx, code, &id).await?;
-    }
+    let invitation = match code {
+        Some(code) => Some(invitations::redeem_for_registration(&tx, code, &id).await?),
+        None => None,
+    };
     let session = issue_session(
         &tx,
         &id,
@@ -150,15 +160,21 @@ async fn register(
         meta.user_agent.as_deref(),
     )
     .await?;
+    // Audit rows last, right before the commit: the audit chain's lock is held only for
+    // these inserts and the commit.
+    let ctx = AuditCtx::new(&id, None, &meta);
     audit::record(
         &tx,
-        &AuditCtx::new(&id, None, &meta),
+        &ctx,
         "user.registered",
         "user",
         &id,
         audit::created(&audit::snapshot(&user)?),
     )
     .await?;
+    if let Some(invitation) = invitation {
+        invitation.record(&tx, &ctx).await?;
+    }
     tx.commit().await?;
     Ok((
         StatusCode::CREATED,
@@ -189,7 +205,10 @@ async fn record_sign_in(
 /// Signs in with email or username and password.
 ///
 /// Wrong credentials are 401. With the right password, a disabled account or a member of any
-/// disabled organization is refused with 403. Every attempt is recorded for the stats.
+/// disabled organization is refused with 403. Every attempt that reaches the password check is
+/// recorded for the stats. More than `[admin] sign_in_per_ip_per_minute` attempts from one
+/// client IP, or `[admin] sign_in_per_account_ip_per_minute` on one account from one client
+/// IP, in a minute are 429 before any password is checked.
 #[utoipa::path(
     post,
     path = "/api/auth/sessions",
@@ -200,7 +219,8 @@ async fn record_sign_in(
         (status = 201, body = SessionResponse),
         (status = 400, body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope)
+        (status = 403, body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope)
     )
 )]
 async fn sign_in(
@@ -216,8 +236,11 @@ async fn sign_in(
     if identifier.is_empty() || identifier.len() > 254 {
         return Err(ApiError::bad_request(format!("{column} must not be empty")));
     }
-    let mut conn = state.db().await?;
-    let row = conn
+    rate_limit::per_ip(&state, Throttle::SignIn, meta.ip).await?;
+    // The pooled connection goes back before argon2 runs and is taken again after.
+    let row = state
+        .db()
+        .await?
         .query_opt(
             &format!(
                 "SELECT {}, password_hash, \
@@ -230,11 +253,19 @@ async fn sign_in(
             &[&identifier],
         )
         .await?;
+    // The account is the user (however named), or the identifier when there is no such user.
+    let account = match &row {
+        Some(r) => col::<String>(r, "id")?,
+        None => format!("{column}:{identifier}"),
+    };
+    let account_subject = rate_limit::account_subject(meta.ip, &account);
+    rate_limit::throttle(&state, &[(Throttle::SignInAccount, &account_subject)]).await?;
     let stored_hash: Option<String> = match &row {
         Some(r) => col(r, "password_hash")?,
         None => None,
     };
     let password_ok = verify_password(body.password, stored_hash).await?;
+    let mut conn = state.db().await?;
     let Some(row) = row.filter(|_| password_ok) else {
         record_sign_in(&conn, None, false, Some("bad_credentials"), meta.ip).await?;
         return Err(ApiError::unauthorized("invalid credentials"));
@@ -268,6 +299,7 @@ async fn sign_in(
     .await?;
     record_sign_in(&tx, Some(&user.id), true, None, meta.ip).await?;
     tx.commit().await?;
+    rate_limit::clear(&state, Throttle::SignInAccount, &account_subject).await;
     Ok((
         StatusCode::CREATED,
         Json(SessionResponse {

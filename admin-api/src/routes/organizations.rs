@@ -244,7 +244,8 @@ pub struct PatchOrganization {
     pub enabled: Option<bool>,
 }
 
-/// Changes an organization (audited as `organization.updated`).
+/// Changes an organization (audited as `organization.updated`). Disabling an organization the
+/// calling admin belongs to is refused with 422, as disabling oneself is.
 #[utoipa::path(
     patch,
     path = "/organizations/{id}",
@@ -256,7 +257,8 @@ pub struct PatchOrganization {
         (status = 400, body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
-        (status = 404, body = ErrorEnvelope)
+        (status = 404, body = ErrorEnvelope),
+        (status = 422, body = ErrorEnvelope, description = "Disabling an organization the caller belongs to")
     )
 )]
 async fn patch_organization(
@@ -275,6 +277,12 @@ async fn patch_organization(
     let mut conn = state.db().await?;
     let tx = conn.transaction().await?;
     let before = load_org(&tx, &id, true).await?;
+    if patch.enabled == Some(false) && is_member(&tx, &id, admin.id()).await? {
+        // Like disabling oneself: the admin's own tokens would stop working.
+        return Err(ApiError::unprocessable(
+            "you cannot disable an organization you belong to",
+        ));
+    }
     let row = tx
         .query_one(
             &format!(
@@ -309,6 +317,20 @@ async fn patch_organization(
     .await?;
     tx.commit().await?;
     Ok(Json(after))
+}
+
+async fn is_member(
+    client: &impl GenericClient,
+    organization_id: &str,
+    user_id: &str,
+) -> Result<bool, ApiError> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM memberships WHERE organization_id = $1 AND user_id = $2",
+            &[&organization_id, &user_id],
+        )
+        .await?
+        .is_some())
 }
 
 /// Deletes an organization with its memberships and groups (audited as

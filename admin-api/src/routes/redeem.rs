@@ -25,6 +25,7 @@ use crate::{
     ids::IdKind,
     ledger::{self, CreditTransaction},
     models::col,
+    rate_limit::{self, Throttle},
     state::AppState,
     validate,
 };
@@ -118,7 +119,8 @@ pub struct Redemption {
         (status = 403, body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope),
         (status = 409, body = ErrorEnvelope),
-        (status = 422, body = ErrorEnvelope)
+        (status = 422, body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope)
     )
 )]
 async fn redeem(
@@ -126,6 +128,7 @@ async fn redeem(
     CurrentUser(principal): CurrentUser,
     Json(body): Json<RedeemRequest>,
 ) -> Result<(StatusCode, Json<Redemption>), ApiError> {
+    rate_limit::per_ip(&state, Throttle::Redeem, principal.meta.ip).await?;
     let unknown = || ApiError::not_found("redemption code not found");
     let code = normalize_code(&body.code).ok_or_else(unknown)?;
     let mut conn = state.db().await?;
@@ -266,7 +269,8 @@ pub struct CreateRun {
         (status = 403, body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope),
         (status = 409, body = ErrorEnvelope),
-        (status = 422, body = ErrorEnvelope)
+        (status = 422, body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope)
     )
 )]
 async fn create_run(
@@ -274,6 +278,7 @@ async fn create_run(
     CurrentUser(principal): CurrentUser,
     Json(body): Json<CreateRun>,
 ) -> Result<(StatusCode, Json<Run>), ApiError> {
+    rate_limit::per_ip(&state, Throttle::Runs, principal.meta.ip).await?;
     let name = validate::text("name", &body.name, 200)?;
     if body.credits < 0 {
         return Err(ApiError::bad_request("credits must be 0 or more"));
@@ -342,22 +347,49 @@ async fn create_run(
 }
 
 /// Gives the caller a new invitation code of their own (`max_uses` 5), audited as
-/// `invitation_code.created`.
+/// `invitation_code.created`. A user holding `[admin] max_active_invitation_codes_per_user`
+/// active codes (enabled, with uses left) gets 422 until one is used up or disabled.
 #[utoipa::path(
     post,
     path = "/api/me/invitation-codes",
     tag = "invitation-codes",
     responses(
         (status = 201, body = InvitationCode),
-        (status = 401, body = ErrorEnvelope)
+        (status = 401, body = ErrorEnvelope),
+        (status = 422, body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope)
     )
 )]
 async fn create_my_invitation_code(
     State(state): State<AppState>,
     CurrentUser(principal): CurrentUser,
 ) -> Result<(StatusCode, Json<InvitationCode>), ApiError> {
+    rate_limit::per_ip(&state, Throttle::InvitationCodes, principal.meta.ip).await?;
+    let cap = i64::from(state.config().admin.max_active_invitation_codes_per_user);
     let mut conn = state.db().await?;
     let tx = conn.transaction().await?;
+    // The user's row lock serializes their concurrent mints; the count runs as a statement of
+    // its own after it, so its snapshot sees every mint committed before the lock was granted.
+    tx.query_opt(
+        "SELECT 1 FROM users WHERE id = $1 FOR UPDATE",
+        &[&principal.user_id],
+    )
+    .await?
+    .ok_or_else(|| ApiError::unauthorized("invalid or expired token"))?;
+    let active: i64 = col(
+        &tx.query_one(
+            "SELECT count(*) AS active FROM invitation_codes \
+             WHERE user_id = $1 AND is_active AND uses < max_uses",
+            &[&principal.user_id],
+        )
+        .await?,
+        "active",
+    )?;
+    if active >= cap {
+        return Err(ApiError::unprocessable(format!(
+            "you already have {active} active invitation codes, the most allowed ({cap})"
+        )));
+    }
     let code = create_invitation_code(
         &tx,
         &principal.audit(),

@@ -1,7 +1,9 @@
 //! The audit log (rows, append-only, hash chain, listing), the auth config, and the admin
 //! rate limits.
 
-use crate::common::{assert_error, json_of, TestAdmin, TestApp, PASSWORD};
+use crate::common::{
+    assert_error, json_of, seed_member, seed_org, short_id, TestAdmin, TestApp, PASSWORD,
+};
 use serde_json::{json, Value};
 
 async fn patch_config(app: &TestApp, admin: &TestAdmin, body: Value) -> (u16, Value) {
@@ -431,4 +433,129 @@ async fn rate_limiter_fails_open_when_redis_is_down() {
     assert_eq!(s, 200);
     assert_eq!(body["redis"], "down");
     assert_eq!(body["status"], "degraded");
+}
+
+async fn audit_count(app: &TestApp) -> i64 {
+    app.db()
+        .await
+        .query_one("SELECT count(*) FROM audit_log", &[])
+        .await
+        .expect("count")
+        .get(0)
+}
+
+/// One request of the mixed load below: (method, path, bearer token, body), and the status it
+/// must answer.
+type Call = (&'static str, String, Option<String>, Value, u16);
+
+#[tokio::test]
+async fn user_writes_and_admin_mutations_in_parallel_keep_one_chain() {
+    let app = TestApp::spawn().await;
+    let admin = app.create_admin().await;
+    let inviter = app.create_user().await;
+    let (s, invitation) = json_of(
+        app.post("/api/me/invitation-codes")
+            .bearer_auth(&inviter.token)
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(s, 201, "{invitation}");
+    let invitation = invitation["code"].as_str().expect("code").to_string();
+    let org = seed_org(&app).await;
+    let (_, member_key) = seed_member(&app, &org).await;
+    let (s, b) = json_of(
+        app.post("/api/admin/credits/adjust")
+            .bearer_auth(&admin.key)
+            .json(&json!({"organization_id": org, "credits_amount": 1000, "description": "seed"}))
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = json_of(
+        app.post("/api/admin/redemption-codes/bulk")
+            .bearer_auth(&admin.key)
+            .json(&json!({"count": 6, "type": "credits", "value": 1}))
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let redemption_codes: Vec<String> = b["codes"]
+        .as_array()
+        .expect("codes")
+        .iter()
+        .map(|c| c.as_str().expect("code").to_string())
+        .collect();
+
+    let before = audit_count(&app).await;
+
+    let mut calls: Vec<Call> = Vec::new();
+    for n in 0..10 {
+        let name = format!("u-{}", short_id());
+        let mut body = json!({"email": format!("{name}@example.com"), "username": name,
+                              "password": PASSWORD});
+        if n < 5 {
+            body["invitation_code"] = json!(invitation);
+        }
+        calls.push(("POST", "/api/auth/register".into(), None, body, 201));
+    }
+    for code in &redemption_codes {
+        calls.push((
+            "POST",
+            "/api/redeem".into(),
+            Some(member_key.clone()),
+            json!({"code": code}),
+            201,
+        ));
+    }
+    for n in 0..8 {
+        calls.push((
+            "POST",
+            "/api/runs".into(),
+            Some(member_key.clone()),
+            json!({"name": format!("job {n}"), "credits": 1}),
+            201,
+        ));
+        calls.push((
+            "PATCH",
+            "/api/admin/config".into(),
+            Some(admin.key.clone()),
+            json!({"password_min_length": 20 + n}),
+            200,
+        ));
+    }
+    let tasks: Vec<_> = calls
+        .into_iter()
+        .map(|(method, path, token, body, want)| {
+            let client = app.client.clone();
+            let url = app.url(&path);
+            tokio::spawn(async move {
+                let builder = match method {
+                    "POST" => client.post(url),
+                    _ => client.patch(url),
+                };
+                let builder = match token {
+                    Some(t) => builder.bearer_auth(t),
+                    None => builder,
+                };
+                let (status, body) =
+                    json_of(builder.json(&body).send().await.expect("request")).await;
+                assert_eq!(status, want, "{method} {path}: {body}");
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let rows = audit_count(&app).await;
+    // 10 registrations (5 with a code: 2 rows each), 6 redemptions, 8 runs, 8 config changes.
+    assert_eq!(rows - before, 15 + 6 + 8 + 8);
+    let (_, v) = get_json(&app, &admin, "/api/admin/audit-logs/verify").await;
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["checked"], rows);
 }

@@ -737,3 +737,134 @@ async fn one_user_redeems_a_code_once_under_concurrency_and_bulk_reaches_ten_tho
     .await;
     assert_error(s, &e, 409, "CONFLICT");
 }
+
+async fn mint(app: &TestApp, token: &str) -> (u16, Value) {
+    json_of(
+        app.post("/api/me/invitation-codes")
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn invitation_codes_a_user_mints_are_capped_exactly_under_concurrency() {
+    const CAP: usize = 3;
+    let app = TestApp::builder()
+        .configure(|c| c.admin.max_active_invitation_codes_per_user = CAP as u32)
+        .spawn()
+        .await;
+    let admin = app.create_admin().await;
+    let user = app.create_user().await;
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (client, url, token) = (
+                app.client.clone(),
+                app.url("/api/me/invitation-codes"),
+                user.token.clone(),
+            );
+            tokio::spawn(async move {
+                json_of(
+                    client
+                        .post(url)
+                        .bearer_auth(token)
+                        .send()
+                        .await
+                        .expect("request"),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut created = Vec::new();
+    for task in tasks {
+        let (status, body) = task.await.expect("task");
+        if status == 201 {
+            created.push(body["code"].as_str().expect("code").to_string());
+        } else {
+            assert_error(status, &body, 422, "UNPROCESSABLE");
+        }
+    }
+    assert_eq!(created.len(), CAP);
+    // Disabling one frees a place; admins are not capped when they mint for a user.
+    let (s, b) = json_of(
+        app.patch(&format!("/api/admin/invitation-codes/{}", created[0]))
+            .bearer_auth(&admin.key)
+            .json(&json!({"is_active": false}))
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(mint(&app, &user.token).await.0, 201);
+    let (s, e) = mint(&app, &user.token).await;
+    assert_error(s, &e, 422, "UNPROCESSABLE");
+    let (s, b) = json_of(
+        app.post("/api/admin/invitation-codes")
+            .bearer_auth(&admin.key)
+            .json(&json!({"user_id": user.id}))
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+}
+
+#[tokio::test]
+async fn codes_of_a_disabled_user_cannot_be_redeemed() {
+    let app = TestApp::spawn().await;
+    let admin = app.create_admin().await;
+    let owner = app.create_user().await;
+    let (s, code) = mint(&app, &owner.token).await;
+    assert_eq!(s, 201, "{code}");
+    let code = code["code"].as_str().expect("code").to_string();
+    let (s, b) = json_of(
+        app.patch(&format!("/api/admin/users/{}", owner.id))
+            .bearer_auth(&admin.key)
+            .json(&json!({"status": "disabled"}))
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let name = format!("u-{}", short_id());
+    let (s, e) = json_of(
+        app.post("/api/auth/register")
+            .json(
+                &json!({"email": format!("{name}@example.com"), "username": name,
+                          "password": PASSWORD, "invitation_code": code}),
+            )
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_error(s, &e, 422, "UNPROCESSABLE");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("disabled")),
+        "{e}"
+    );
+    // Nothing changed: no use taken, no user, no referral.
+    let uses = scalar(
+        &app,
+        &format!("SELECT uses::bigint FROM invitation_codes WHERE code = '{code}'"),
+    )
+    .await;
+    assert_eq!(uses, 0);
+    assert_eq!(
+        scalar(
+            &app,
+            &format!("SELECT count(*) FROM users WHERE username = '{name}'")
+        )
+        .await,
+        0
+    );
+    assert_eq!(scalar(&app, "SELECT count(*) FROM referrals").await, 0);
+}

@@ -19,4 +19,5 @@ mod organizations;
 mod referrals;
 mod runs;
 mod stats;
+mod throttle;
 mod users;

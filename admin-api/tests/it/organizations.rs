@@ -713,3 +713,62 @@ async fn organization_stats_follow_the_data() {
     .await;
     assert_error(status, &err, 404, "NOT_FOUND");
 }
+
+#[tokio::test]
+async fn an_admin_cannot_disable_an_organization_they_belong_to() {
+    let app = TestApp::spawn().await;
+    let admin = app.create_admin().await;
+    let mine = create_org(&app, &admin.key, "mine").await;
+    let theirs = create_org(&app, &admin.key, "theirs").await;
+    let (s, b) = send(
+        &app,
+        "POST",
+        &format!("/organizations/{mine}/members"),
+        &admin.key,
+        Some(json!({"user_id": admin.id, "role": "member"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, e) = send(
+        &app,
+        "PATCH",
+        &format!("/organizations/{mine}"),
+        &admin.key,
+        Some(json!({"enabled": false, "display_name": "Changed"})),
+    )
+    .await;
+    assert_error(s, &e, 422, "UNPROCESSABLE");
+    // Nothing changed, and the admin still gets in.
+    let (s, org) = send(
+        &app,
+        "GET",
+        &format!("/organizations/{mine}"),
+        &admin.key,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{org}");
+    assert_eq!(org["enabled"], true);
+    assert_eq!(org["display_name"], "mine Inc.");
+    assert_eq!(app.audit_rows("organization.updated").await.len(), 0);
+    // Other changes to one's own organization, and disabling another, are fine.
+    let (s, b) = send(
+        &app,
+        "PATCH",
+        &format!("/organizations/{mine}"),
+        &admin.key,
+        Some(json!({"display_name": "Changed"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = send(
+        &app,
+        "PATCH",
+        &format!("/organizations/{theirs}"),
+        &admin.key,
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["enabled"], false);
+}

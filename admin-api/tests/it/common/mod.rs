@@ -111,6 +111,12 @@ impl TestAppBuilder {
         config.postgres.pool_size = 4;
         config.redis.url = redis_url.clone();
         config.redis.key_prefix = key_prefix.clone();
+        // Every test client is 127.0.0.1: the per-IP throttles of the public endpoints are
+        // raised out of the way (throttle tests set their own limits).
+        config.admin.sign_in_per_ip_per_minute = 1_000_000;
+        config.admin.sign_in_per_account_ip_per_minute = 1_000_000;
+        config.admin.register_per_ip_per_minute = 1_000_000;
+        config.admin.public_per_ip_per_minute = 1_000_000;
         for change in self.changes {
             change(&mut config);
         }
