@@ -133,7 +133,7 @@ async fn walk(
 async fn cursor_walks_visit_every_entry_exactly_once_in_order() {
     let app = spawn_app().await;
     let admin = app.create_admin().await;
-    const N: u64 = 100_000;
+    const N: u64 = 20_000;
     let base = 1_700_000_000_000u64;
     let entries: Vec<(String, AccessLogEntry)> = (0..N)
         .map(|i| (format!("{}-{}", base + i / 4, i % 4), synthetic(i)))
@@ -173,7 +173,7 @@ async fn cursor_walks_visit_every_entry_exactly_once_in_order() {
             None => break,
         }
     }
-    assert_eq!(calls, 200);
+    assert_eq!(calls as u64, N / 500);
     assert_eq!(ids.len(), newest_first.len());
     assert!(
         ids == newest_first,
@@ -222,7 +222,7 @@ async fn cursor_walks_visit_every_entry_exactly_once_in_order() {
     assert_eq!(unique.len(), got_fr.len());
 
     // Two filters together, with a cursor taken from the middle of the stream.
-    let mid = &newest_first[50_000];
+    let mid = &newest_first[newest_first.len() / 2];
     let want_mid: Vec<String> = entries
         .iter()
         .rev()
