@@ -179,6 +179,9 @@ impl Metrics {
             durations: decisions.map(|d| request_duration.with_label_values(&[d.as_str()])),
             write_errors: WRITE_ERROR_KINDS.map(|k| log_write_errors.with_label_values(&[k])),
         });
+        for kind in ["connect", "timeout", "no_healthy_upstream", "other"] {
+            upstream_errors.with_label_values(&[kind]);
+        }
         for source in CONFIG_SOURCES {
             config_source.with_label_values(&[source]);
         }

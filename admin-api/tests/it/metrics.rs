@@ -162,3 +162,96 @@ async fn outside_metrics_cidrs_a_token_of_a_platform_admin_is_needed() {
         "{text}"
     );
 }
+
+/// Every `watchpost_admin_*` / `watchpost_proxy_*` metric name in `text`, without the
+/// histogram suffixes (`_bucket`, `_count`, `_sum`).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for prefix in ["watchpost_admin_", "watchpost_proxy_"] {
+        let mut rest = text;
+        while let Some(at) = rest.find(prefix) {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            // A bare prefix is prose (`watchpost_proxy_*`), not a name.
+            if end > prefix.len() {
+                names.insert(tail[..end].to_string());
+            }
+            rest = &tail[end..];
+        }
+    }
+    names
+}
+
+/// The names a registry exposes, from its `# TYPE` lines (a histogram `h` exposes `h_bucket`,
+/// `h_count` and `h_sum`).
+fn exposed_names(exposition: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in exposition.lines() {
+        let mut parts = line.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        {
+            names.insert(name.to_string());
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_count", "_sum"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
+    }
+    names
+}
+
+/// The Grafana dashboard parses, and every metric it or the alert rules query is exported by
+/// a live admin API or a live proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_and_alert_rules_query_only_exported_metrics() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    let dashboard_text =
+        std::fs::read_to_string(format!("{root}/grafana/watchpost.json")).expect("dashboard");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&dashboard_text).expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(
+        panels
+            .iter()
+            .any(|p| p["targets"].as_array().is_some_and(|t| !t.is_empty())),
+        "the dashboard queries something"
+    );
+    let rules = std::fs::read_to_string(format!("{root}/prometheus/alerts.yml")).expect("rules");
+
+    let app = TestApp::spawn().await;
+    let origin = crate::end_to_end::start_origin().await;
+    let proxy = crate::end_to_end::start_proxy(&app, origin).await;
+    // The per-route series exist once a request was answered (the first scrape is one).
+    let first = app.get("/metrics").send().await.expect("first scrape");
+    assert_eq!(first.status(), 200);
+    let mut exposed = exposed_names(
+        &app.get("/metrics")
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("body"),
+    );
+    exposed.extend(exposed_names(&proxy.metrics().render()));
+    tokio::task::spawn_blocking(move || proxy.shutdown())
+        .await
+        .expect("proxy shutdown");
+
+    for (file, text) in [
+        ("grafana/watchpost.json", &dashboard_text),
+        ("prometheus/alerts.yml", &rules),
+    ] {
+        let queried = metric_names(text);
+        assert!(!queried.is_empty(), "{file} queries no metric");
+        let missing: Vec<_> = queried.difference(&exposed).collect();
+        assert!(
+            missing.is_empty(),
+            "{file} queries metrics nobody exports: {missing:?}"
+        );
+    }
+}
