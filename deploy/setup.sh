@@ -58,7 +58,10 @@ command -v redis-cli >/dev/null 2>&1 || need_tools+=(redis-tools)
 command -v psql >/dev/null 2>&1 || need_tools+=(postgresql-client)
 command -v npm >/dev/null 2>&1 || need_tools+=(npm)
 command -v curl >/dev/null 2>&1 || need_tools+=(curl)
-if [ ${#need_tools[@]} -gt 0 ]; then apt_install "${need_tools[@]}"; else say "build tools present (cmake, cc, pkg-config, redis-cli, psql, npm, curl)"; fi
+command -v python3 >/dev/null 2>&1 || need_tools+=(python3)
+# promtool (checks and unit-tests deploy/prometheus/alerts.yml) comes with Debian's prometheus.
+command -v promtool >/dev/null 2>&1 || need_tools+=(prometheus)
+if [ ${#need_tools[@]} -gt 0 ]; then apt_install "${need_tools[@]}"; else say "build tools present (cmake, cc, pkg-config, redis-cli, psql, npm, curl, python3, promtool)"; fi
 
 # --- Redis -------------------------------------------------------------------------------
 redis_ok() { redis-cli -u "$REDIS_URL" ping 2>/dev/null | grep -q PONG; }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run every check and test of the workspace, the way CI does:
 # services up (deploy/setup.sh), the public GeoIP test database fetched, formatting, lints,
+# the Prometheus alert rules checked and unit-tested with promtool, the Grafana dashboard parsed,
 # then all tests against real Redis and PostgreSQL, then the admin API fuzzed with schemathesis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,12 @@ if [ "${WATCHPOST_SKIP_REAL_GEO:-0}" = 1 ]; then
 else
   bash deploy/fetch-geo-db.sh
 fi
+
+step "Prometheus alert rules and Grafana dashboard"
+promtool check rules deploy/prometheus/alerts.yml
+(cd deploy/prometheus && promtool test rules alerts.test.yml)
+python3 -m json.tool deploy/grafana/watchpost.json >/dev/null
+echo "deploy/grafana/watchpost.json parses (its metric names are checked against live exports by the admin API's metrics tests)"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

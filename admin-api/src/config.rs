@@ -57,6 +57,10 @@ pub struct AdminConfig {
     /// walking the header right to left, skipping trusted addresses. Default `[]`: the socket
     /// peer is the client and forwarding headers are ignored.
     pub trusted_cidrs: Vec<String>,
+    /// Client IPs (CIDRs or bare addresses, matched against the client IP decided by
+    /// `trusted_cidrs`) that may scrape `GET /metrics` without a token; from elsewhere it needs
+    /// a platform admin's bearer token. Default `["127.0.0.0/8", "::1/128"]` (loopback).
+    pub metrics_cidrs: Vec<String>,
     /// Sign-in attempts (`POST /api/auth/sessions`) per client IP per fixed minute, counted
     /// before the password is checked. Default 30.
     pub sign_in_per_ip_per_minute: u64,
@@ -90,6 +94,7 @@ impl Default for AdminConfig {
             access_log_tail_heartbeat_secs: 15,
             access_log_max_tails: 32,
             trusted_cidrs: Vec::new(),
+            metrics_cidrs: vec!["127.0.0.0/8".into(), "::1/128".into()],
             sign_in_per_ip_per_minute: 30,
             sign_in_per_account_ip_per_minute: 10,
             register_per_ip_per_minute: 10,
@@ -174,18 +179,18 @@ impl Config {
         if self.admin.rate_limit_per_minute == 0 || self.admin.rate_limit_per_hour == 0 {
             return bad("[admin] rate_limit_per_*", "must be positive");
         }
-        let bad_cidrs: Vec<&str> = self
-            .admin
-            .trusted_cidrs
-            .iter()
-            .filter(|c| watchpost_common::gateway::parse_cidr(c).is_none())
-            .map(String::as_str)
-            .collect();
-        if !bad_cidrs.is_empty() {
-            return bad(
-                "[admin] trusted_cidrs",
-                &format!("invalid CIDRs: {}", bad_cidrs.join(", ")),
-            );
+        for (key, cidrs) in [
+            ("[admin] trusted_cidrs", &self.admin.trusted_cidrs),
+            ("[admin] metrics_cidrs", &self.admin.metrics_cidrs),
+        ] {
+            let bad_cidrs: Vec<&str> = cidrs
+                .iter()
+                .filter(|c| watchpost_common::gateway::parse_cidr(c).is_none())
+                .map(String::as_str)
+                .collect();
+            if !bad_cidrs.is_empty() {
+                return bad(key, &format!("invalid CIDRs: {}", bad_cidrs.join(", ")));
+            }
         }
         for (key, v) in [
             (

@@ -71,6 +71,7 @@ pub async fn sync_once(state: &AppState, script: &Script) -> Result<Synced, Stri
         serde_json::from_value(stored).map_err(|e| format!("stored gateway config: {e}"))?;
     let config =
         GatewayConfig::from_doc(&doc).map_err(|e| format!("stored gateway config: {e}"))?;
+    state.metrics().gateway_config_version.set(version);
     let version = u64::try_from(version).unwrap_or_default();
     let keys = state.keys();
     let mut redis = state.redis();

@@ -12,6 +12,7 @@ pub mod gateway_sync;
 pub mod ids;
 pub mod invitations;
 pub mod ledger;
+pub mod metrics;
 pub mod models;
 pub mod pagination;
 pub mod rate_limit;

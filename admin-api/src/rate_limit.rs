@@ -148,6 +148,21 @@ fn unix_now() -> u64 {
         .unwrap_or_default()
 }
 
+/// The `throttle` label of the per-admin limit ([`check`]) in the throttle metrics.
+pub const ADMIN_THROTTLE: &str = "admin";
+
+/// Every `throttle` label value of the throttle metrics: [`ADMIN_THROTTLE`] and each
+/// [`Throttle::scope`].
+pub const THROTTLE_LABELS: [&str; 7] = [
+    ADMIN_THROTTLE,
+    "sign_in",
+    "sign_in_account",
+    "register",
+    "redeem",
+    "runs",
+    "invitation_codes",
+];
+
 /// A per-client throttle on a public endpoint; each counts on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Throttle {
@@ -243,6 +258,7 @@ pub async fn throttle(state: &AppState, items: &[(Throttle, &str)]) -> Result<()
     match over {
         Some(((t, _), _)) => {
             tracing::info!(throttle = t.scope(), "client throttled");
+            state.metrics().throttled(t.scope());
             Err(ApiError::rate_limited((60 - now % 60).max(1)))
         }
         None => Ok(()),

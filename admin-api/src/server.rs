@@ -25,10 +25,20 @@ pub fn app(state: AppState) -> Router {
     let timeout = state.config().request_timeout();
     let body_limit = state.config().admin.body_limit_bytes;
     let client_ip = ClientIpRule::new(&state.config().admin.trusted_cidrs);
-    let router = crate::routes::router(state).layer(middleware::from_fn_with_state(
-        client_ip,
-        crate::extract::client_addr,
-    ));
+    let metrics_route = Router::new()
+        .route(
+            crate::metrics::METRICS_PATH,
+            axum::routing::get(crate::metrics::serve),
+        )
+        .with_state(state.clone());
+    let router = crate::routes::router(state.clone())
+        .merge(metrics_route)
+        // Inside the router's layer, so that each request's matched route is known.
+        .layer(middleware::from_fn_with_state(state, crate::metrics::track))
+        .layer(middleware::from_fn_with_state(
+            client_ip,
+            crate::extract::client_addr,
+        ));
     with_layers(router, timeout, body_limit)
 }
 

@@ -6,7 +6,12 @@ use deadpool_postgres::{Object, Pool};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use watchpost_common::Keys;
 
-use crate::{config::Config, error::ApiError, StartupError};
+use crate::{
+    config::Config,
+    error::ApiError,
+    metrics::{Metrics, MetricsAccess},
+    StartupError,
+};
 
 /// Longest wait for one Redis command before the request treats Redis as down.
 pub const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -22,6 +27,8 @@ struct Inner {
     pool: Pool,
     redis: ConnectionManager,
     keys: Keys,
+    metrics: Metrics,
+    metrics_access: MetricsAccess,
 }
 
 impl AppState {
@@ -42,12 +49,16 @@ impl AppState {
         let redis = ConnectionManager::new_lazy_with_config(client, manager_config)
             .map_err(|e| StartupError::Redis(e.to_string()))?;
         let keys = Keys::new(config.redis.key_prefix.clone());
+        let metrics = Metrics::new().map_err(|e| StartupError::Config(format!("metrics: {e}")))?;
+        let metrics_access = MetricsAccess::new(&config.admin.metrics_cidrs);
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 pool,
                 redis,
                 keys,
+                metrics,
+                metrics_access,
             }),
         })
     }
@@ -64,7 +75,16 @@ impl AppState {
 
     /// A pooled PostgreSQL connection; 503 `UNAVAILABLE` when PostgreSQL is unreachable.
     pub async fn db(&self) -> Result<Object, ApiError> {
-        Ok(self.inner.pool.get().await?)
+        let started = std::time::Instant::now();
+        let got = self.inner.pool.get().await;
+        let metrics = &self.inner.metrics;
+        metrics
+            .pg_pool_wait
+            .observe(started.elapsed().as_secs_f64());
+        if got.is_err() {
+            metrics.pg_pool_errors.inc();
+        }
+        Ok(got?)
     }
 
     /// A handle on the shared, reconnecting Redis connection. Wrap commands in
@@ -78,10 +98,24 @@ impl AppState {
     where
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        match tokio::time::timeout(REDIS_COMMAND_TIMEOUT, fut).await {
-            Ok(result) => Ok(result?),
+        let result = match tokio::time::timeout(REDIS_COMMAND_TIMEOUT, fut).await {
+            Ok(result) => result.map_err(ApiError::from),
             Err(_) => Err(ApiError::unavailable("redis: command timed out")),
+        };
+        if result.is_err() {
+            self.inner.metrics.redis_errors.inc();
         }
+        result
+    }
+
+    /// The admin API's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Who may scrape [`crate::metrics::METRICS_PATH`] without a token.
+    pub fn metrics_access(&self) -> &MetricsAccess {
+        &self.inner.metrics_access
     }
 
     /// Redis key names under the configured prefix.

@@ -31,7 +31,7 @@
 //! thread, never on the request path.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +42,7 @@ use tokio::time::{sleep, timeout, Instant};
 use watchpost_common::keys::MINUTE_COUNTER_TTL_SECS;
 use watchpost_common::{AccessLogEntry, Decision, Keys, ACCESS_LOG_FIELDS};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WriteErrorKind};
 use crate::redact::QueryRedactor;
 
 /// Longest a batch may take before it is treated as failed (and sent again).
@@ -141,6 +141,8 @@ pub struct LogSink {
     held: Arc<AtomicUsize>,
     /// [`entry_bytes`] of every buffered entry.
     bytes: Arc<AtomicUsize>,
+    /// `ts` (ms) of the oldest entry the writer holds unwritten; 0 when it holds none.
+    oldest_ts: Arc<AtomicU64>,
     max_bytes: usize,
     redactor: Arc<QueryRedactor>,
     metrics: Metrics,
@@ -179,6 +181,16 @@ impl LogSink {
     /// Entries waiting in the buffer (in the channel, held by the writer, or being sent).
     pub fn depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity() + self.held.load(Ordering::Relaxed)
+    }
+
+    /// Seconds since the oldest entry the writer holds unwritten was recorded, at `now_ms`;
+    /// 0 when it holds none. Entries still in the channel are newer than those the writer
+    /// holds, and the writer takes them at once while Redis answers.
+    pub fn oldest_age_secs(&self, now_ms: u64) -> f64 {
+        match self.oldest_ts.load(Ordering::Relaxed) {
+            0 => 0.0,
+            ts => now_ms.saturating_sub(ts) as f64 / 1000.0,
+        }
     }
 
     /// Estimated bytes of the buffered entries (never above `buffer_bytes`).
@@ -226,6 +238,7 @@ pub struct LogWriter {
     /// `held.len() + batch.len()`, for [`LogSink::depth`] and the bound.
     held_len: Arc<AtomicUsize>,
     bytes: Arc<AtomicUsize>,
+    oldest_ts: Arc<AtomicU64>,
     script: Script,
     cfg: WriterConfig,
     metrics: Metrics,
@@ -243,11 +256,13 @@ pub fn channel(
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let held_len = Arc::new(AtomicUsize::new(0));
     let bytes = Arc::new(AtomicUsize::new(0));
+    let oldest_ts = Arc::new(AtomicU64::new(0));
     (
         LogSink {
             tx,
             held: held_len.clone(),
             bytes: bytes.clone(),
+            oldest_ts: oldest_ts.clone(),
             max_bytes: cfg.buffer_bytes,
             redactor: Arc::new(QueryRedactor::new(&cfg.redact_query_params)),
             metrics: metrics.clone(),
@@ -261,6 +276,7 @@ pub fn channel(
             next_seq: None,
             held_len,
             bytes,
+            oldest_ts,
             script: Script::new(APPEND_SCRIPT),
             cfg,
             metrics,
@@ -279,6 +295,17 @@ pub fn lazy_connection(url: &str) -> redis::RedisResult<ConnectionManager> {
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(500));
     ConnectionManager::new_lazy_with_config(client, config)
+}
+
+/// The `kind` of a failed batch write that is not an out-of-memory refusal.
+fn write_error_kind(e: &redis::RedisError) -> WriteErrorKind {
+    if e.is_timeout() {
+        WriteErrorKind::Timeout
+    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        WriteErrorKind::Connection
+    } else {
+        WriteErrorKind::Other
+    }
 }
 
 /// Whether Redis refused the write for lack of memory: the one failure after which a batch is
@@ -417,12 +444,15 @@ impl LogWriter {
                 self.cfg.stream_max_len,
                 &self.batch,
             );
-            let result = match timeout(WRITE_TIMEOUT, call).await {
-                Ok(r) => r,
-                Err(_) => Err(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "access-log batch timed out",
-                ))),
+            let (result, timed_out) = match timeout(WRITE_TIMEOUT, call).await {
+                Ok(r) => (r, false),
+                Err(_) => (
+                    Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "access-log batch timed out",
+                    ))),
+                    true,
+                ),
             };
             match result {
                 Ok(0) if !self.attempted => {
@@ -444,11 +474,17 @@ impl LogWriter {
                     return Ok(Sent::Written);
                 }
                 Err(e) if is_out_of_memory(&e) => {
+                    self.metrics.log_write_error(WriteErrorKind::Oom);
                     self.metrics.log_dropped.inc_by(self.batch.len() as u64);
                     self.finish_batch();
                     return Ok(Sent::Dropped(e));
                 }
                 Err(e) => {
+                    self.metrics.log_write_error(if timed_out {
+                        WriteErrorKind::Timeout
+                    } else {
+                        write_error_kind(&e)
+                    });
                     self.attempted = true;
                     return Err(e);
                 }
@@ -460,11 +496,16 @@ impl LogWriter {
         let mut cmd = redis::cmd("HGET");
         cmd.arg(self.cfg.keys.access_hwm()).arg(&self.cfg.proxy_id);
         match timeout(WRITE_TIMEOUT, cmd.query_async::<Option<u64>>(conn)).await {
-            Ok(r) => r.map(Option::unwrap_or_default),
-            Err(_) => Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "access-log high-water mark read timed out",
-            ))),
+            Ok(r) => r.map(Option::unwrap_or_default).inspect_err(|e| {
+                self.metrics.log_write_error(write_error_kind(e));
+            }),
+            Err(_) => {
+                self.metrics.log_write_error(WriteErrorKind::Timeout);
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "access-log high-water mark read timed out",
+                )))
+            }
         }
     }
 
@@ -481,6 +522,13 @@ impl LogWriter {
     fn sync_len(&self) {
         self.held_len
             .store(self.held.len() + self.batch.len(), Ordering::Relaxed);
+        // The batch is older than anything held, and both are older than the channel.
+        let oldest = self
+            .batch
+            .first()
+            .or(self.held.front())
+            .map_or(0, |e| e.ts.max(1));
+        self.oldest_ts.store(oldest, Ordering::Relaxed);
     }
 
     /// Wait `pause` before the next attempt, moving what arrives meanwhile from the channel

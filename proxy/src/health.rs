@@ -58,6 +58,10 @@ impl HealthState {
             .count();
         self.metrics.upstreams_healthy.set(healthy as i64);
         self.metrics.log_buffer_depth.set(self.log.depth() as i64);
+        self.metrics
+            .log_oldest_age
+            .set(self.log.oldest_age_secs(crate::gateway::now_ms()));
+        self.metrics.set_config_source(self.live.source().as_str());
         (healthy, backends.len())
     }
 

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use watchpost_common::Decision;
 
@@ -35,6 +35,15 @@ pub struct Metrics {
     pub upstreams_healthy: IntGauge,
     /// `redis_up`: 1 when the last Redis operation succeeded.
     pub redis_up: IntGauge,
+    /// `access_log_oldest_entry_age_seconds`: age of the oldest entry the writer holds
+    /// unwritten (0 when none; set when scraped).
+    pub log_oldest_age: Gauge,
+    /// `access_log_write_errors_total{kind}`: failed access-log writes to Redis (the batch's
+    /// `XADD` script, or the read of its sequence's high-water mark) by [`WriteErrorKind`].
+    pub log_write_errors: IntCounterVec,
+    /// `gateway_config_source{source}`: 1 for the source of the applied config (`redis`,
+    /// `cache` or `file`), 0 for the others (set when scraped).
+    pub config_source: IntGaugeVec,
     /// The children of `requests_total` and `request_duration_seconds`, resolved once.
     outcomes: Arc<Outcomes>,
 }
@@ -47,7 +56,35 @@ struct Outcomes {
     requests: [[IntCounter; STATUS_CLASSES.len()]; 2],
     /// `[decision]`.
     durations: [Histogram; 2],
+    /// `[WriteErrorKind as usize]`.
+    write_errors: [IntCounter; WRITE_ERROR_KINDS.len()],
 }
+
+/// Why an access-log batch write failed, for `access_log_write_errors_total{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteErrorKind {
+    /// No answer within the write timeout.
+    Timeout = 0,
+    /// The connection could not be made or broke.
+    Connection = 1,
+    /// Redis refused the write for lack of memory (the batch is dropped).
+    Oom = 2,
+    /// Anything else Redis answered with.
+    Other = 3,
+}
+
+/// The `kind` label values, in [`WriteErrorKind`] order.
+const WRITE_ERROR_KINDS: [&str; 4] = ["timeout", "connection", "oom", "other"];
+
+impl WriteErrorKind {
+    /// The `kind` label value.
+    pub fn as_str(self) -> &'static str {
+        WRITE_ERROR_KINDS[self as usize]
+    }
+}
+
+/// The `source` label values of `gateway_config_source`.
+const CONFIG_SOURCES: [&str; 3] = ["redis", "cache", "file"];
 
 /// The `status_class` label values, in [`status_class_index`] order.
 const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
@@ -103,6 +140,24 @@ impl Metrics {
         let upstreams_healthy =
             IntGauge::new("upstreams_healthy", "Upstreams passing their health check")?;
         let redis_up = IntGauge::new("redis_up", "1 when the last Redis operation succeeded")?;
+        let log_oldest_age = Gauge::new(
+            "access_log_oldest_entry_age_seconds",
+            "Age of the oldest access-log entry held unwritten (0 when none)",
+        )?;
+        let log_write_errors = IntCounterVec::new(
+            Opts::new(
+                "access_log_write_errors_total",
+                "Failed access-log batch writes to Redis by kind",
+            ),
+            &["kind"],
+        )?;
+        let config_source = IntGaugeVec::new(
+            Opts::new(
+                "gateway_config_source",
+                "1 for the source of the applied gateway config (redis, cache or file)",
+            ),
+            &["source"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(risk_score.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -114,12 +169,22 @@ impl Metrics {
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(upstreams_healthy.clone()))?;
         registry.register(Box::new(redis_up.clone()))?;
+        registry.register(Box::new(log_oldest_age.clone()))?;
+        registry.register(Box::new(log_write_errors.clone()))?;
+        registry.register(Box::new(config_source.clone()))?;
         let decisions = [Decision::Allow, Decision::Reject];
         let outcomes = Arc::new(Outcomes {
             requests: decisions
                 .map(|d| STATUS_CLASSES.map(|c| requests.with_label_values(&[d.as_str(), c]))),
             durations: decisions.map(|d| request_duration.with_label_values(&[d.as_str()])),
+            write_errors: WRITE_ERROR_KINDS.map(|k| log_write_errors.with_label_values(&[k])),
         });
+        for kind in ["connect", "timeout", "no_healthy_upstream", "other"] {
+            upstream_errors.with_label_values(&[kind]);
+        }
+        for source in CONFIG_SOURCES {
+            config_source.with_label_values(&[source]);
+        }
         Ok(Self {
             registry,
             requests,
@@ -133,8 +198,25 @@ impl Metrics {
             upstream_errors,
             upstreams_healthy,
             redis_up,
+            log_oldest_age,
+            log_write_errors,
+            config_source,
             outcomes,
         })
+    }
+
+    /// Count one failed access-log batch write.
+    pub fn log_write_error(&self, kind: WriteErrorKind) {
+        self.outcomes.write_errors[kind as usize].inc();
+    }
+
+    /// Mark `source` (`redis`, `cache` or `file`) as the applied config's source.
+    pub fn set_config_source(&self, source: &str) {
+        for s in CONFIG_SOURCES {
+            self.config_source
+                .with_label_values(&[s])
+                .set(i64::from(s == source));
+        }
     }
 
     /// Count one finished request and its duration.

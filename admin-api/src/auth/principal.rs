@@ -297,7 +297,7 @@ impl FromRequestParts<AppState> for PlatformAdmin {
     }
 }
 
-fn require_admin(principal: &Principal) -> Result<(), ApiError> {
+pub fn require_admin(principal: &Principal) -> Result<(), ApiError> {
     if principal.is_platform_admin() {
         Ok(())
     } else {
@@ -319,6 +319,7 @@ pub async fn admin_guard(State(state): State<AppState>, request: Request, next: 
     }
     let decision = rate_limit::check(&state, &principal.user_id).await;
     if let Some(d) = decision.filter(|d| !d.allowed) {
+        state.metrics().throttled(crate::rate_limit::ADMIN_THROTTLE);
         let mut response = d.error().into_response();
         d.apply_headers(response.headers_mut());
         return response;

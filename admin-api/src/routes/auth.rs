@@ -187,6 +187,7 @@ async fn register(
 }
 
 async fn record_sign_in(
+    state: &AppState,
     client: &impl GenericClient,
     user_id: Option<&str>,
     success: bool,
@@ -199,6 +200,9 @@ async fn record_sign_in(
             &[&user_id, &success, &reason, &ip],
         )
         .await?;
+    if !success {
+        state.metrics().sign_in_failed(reason.unwrap_or("other"));
+    }
     Ok(())
 }
 
@@ -267,16 +271,25 @@ async fn sign_in(
     let password_ok = verify_password(body.password, stored_hash).await?;
     let mut conn = state.db().await?;
     let Some(row) = row.filter(|_| password_ok) else {
-        record_sign_in(&conn, None, false, Some("bad_credentials"), meta.ip).await?;
+        record_sign_in(&state, &conn, None, false, Some("bad_credentials"), meta.ip).await?;
         return Err(ApiError::unauthorized("invalid credentials"));
     };
     let user = User::from_row(&row)?;
     if user.status != "active" {
-        record_sign_in(&conn, Some(&user.id), false, Some("user_disabled"), meta.ip).await?;
+        record_sign_in(
+            &state,
+            &conn,
+            Some(&user.id),
+            false,
+            Some("user_disabled"),
+            meta.ip,
+        )
+        .await?;
         return Err(ApiError::forbidden("account is disabled"));
     }
     if col::<bool>(&row, "org_disabled")? {
         record_sign_in(
+            &state,
             &conn,
             Some(&user.id),
             false,
@@ -297,7 +310,7 @@ async fn sign_in(
         meta.user_agent.as_deref(),
     )
     .await?;
-    record_sign_in(&tx, Some(&user.id), true, None, meta.ip).await?;
+    record_sign_in(&state, &tx, Some(&user.id), true, None, meta.ip).await?;
     tx.commit().await?;
     rate_limit::clear(&state, Throttle::SignInAccount, &account_subject).await;
     Ok((

@@ -80,6 +80,7 @@ struct Tail {
     block_ms: u64,
     failed: bool,
     _slot: OwnedSemaphorePermit,
+    _open: crate::metrics::OpenTail,
 }
 
 /// Opens the tail's own connection and resolves its starting point; 503 when Redis is down.
@@ -129,6 +130,7 @@ pub async fn open(
         block_ms: u64::try_from(req.block.as_millis()).unwrap_or(u64::MAX),
         failed: false,
         _slot: slot,
+        _open: crate::metrics::OpenTail::open(&state.metrics().tails_open),
     };
     // The closing event of a withdrawn credential. When the tail ends otherwise, the watch is
     // dropped with its sender and nothing more is sent.

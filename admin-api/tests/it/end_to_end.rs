@@ -14,7 +14,7 @@ const BROWSER_UA: &str =
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36";
 
 /// A mock origin answering 200 `origin ok` to everything.
-async fn start_origin() -> SocketAddr {
+pub(crate) async fn start_origin() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind origin");
@@ -45,7 +45,7 @@ fn free_port() -> u16 {
 
 /// Starts the proxy on the admin API's Redis and key prefix.
 /// (`work_stealing = true`: see `config_text` in the proxy's own test support.)
-async fn start_proxy(app: &TestApp, origin: SocketAddr) -> RunningProxy {
+pub(crate) async fn start_proxy(app: &TestApp, origin: SocketAddr) -> RunningProxy {
     let text = format!(
         "[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstreams = [\"{origin}\"]\n\
          health_listen = \"127.0.0.1:0\"\nproxy_id = \"e2e-proxy\"\nthreads = 1\n\

@@ -8,6 +8,7 @@ mod geo;
 mod header_limits;
 mod health;
 mod live_config;
+mod metrics;
 mod reject;
 mod support;
 mod upstream;
