@@ -62,6 +62,13 @@ command -v python3 >/dev/null 2>&1 || need_tools+=(python3)
 # promtool (checks and unit-tests deploy/prometheus/alerts.yml) comes with Debian's prometheus.
 command -v promtool >/dev/null 2>&1 || need_tools+=(prometheus)
 if [ ${#need_tools[@]} -gt 0 ]; then apt_install "${need_tools[@]}"; else say "build tools present (cmake, cc, pkg-config, redis-cli, psql, npm, curl, python3, promtool)"; fi
+# Debian's prometheus package also enables a Prometheus server on :9090, the proxy's default
+# health listener: only its promtool is wanted here, so a server it started is stopped again.
+if printf '%s\n' "${need_tools[@]}" | grep -qx prometheus && command -v systemctl >/dev/null 2>&1 \
+  && systemctl is-enabled prometheus >/dev/null 2>&1; then
+  say "disabling the Prometheus server the package enabled (port 9090 is the proxy's health listener)"
+  ${SUDO:-} systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
 
 # --- Redis -------------------------------------------------------------------------------
 redis_ok() { redis-cli -u "$REDIS_URL" ping 2>/dev/null | grep -q PONG; }
