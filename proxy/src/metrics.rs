@@ -44,9 +44,9 @@ pub struct Metrics {
 /// exported from the start, at 0.
 struct Outcomes {
     /// `[decision][status class]`.
-    requests: [[IntCounter; STATUS_CLASSES.len()]; 2],
+    requests: [[IntCounter; STATUS_CLASSES.len()]; 3],
     /// `[decision]`.
-    durations: [Histogram; 2],
+    durations: [Histogram; 3],
 }
 
 /// The `status_class` label values, in [`status_class_index`] order.
@@ -114,7 +114,7 @@ impl Metrics {
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(upstreams_healthy.clone()))?;
         registry.register(Box::new(redis_up.clone()))?;
-        let decisions = [Decision::Allow, Decision::Reject];
+        let decisions = [Decision::Allow, Decision::Reject, Decision::Flag];
         let outcomes = Arc::new(Outcomes {
             requests: decisions
                 .map(|d| STATUS_CLASSES.map(|c| requests.with_label_values(&[d.as_str(), c]))),
@@ -142,6 +142,7 @@ impl Metrics {
         let d = match decision {
             Decision::Allow => 0,
             Decision::Reject => 1,
+            Decision::Flag => 2,
         };
         self.outcomes.requests[d][status_class_index(status)].inc();
         self.outcomes.durations[d].observe(seconds);
