@@ -68,6 +68,8 @@ pub struct Gateway {
     connect_timeout: Duration,
     read_timeout: Duration,
     rate: ArcSwap<RateWindow>,
+    /// Held only while a new rate window is built.
+    rate_swap: std::sync::Mutex<()>,
     max_header_bytes: usize,
 }
 
@@ -120,6 +122,7 @@ impl Gateway {
             connect_timeout,
             read_timeout,
             rate: ArcSwap::from_pointee(window),
+            rate_swap: std::sync::Mutex::new(()),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         }
     }
@@ -135,13 +138,18 @@ impl Gateway {
     /// previous window's count weighted by how much of it still overlaps, plus the current.
     fn observe_rate(&self, ip: IpAddr, window_secs: u64) -> f64 {
         let key = watchpost_risk::rate_key(ip);
+        let window_secs = window_secs.max(1);
         let mut rate = self.rate.load();
-        if rate.secs != window_secs.max(1) {
-            // The first request under a new window swaps a fresh counter in; a concurrent one
-            // that lost the race uses the winner's.
-            let fresh = Arc::new(RateWindow::new(window_secs));
-            let prev = self.rate.compare_and_swap(&*rate, fresh);
-            drop(prev);
+        if rate.secs != window_secs {
+            // The first request under a new window builds the new counter (a few MB, so
+            // once, under the lock); the others waiting on the lock then find it in place.
+            let _one = self
+                .rate_swap
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self.rate.load().secs != window_secs {
+                self.rate.store(Arc::new(RateWindow::new(window_secs)));
+            }
             rate = self.rate.load();
         }
         let rate = &rate.rate;

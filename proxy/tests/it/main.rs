@@ -9,5 +9,6 @@ mod header_limits;
 mod health;
 mod live_config;
 mod reject;
+mod risk_runtime;
 mod support;
 mod upstream;
