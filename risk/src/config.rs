@@ -55,6 +55,10 @@ pub const DEFAULT_PROBE_PATHS: &[&str] = &[
     "/dump.sql",
 ];
 
+/// The longest `rate_window_secs`: a day. Longer windows make little sense for a request rate
+/// and would overflow the counter's millisecond arithmetic.
+pub const MAX_RATE_WINDOW_SECS: u64 = 86_400;
+
 /// Configuration of the risk engine: the `[risk]` TOML section. Every field has a default, so
 /// an absent section is a working configuration. [`crate::RiskEngine::new`] validates it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -62,7 +66,8 @@ pub const DEFAULT_PROBE_PATHS: &[&str] = &[
 pub struct RiskConfig {
     /// Signal weights, each in [0, 1] (`[risk.weights]`).
     pub weights: Weights,
-    /// The sliding window over which a client's requests are counted, in seconds. Default 10.
+    /// The sliding window over which a client's requests are counted, in seconds, 1 ..=
+    /// [`MAX_RATE_WINDOW_SECS`]. Default 10.
     pub rate_window_secs: u64,
     /// Requests per window (this one included) a client may send before `rate` fires; its
     /// intensity grows linearly with the excess and is 1 at twice the limit. Default 50.
@@ -111,7 +116,7 @@ impl RiskConfig {
         if !(self.rate_limit.is_finite() && self.rate_limit > 0.0) {
             out.push(RiskError::InvalidRateLimit(self.rate_limit));
         }
-        if self.rate_window_secs == 0 {
+        if !(1..=MAX_RATE_WINDOW_SECS).contains(&self.rate_window_secs) {
             out.push(RiskError::InvalidRateWindow(self.rate_window_secs));
         }
         for (list, raw) in [("allowlist", &self.allowlist), ("denylist", &self.denylist)] {
@@ -205,6 +210,21 @@ mod tests {
         );
         assert_eq!(msgs.len(), 7, "{all}");
         assert!(crate::RiskEngine::new(&cfg).is_err());
+
+        for (secs, ok) in [
+            (0, false),
+            (1, true),
+            (MAX_RATE_WINDOW_SECS, true),
+            (MAX_RATE_WINDOW_SECS + 1, false),
+            (u64::MAX, false),
+        ] {
+            let cfg = RiskConfig {
+                rate_window_secs: secs,
+                ..RiskConfig::default()
+            };
+            assert_eq!(cfg.problems().is_empty(), ok, "{secs}");
+            assert_eq!(crate::RiskEngine::new(&cfg).is_ok(), ok, "{secs}");
+        }
     }
 
     #[test]

@@ -91,8 +91,9 @@ impl From<RiskWeights> for Weights {
 pub struct RiskSettings {
     /// Signal weights.
     pub weights: RiskWeights,
-    /// The sliding window over which a client's requests are counted, in seconds. Default 10.
-    #[schema(minimum = 1)]
+    /// The sliding window over which a client's requests are counted, in seconds (at most a
+    /// day). Default 10.
+    #[schema(minimum = 1, maximum = 86400)]
     pub rate_window_secs: u64,
     /// Requests per window a client may send before `rate` fires. Default 50.
     #[schema(exclusive_minimum = 0)]

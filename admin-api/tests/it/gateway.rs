@@ -661,6 +661,8 @@ async fn bad_risk_settings_are_400_listing_every_problem_and_change_nothing() {
         json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "risk": {"rate_limit": 0}}),
         json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "risk": {"rate_window_secs": 0}}),
         json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "risk": {"rate_window_secs": -1}}),
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "risk": {"rate_window_secs": 86401}}),
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "risk": {"rate_window_secs": u64::MAX}}),
         json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "risk": {"probe_paths": [""]}}),
         json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "risk": {"weights": {"denylist": 0.5}}}),
         json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "risk": {"colour": "red"}}),
@@ -697,4 +699,8 @@ async fn openapi_states_the_risk_settings_and_modes() {
     assert_eq!(weights["ua_cli"]["maximum"], 1.0, "{weights}");
     let settings = &doc["components"]["schemas"]["RiskSettings"]["properties"];
     assert_eq!(settings["rate_window_secs"]["minimum"], 1.0, "{settings}");
+    assert_eq!(
+        settings["rate_window_secs"]["maximum"], 86400.0,
+        "{settings}"
+    );
 }
