@@ -202,8 +202,17 @@ mod tests {
             ),
             "{text}"
         );
+        a.observe_request(Decision::Flag, 200, 0.001);
+        assert!(a
+            .render()
+            .contains("watchpost_proxy_requests_total{decision=\"flag\",status_class=\"2xx\"} 1"));
         let other = b.render();
-        for (d, c) in [("allow", "2xx"), ("reject", "4xx"), ("reject", "none")] {
+        for (d, c) in [
+            ("allow", "2xx"),
+            ("reject", "4xx"),
+            ("reject", "none"),
+            ("flag", "2xx"),
+        ] {
             let line = format!(
                 "watchpost_proxy_requests_total{{decision=\"{d}\",status_class=\"{c}\"}} 0"
             );
