@@ -22,6 +22,8 @@ fn config(mode: &str, trusted: &[&str], client_ip_header: &str) -> GatewayConfig
         client_ip_header: client_ip_header.to_string(),
         // The CDN connects from the trusted range in these benches.
         cdn_cidrs: trusted.iter().map(|s| s.to_string()).collect(),
+        risk: None,
+        risk_mode: "enforce".into(),
         version: 1,
         updated_at: None,
         updated_by: None,

@@ -32,13 +32,15 @@ pub const FIELDS: [&str; 20] = [
     "proxy_id",
 ];
 
-/// Whether the request was forwarded or rejected.
+/// Whether the request was forwarded, rejected, or forwarded and flagged (`log_only`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
     #[default]
     Allow,
     Reject,
+    /// Would have been rejected, but `risk_mode` is `log_only`: forwarded and flagged.
+    Flag,
 }
 
 impl Decision {
@@ -46,6 +48,7 @@ impl Decision {
         match self {
             Decision::Allow => "allow",
             Decision::Reject => "reject",
+            Decision::Flag => "flag",
         }
     }
 
@@ -53,6 +56,7 @@ impl Decision {
         match s {
             "allow" => Some(Decision::Allow),
             "reject" => Some(Decision::Reject),
+            "flag" => Some(Decision::Flag),
             _ => None,
         }
     }

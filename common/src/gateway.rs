@@ -4,9 +4,11 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use watchpost_risk::{RiskConfig, RiskEngine};
 
 /// The CDN headers consulted in `cdn` mode when none are configured, in order.
 pub const DEFAULT_CDN_HEADERS: [&str; 2] = ["cf-connecting-ip", "true-client-ip"];
@@ -86,6 +88,56 @@ impl fmt::Display for ClientIpHeader {
     }
 }
 
+/// What the proxy does with a request whose risk score reaches `risk_reject_threshold`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RiskMode {
+    /// Reject it (403), the default.
+    #[default]
+    Enforce,
+    /// Let it through to the upstream and log it with `decision` = `flag`: a trial of the
+    /// current risk settings that enforces nothing.
+    LogOnly,
+}
+
+impl RiskMode {
+    pub const ALL: [RiskMode; 2] = [RiskMode::Enforce, RiskMode::LogOnly];
+
+    /// `enforce` or `log_only`, as the config document spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RiskMode::Enforce => "enforce",
+            RiskMode::LogOnly => "log_only",
+        }
+    }
+
+    /// Parse a config value: exactly one of the names.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+impl fmt::Display for RiskMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn default_risk_mode() -> String {
+    RiskMode::default().as_str().to_string()
+}
+
+/// A risk engine compiled from a config's `risk` settings, built once when the config is
+/// validated and shared by every request that takes the config. Two configs are equal when
+/// their `risk` settings are: the engine is a pure function of them, so it is not compared.
+#[derive(Debug, Clone)]
+pub struct CompiledRisk(pub Arc<RiskEngine>);
+
+impl PartialEq for CompiledRisk {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
 fn default_client_ip_header() -> String {
     ClientIpHeader::default().as_str().to_string()
 }
@@ -111,6 +163,15 @@ pub struct GatewayConfigDoc {
     /// is believed.
     #[serde(default)]
     pub cdn_cidrs: Vec<String>,
+    /// The `[risk]` settings (weights, countries, allowlist, denylist, rate limit and window,
+    /// probe paths). `null` or absent: each proxy uses its own file's `[risk]`. Fields left out
+    /// of the object take the built-in defaults of `[risk]`.
+    #[serde(default)]
+    pub risk: Option<RiskConfig>,
+    /// `enforce` (default) or `log_only`. Documents stored before this field existed read as
+    /// `enforce`.
+    #[serde(default = "default_risk_mode")]
+    pub risk_mode: String,
     #[serde(default)]
     pub version: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,6 +189,9 @@ pub enum Problem {
     InvalidCdnHeaders(Vec<String>),
     UnknownClientIpHeader(String),
     InvalidCdnCidrs(Vec<String>),
+    /// One bad value of the `risk` settings.
+    Risk(watchpost_risk::RiskError),
+    UnknownRiskMode(String),
 }
 
 impl fmt::Display for Problem {
@@ -151,6 +215,10 @@ impl fmt::Display for Problem {
             ),
             Problem::InvalidCdnCidrs(c) => {
                 write!(f, "cdn_cidrs has invalid CIDRs: {}", c.join(", "))
+            }
+            Problem::Risk(e) => e.fmt(f),
+            Problem::UnknownRiskMode(m) => {
+                write!(f, "risk_mode {m:?} is not one of enforce, log_only")
             }
         }
     }
@@ -187,6 +255,12 @@ pub struct GatewayConfig {
     pub client_ip_header: ClientIpHeader,
     /// `cdn` mode: peers whose CDN header is believed.
     pub cdn_cidrs: Vec<IpNet>,
+    /// The runtime `[risk]` settings; `None`: the proxy's file `[risk]`.
+    pub risk: Option<RiskConfig>,
+    /// The engine compiled from `risk`, when set.
+    pub risk_engine: Option<CompiledRisk>,
+    /// Enforce rejects, or only flag them.
+    pub risk_mode: RiskMode,
     pub version: u64,
     pub updated_at: Option<String>,
     pub updated_by: Option<String>,
@@ -201,6 +275,9 @@ impl Default for GatewayConfig {
             cdn_headers: default_cdn_headers(),
             client_ip_header: ClientIpHeader::default(),
             cdn_cidrs: Vec::new(),
+            risk: None,
+            risk_engine: None,
+            risk_mode: RiskMode::default(),
             version: 0,
             updated_at: None,
             updated_by: None,
@@ -300,14 +377,39 @@ impl GatewayConfig {
                 Vec::new()
             }
         };
-        match (ip_mode, client_ip_header, problems.is_empty()) {
-            (Some(ip_mode), Some(client_ip_header), true) => Ok(Self {
+        let risk_engine = match &doc.risk {
+            None => None,
+            Some(risk) => {
+                let bad = risk.problems();
+                if bad.is_empty() {
+                    match RiskEngine::new(risk) {
+                        Ok(engine) => Some(CompiledRisk(Arc::new(engine))),
+                        Err(e) => {
+                            problems.push(Problem::Risk(e));
+                            None
+                        }
+                    }
+                } else {
+                    problems.extend(bad.into_iter().map(Problem::Risk));
+                    None
+                }
+            }
+        };
+        let risk_mode = RiskMode::parse(&doc.risk_mode);
+        if risk_mode.is_none() {
+            problems.push(Problem::UnknownRiskMode(doc.risk_mode.clone()));
+        }
+        match (ip_mode, client_ip_header, risk_mode, problems.is_empty()) {
+            (Some(ip_mode), Some(client_ip_header), Some(risk_mode), true) => Ok(Self {
                 ip_mode,
                 trusted_cidrs: trusted,
                 risk_reject_threshold: t,
                 cdn_headers,
                 client_ip_header,
                 cdn_cidrs,
+                risk: doc.risk.clone(),
+                risk_engine,
+                risk_mode,
                 version: doc.version,
                 updated_at: doc.updated_at.clone(),
                 updated_by: doc.updated_by.clone(),
@@ -338,6 +440,8 @@ impl GatewayConfig {
             cdn_headers: if default_cdn { None } else { Some(cdn) },
             client_ip_header: self.client_ip_header.as_str().to_string(),
             cdn_cidrs: self.cdn_cidrs.iter().map(ToString::to_string).collect(),
+            risk: self.risk.clone(),
+            risk_mode: self.risk_mode.as_str().to_string(),
             version: self.version,
             updated_at: self.updated_at.clone(),
             updated_by: self.updated_by.clone(),
@@ -354,6 +458,12 @@ impl GatewayConfig {
     /// Whether `ip` (already normalised) lies in a trusted CIDR.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_cidrs.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The risk engine this config sets, or `file` (the proxy's own `[risk]`) when it sets
+    /// none.
+    pub fn risk_engine<'a>(&'a self, file: &'a RiskEngine) -> &'a RiskEngine {
+        self.risk_engine.as_ref().map_or(file, |c| &c.0)
     }
 
     /// Whether `ip` (already normalised) lies in a CDN range (`cdn_cidrs`).
@@ -374,6 +484,8 @@ mod tests {
             cdn_headers: None,
             client_ip_header: "x-forwarded-for".into(),
             cdn_cidrs: Vec::new(),
+            risk: None,
+            risk_mode: "enforce".into(),
             version: 3,
             updated_at: None,
             updated_by: None,
@@ -460,6 +572,71 @@ mod tests {
         assert_eq!(c.client_ip_header, ClientIpHeader::XForwardedFor);
         assert!(c.cdn_cidrs.is_empty());
         assert_eq!(c.version, 4);
+    }
+
+    #[test]
+    fn risk_settings_and_mode_round_trip() {
+        let mut d = doc("direct", &[], 0.5);
+        let mut risk = RiskConfig::default();
+        risk.weights.ua_cli = 0.95;
+        risk.countries = vec!["KP".into()];
+        risk.denylist = vec!["203.0.113.0/24".into()];
+        d.risk = Some(risk.clone());
+        d.risk_mode = "log_only".into();
+        let c = GatewayConfig::from_doc(&d).expect("valid");
+        assert_eq!(c.risk_mode, RiskMode::LogOnly);
+        assert_eq!(c.risk.as_ref(), Some(&risk));
+        let file = RiskEngine::new(&RiskConfig::default()).expect("default engine");
+        assert_eq!(c.risk_engine(&file).weights().ua_cli, 0.95);
+        let again = GatewayConfig::from_json(&c.to_json()).expect("round trip");
+        assert_eq!(again, c);
+        assert_eq!(again.to_doc().risk_mode, "log_only");
+        assert_eq!(again.risk_engine(&file).weights().ua_cli, 0.95);
+
+        // Without `risk`, the proxy's own engine applies; a partial object takes defaults.
+        let plain = GatewayConfig::from_doc(&doc("direct", &[], 0.5)).expect("valid");
+        assert!(std::ptr::eq(plain.risk_engine(&file), &file));
+        let partial = r#"{"ip_mode":"direct","risk_reject_threshold":0.8,
+                          "risk":{"weights":{"rate":0.2}},"risk_mode":"enforce"}"#;
+        let p = GatewayConfig::from_json(partial).expect("partial risk");
+        let r = p.risk.expect("risk set");
+        assert_eq!(r.weights.rate, 0.2);
+        assert_eq!(r.rate_limit, RiskConfig::default().rate_limit);
+        assert_eq!(r.probe_paths, RiskConfig::default().probe_paths);
+    }
+
+    #[test]
+    fn risk_problems_are_listed_with_the_rest() {
+        let mut d = doc("sideways", &[], 0.5);
+        let mut risk = RiskConfig::default();
+        risk.weights.country = 2.0;
+        risk.countries = vec!["DE".into(), "Germany".into(), "X".into()];
+        risk.allowlist = vec!["10.0.0.0/33".into()];
+        d.risk = Some(risk);
+        d.risk_mode = "trial".into();
+        let err = GatewayConfig::from_doc(&d).expect_err("invalid");
+        let msg = err.to_string();
+        for part in [
+            "sideways",
+            "weights.country",
+            "Germany",
+            "\"X\"",
+            "10.0.0.0/33",
+            "trial",
+        ] {
+            assert!(msg.contains(part), "{part} missing from {msg}");
+        }
+        assert!(!msg.contains("DE\""), "{msg}");
+        assert_eq!(err.problems().len(), 6, "{msg}");
+    }
+
+    #[test]
+    fn documents_without_risk_read_as_enforce_with_the_file_risk() {
+        let old = r#"{"ip_mode":"direct","risk_reject_threshold":0.7,"version":2}"#;
+        let c = GatewayConfig::from_json(old).expect("old document loads");
+        assert_eq!(c.risk_mode, RiskMode::Enforce);
+        assert!(c.risk.is_none() && c.risk_engine.is_none());
+        assert!(c.to_json().contains("\"risk\":null"));
     }
 
     #[test]

@@ -8,5 +8,5 @@ pub mod keys;
 
 pub use access_log::{AccessLogEntry, Decision, FIELDS as ACCESS_LOG_FIELDS};
 pub use client_ip::{resolve_client_ip, ClientIp, IpSource};
-pub use gateway::{ClientIpHeader, GatewayConfig, GatewayConfigError, IpMode};
+pub use gateway::{ClientIpHeader, GatewayConfig, GatewayConfigError, IpMode, RiskMode};
 pub use keys::Keys;

@@ -360,6 +360,9 @@ impl Settings {
             cdn_headers: g.cdn_headers.clone(),
             client_ip_header: g.client_ip_header.clone(),
             cdn_cidrs: g.cdn_cidrs.clone(),
+            // The proxy's own `[risk]` applies until a runtime config sets `risk`.
+            risk: None,
+            risk_mode: watchpost_common::RiskMode::default().as_str().into(),
             version: 0,
             updated_at: None,
             updated_by: None,

@@ -1,8 +1,10 @@
 //! The request lifecycle: one method per Pingora phase (see the phase chart in the README).
 //!
 //! - `request_filter`: take the gateway config for this request, decide the client IP, its
-//!   country and request rate, score the request, and either answer 403 (the upstream is never
-//!   contacted) or let it through. Request header fields larger than `[proxy]
+//!   country and request rate, score the request with the risk engine of that config (its
+//!   `risk` settings, else the file's `[risk]`), and either answer 403 (the upstream is never
+//!   contacted) or let it through; with `risk_mode = log_only` a request that would be
+//!   rejected is let through and logged with `decision=flag`. Request header fields larger than `[proxy]
 //!   max_header_bytes` in total are answered 431 first, before any header is interpreted
 //!   (logged with the peer as client and `decision=reject`). The `Connection` header is sanitised here, before Pingora
 //!   builds the upstream request from it.
@@ -16,6 +18,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -29,7 +33,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 use pingora_limits::rate::Rate;
 use watchpost_common::client_ip::{normalize_ip, resolve_with_forwarded_for};
-use watchpost_common::{AccessLogEntry, ClientIp, Decision, GatewayConfig, IpSource};
+use watchpost_common::{AccessLogEntry, ClientIp, Decision, GatewayConfig, IpSource, RiskMode};
 use watchpost_geo::GeoDb;
 use watchpost_risk::{RequestFacts, RiskEngine, UaType};
 
@@ -63,8 +67,31 @@ pub struct Gateway {
     proxy_id: Arc<str>,
     connect_timeout: Duration,
     read_timeout: Duration,
-    rate: Rate,
+    rate: ArcSwap<RateWindow>,
+    /// Held only while a new rate window is built.
+    rate_swap: std::sync::Mutex<()>,
     max_header_bytes: usize,
+}
+
+/// The per-client request counter and the window it counts over. A runtime config with another
+/// `rate_window_secs` replaces it (counting restarts from zero under the new window).
+struct RateWindow {
+    secs: u64,
+    rate: Rate,
+}
+
+impl RateWindow {
+    fn new(secs: u64) -> Self {
+        let secs = secs.max(1);
+        Self {
+            secs,
+            rate: Rate::new_with_estimator_config(
+                Duration::from_secs(secs),
+                RATE_HASHES,
+                RATE_SLOTS,
+            ),
+        }
+    }
 }
 
 impl Gateway {
@@ -82,7 +109,7 @@ impl Gateway {
         connect_timeout: Duration,
         read_timeout: Duration,
     ) -> Self {
-        let window = Duration::from_secs(risk.rate_window_secs().max(1));
+        let window = RateWindow::new(risk.rate_window_secs());
         Self {
             live,
             geo,
@@ -94,7 +121,8 @@ impl Gateway {
             proxy_id: Arc::from(proxy_id),
             connect_timeout,
             read_timeout,
-            rate: Rate::new_with_estimator_config(window, RATE_HASHES, RATE_SLOTS),
+            rate: ArcSwap::from_pointee(window),
+            rate_swap: std::sync::Mutex::new(()),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         }
     }
@@ -108,10 +136,25 @@ impl Gateway {
 
     /// Requests of the client's rate key over the last window, counting this one: the
     /// previous window's count weighted by how much of it still overlaps, plus the current.
-    fn observe_rate(&self, ip: IpAddr) -> f64 {
+    fn observe_rate(&self, ip: IpAddr, window_secs: u64) -> f64 {
         let key = watchpost_risk::rate_key(ip);
-        self.rate.observe(&key, 1);
-        self.rate.rate_with(&key, |c| {
+        let window_secs = window_secs.max(1);
+        let mut rate = self.rate.load();
+        if rate.secs != window_secs {
+            // The first request under a new window builds the new counter (a few MB, so
+            // once, under the lock); the others waiting on the lock then find it in place.
+            let _one = self
+                .rate_swap
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self.rate.load().secs != window_secs {
+                self.rate.store(Arc::new(RateWindow::new(window_secs)));
+            }
+            rate = self.rate.load();
+        }
+        let rate = &rate.rate;
+        rate.observe(&key, 1);
+        rate.rate_with(&key, |c| {
             c.prev_samples as f64 * (1.0 - c.current_interval_fraction) + c.curr_samples as f64
         })
     }
@@ -305,7 +348,8 @@ impl ProxyHttp for Gateway {
         let (client, forwarded_for) = resolve_with_forwarded_for(peer, &req.headers, &gateway);
         let country = self.geo.lookup_country(client.ip);
         let country = country.as_ref().map(|c| c.as_str()).unwrap_or("");
-        let recent_requests = self.observe_rate(client.ip);
+        let engine = gateway.risk_engine(&self.risk);
+        let recent_requests = self.observe_rate(client.ip, engine.rate_window_secs());
         let facts = RequestFacts {
             ip: client.ip,
             user_agent: req.headers.get(header::USER_AGENT).map(|v| v.as_bytes()),
@@ -317,12 +361,12 @@ impl ProxyHttp for Gateway {
             country,
             recent_requests,
         };
-        let eval = self.risk.evaluate(&facts);
+        let eval = engine.evaluate(&facts);
         let score = eval.assessment.score;
-        let decision = if score >= gateway.risk_reject_threshold {
-            Decision::Reject
-        } else {
-            Decision::Allow
+        let decision = match (score >= gateway.risk_reject_threshold, gateway.risk_mode) {
+            (false, _) => Decision::Allow,
+            (true, RiskMode::Enforce) => Decision::Reject,
+            (true, RiskMode::LogOnly) => Decision::Flag,
         };
         let reasons = eval.assessment.reason_names().map(str::to_string).collect();
 

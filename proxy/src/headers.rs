@@ -237,6 +237,8 @@ mod tests {
             cdn_headers: None,
             client_ip_header: "x-forwarded-for".into(),
             cdn_cidrs: vec!["10.1.0.0/16".into()],
+            risk: None,
+            risk_mode: "enforce".into(),
             version: 1,
             updated_at: None,
             updated_by: None,

@@ -53,9 +53,9 @@ pub struct Metrics {
 /// exported from the start, at 0.
 struct Outcomes {
     /// `[decision][status class]`.
-    requests: [[IntCounter; STATUS_CLASSES.len()]; 2],
+    requests: [[IntCounter; STATUS_CLASSES.len()]; 3],
     /// `[decision]`.
-    durations: [Histogram; 2],
+    durations: [Histogram; 3],
     /// `[WriteErrorKind as usize]`.
     write_errors: [IntCounter; WRITE_ERROR_KINDS.len()],
 }
@@ -172,7 +172,7 @@ impl Metrics {
         registry.register(Box::new(log_oldest_age.clone()))?;
         registry.register(Box::new(log_write_errors.clone()))?;
         registry.register(Box::new(config_source.clone()))?;
-        let decisions = [Decision::Allow, Decision::Reject];
+        let decisions = [Decision::Allow, Decision::Reject, Decision::Flag];
         let outcomes = Arc::new(Outcomes {
             requests: decisions
                 .map(|d| STATUS_CLASSES.map(|c| requests.with_label_values(&[d.as_str(), c]))),
@@ -224,6 +224,7 @@ impl Metrics {
         let d = match decision {
             Decision::Allow => 0,
             Decision::Reject => 1,
+            Decision::Flag => 2,
         };
         self.outcomes.requests[d][status_class_index(status)].inc();
         self.outcomes.durations[d].observe(seconds);
@@ -283,8 +284,17 @@ mod tests {
             ),
             "{text}"
         );
+        a.observe_request(Decision::Flag, 200, 0.001);
+        assert!(a
+            .render()
+            .contains("watchpost_proxy_requests_total{decision=\"flag\",status_class=\"2xx\"} 1"));
         let other = b.render();
-        for (d, c) in [("allow", "2xx"), ("reject", "4xx"), ("reject", "none")] {
+        for (d, c) in [
+            ("allow", "2xx"),
+            ("reject", "4xx"),
+            ("reject", "none"),
+            ("flag", "2xx"),
+        ] {
             let line = format!(
                 "watchpost_proxy_requests_total{{decision=\"{d}\",status_class=\"{c}\"}} 0"
             );

@@ -1,8 +1,10 @@
 //! The `[risk]` section of the Watchpost TOML file.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::signal::Weights;
+use crate::cidr::CidrSet;
+use crate::error::RiskError;
+use crate::signal::{Signal, Weights};
 
 /// Paths that scanners request looking for secrets, version-control data, admin consoles and
 /// known-vulnerable endpoints. Matched ASCII case-insensitively anywhere in the path, so
@@ -53,14 +55,19 @@ pub const DEFAULT_PROBE_PATHS: &[&str] = &[
     "/dump.sql",
 ];
 
+/// The longest `rate_window_secs`: a day. Longer windows make little sense for a request rate
+/// and would overflow the counter's millisecond arithmetic.
+pub const MAX_RATE_WINDOW_SECS: u64 = 86_400;
+
 /// Configuration of the risk engine: the `[risk]` TOML section. Every field has a default, so
 /// an absent section is a working configuration. [`crate::RiskEngine::new`] validates it.
-#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RiskConfig {
     /// Signal weights, each in [0, 1] (`[risk.weights]`).
     pub weights: Weights,
-    /// The sliding window over which a client's requests are counted, in seconds. Default 10.
+    /// The sliding window over which a client's requests are counted, in seconds, 1 ..=
+    /// [`MAX_RATE_WINDOW_SECS`]. Default 10.
     pub rate_window_secs: u64,
     /// Requests per window (this one included) a client may send before `rate` fires; its
     /// intensity grows linearly with the excess and is 1 at twice the limit. Default 50.
@@ -89,6 +96,49 @@ impl Default for RiskConfig {
             probe_paths: DEFAULT_PROBE_PATHS.iter().map(|p| p.to_string()).collect(),
         }
     }
+}
+
+impl RiskConfig {
+    /// Every problem of this configuration, one error per bad value (an empty list: valid).
+    /// [`crate::RiskEngine::new`] stops at the first; an operator fixing a runtime config
+    /// wants them all at once.
+    pub fn problems(&self) -> Vec<RiskError> {
+        let mut out = Vec::new();
+        for signal in Signal::SCORED {
+            let value = self.weights.get(signal);
+            if !(0.0..=1.0).contains(&value) {
+                out.push(RiskError::InvalidWeight {
+                    signal: signal.name(),
+                    value,
+                });
+            }
+        }
+        if !(self.rate_limit.is_finite() && self.rate_limit > 0.0) {
+            out.push(RiskError::InvalidRateLimit(self.rate_limit));
+        }
+        if !(1..=MAX_RATE_WINDOW_SECS).contains(&self.rate_window_secs) {
+            out.push(RiskError::InvalidRateWindow(self.rate_window_secs));
+        }
+        for (list, raw) in [("allowlist", &self.allowlist), ("denylist", &self.denylist)] {
+            if let Err(values) = CidrSet::parse(raw) {
+                out.push(RiskError::InvalidCidrs { list, values });
+            }
+        }
+        for raw in &self.countries {
+            if !is_country_code(raw) {
+                out.push(RiskError::InvalidCountry(raw.clone()));
+            }
+        }
+        for p in self.probe_paths.iter().filter(|p| p.is_empty()) {
+            out.push(RiskError::EmptyProbePath(p.clone()));
+        }
+        out
+    }
+}
+
+/// Two ASCII letters, surrounding whitespace allowed (any case).
+pub(crate) fn is_country_code(raw: &str) -> bool {
+    matches!(raw.trim().as_bytes(), &[a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic())
 }
 
 #[cfg(test)]
@@ -129,6 +179,52 @@ mod tests {
         // The denylist weight is fixed by SPEC §3, so it is not a key.
         let err = toml::from_str::<RiskConfig>("[weights]\ndenylist = 0.5").unwrap_err();
         assert!(err.to_string().contains("denylist"), "{err}");
+    }
+
+    #[test]
+    fn problems_lists_every_bad_value() {
+        assert!(RiskConfig::default().problems().is_empty());
+        let mut cfg = RiskConfig::default();
+        cfg.weights.ua_cli = 1.5;
+        cfg.weights.rate = -0.1;
+        cfg.rate_limit = 0.0;
+        cfg.countries = vec!["KP".into(), "Korea".into(), "1X".into()];
+        cfg.denylist = vec!["203.0.113.0/24".into(), "nope".into()];
+        cfg.probe_paths = vec![String::new()];
+        let msgs: Vec<String> = cfg.problems().iter().map(ToString::to_string).collect();
+        let all = msgs.join("; ");
+        for part in [
+            "ua_cli",
+            "1.5",
+            "risk.weights.rate",
+            "rate_limit",
+            "Korea",
+            "1X",
+            "nope",
+        ] {
+            assert!(all.contains(part), "{part} missing from {all}");
+        }
+        assert!(
+            !all.contains("KP") && !all.contains("203.0.113.0/24"),
+            "{all}"
+        );
+        assert_eq!(msgs.len(), 7, "{all}");
+        assert!(crate::RiskEngine::new(&cfg).is_err());
+
+        for (secs, ok) in [
+            (0, false),
+            (1, true),
+            (MAX_RATE_WINDOW_SECS, true),
+            (MAX_RATE_WINDOW_SECS + 1, false),
+            (u64::MAX, false),
+        ] {
+            let cfg = RiskConfig {
+                rate_window_secs: secs,
+                ..RiskConfig::default()
+            };
+            assert_eq!(cfg.problems().is_empty(), ok, "{secs}");
+            assert_eq!(crate::RiskEngine::new(&cfg).is_ok(), ok, "{secs}");
+        }
     }
 
     #[test]

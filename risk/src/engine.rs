@@ -74,7 +74,7 @@ impl RiskEngine {
         if !(cfg.rate_limit.is_finite() && cfg.rate_limit > 0.0) {
             return Err(RiskError::InvalidRateLimit(cfg.rate_limit));
         }
-        if cfg.rate_window_secs == 0 {
+        if !(1..=crate::config::MAX_RATE_WINDOW_SECS).contains(&cfg.rate_window_secs) {
             return Err(RiskError::InvalidRateWindow(cfg.rate_window_secs));
         }
         let allow = CidrSet::parse(&cfg.allowlist).map_err(|values| RiskError::InvalidCidrs {

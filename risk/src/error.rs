@@ -22,8 +22,8 @@ pub enum RiskError {
     /// `rate_limit` is not a finite number above 0.
     #[error("risk.rate_limit = {0}: must be a finite number greater than 0")]
     InvalidRateLimit(f64),
-    /// `rate_window_secs` is 0.
-    #[error("risk.rate_window_secs = {0}: must be at least 1")]
+    /// `rate_window_secs` is 0 or more than a day.
+    #[error("risk.rate_window_secs = {0}: must be between 1 and 86400")]
     InvalidRateWindow(u64),
     /// A `countries` entry that is not a two-letter ISO 3166-1 alpha-2 code.
     #[error("risk.countries: {0:?} is not a two-letter ISO 3166-1 alpha-2 code")]

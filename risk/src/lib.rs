@@ -9,7 +9,7 @@ mod signal;
 mod ua;
 
 pub use cidr::{rate_key, rate_key_addr};
-pub use config::{RiskConfig, DEFAULT_PROBE_PATHS};
+pub use config::{RiskConfig, DEFAULT_PROBE_PATHS, MAX_RATE_WINDOW_SECS};
 pub use engine::{Evaluation, RequestFacts, RiskEngine, KNOWN_CRAWLER_INTENSITY};
 pub use error::RiskError;
 pub use score::{assess, Assessment, Reason};

@@ -68,7 +68,7 @@ pub struct AccessLogQuery {
     pub risk_min: Option<String>,
     /// `browser`, `bot`, `cli`, `library`, `empty` or `unknown`.
     pub ua_type: Option<String>,
-    /// `allow` or `reject`.
+    /// `allow`, `reject` or `flag` (would have been rejected; `risk_mode` = `log_only`).
     pub decision: Option<String>,
     /// Response status, 100..=599.
     pub status: Option<String>,

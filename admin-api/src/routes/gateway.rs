@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use watchpost_common::gateway::{GatewayConfigDoc, DEFAULT_CDN_HEADERS};
-use watchpost_common::{ClientIpHeader, GatewayConfig};
+use watchpost_common::{ClientIpHeader, GatewayConfig, RiskMode};
+
+use super::gateway_risk::{risk_mode_schema, RiskSettings};
 
 use crate::{
     audit,
@@ -55,6 +57,12 @@ pub struct GatewayConfigView {
     pub client_ip_header: String,
     /// `cdn` mode: normalised CIDRs (the CDN's own ranges) whose CDN header is believed.
     pub cdn_cidrs: Vec<String>,
+    /// The proxies' risk settings; null: each proxy uses its file's `[risk]`.
+    pub risk: Option<RiskSettings>,
+    /// `enforce`: requests scoring at least the threshold are rejected; `log_only`: they pass
+    /// and are logged with `decision` = `flag`.
+    #[schema(schema_with = risk_mode_schema)]
+    pub risk_mode: String,
     /// 0 until the first PUT.
     pub version: u64,
     /// RFC 3339; null until the first PUT.
@@ -74,6 +82,8 @@ impl From<GatewayConfigDoc> for GatewayConfigView {
                 .unwrap_or_else(|| DEFAULT_CDN_HEADERS.iter().map(|h| h.to_string()).collect()),
             client_ip_header: d.client_ip_header,
             cdn_cidrs: d.cdn_cidrs,
+            risk: d.risk.map(Into::into),
+            risk_mode: d.risk_mode,
             version: d.version,
             updated_at: d.updated_at,
             updated_by: d.updated_by,
@@ -104,6 +114,13 @@ pub struct GatewayConfigInput {
     #[serde(default)]
     #[schema(example = json!(["173.245.48.0/20", "2400:cb00::/32"]))]
     pub cdn_cidrs: Vec<String>,
+    /// The proxies' risk settings (the `[risk]` section, at runtime); fields left out take
+    /// the built-in defaults. Absent or null: each proxy uses its own file's `[risk]`. Every
+    /// bad weight, country code and CIDR is listed in the 400.
+    pub risk: Option<RiskSettings>,
+    /// `enforce` (default) or `log_only` (would-be rejects pass, logged as `flag`).
+    #[schema(schema_with = risk_mode_schema)]
+    pub risk_mode: Option<String>,
     /// The version this change was based on; a different current version is 409.
     pub version: Option<u64>,
 }
@@ -247,6 +264,10 @@ async fn put_gateway_config(
             .client_ip_header
             .unwrap_or_else(|| ClientIpHeader::default().as_str().to_string()),
         cdn_cidrs: input.cdn_cidrs,
+        risk: input.risk.map(Into::into),
+        risk_mode: input
+            .risk_mode
+            .unwrap_or_else(|| RiskMode::default().as_str().to_string()),
         version: 0,
         updated_at: None,
         updated_by: None,

@@ -208,7 +208,11 @@ impl Filters {
             None => None,
             Some(d) => match Decision::parse(&d.to_ascii_lowercase()) {
                 Some(d) => Some(d),
-                None => return Err(bad(format!("decision must be allow or reject (got {d:?})"))),
+                None => {
+                    return Err(bad(format!(
+                        "decision must be allow, reject or flag (got {d:?})"
+                    )))
+                }
             },
         };
         let status = match p.status.as_deref() {
@@ -520,6 +524,22 @@ mod tests {
         assert!(Filters::default().matches(&e));
         assert!(Filters::default().is_empty());
         assert!(!f.is_empty());
+    }
+
+    #[test]
+    fn decision_flag_is_a_filter_value() {
+        let f = Filters::parse(&FilterParams {
+            decision: Some("FLAG".into()),
+            ..Default::default()
+        })
+        .expect("flag is a decision");
+        let mut e = AccessLogEntry {
+            decision: Decision::Flag,
+            ..Default::default()
+        };
+        assert!(f.matches(&e));
+        e.decision = Decision::Reject;
+        assert!(!f.matches(&e));
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub struct Summary {
     /// True when the window held more than `[admin] access_log_summary_max_entries` entries;
     /// the totals then cover only the newest ones.
     pub truncated: bool,
-    /// `allow` / `reject`.
+    /// `allow` / `reject` / `flag`.
     pub by_decision: BTreeMap<String, u64>,
     /// `1xx` … `5xx`.
     pub by_status_class: BTreeMap<String, u64>,

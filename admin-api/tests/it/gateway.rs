@@ -553,3 +553,154 @@ async fn redis_is_repaired_when_it_lacks_the_current_version_or_holds_an_older_o
     );
     assert_eq!(stored_version(&app).await, Some(current + 100));
 }
+
+#[tokio::test]
+async fn risk_settings_and_risk_mode_round_trip_versioned_audited_and_reach_redis() {
+    let app = TestApp::spawn().await;
+    let admin = app.create_admin().await;
+
+    // Before the first PUT: no runtime risk settings (each proxy's file `[risk]`), enforcing.
+    let current = get_config(&app, &admin.key).await;
+    assert_eq!(current["risk"], Value::Null, "{current}");
+    assert_eq!(current["risk_mode"], "enforce");
+
+    let (status, put) = put_config(
+        &app,
+        &admin.key,
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.8, "risk_mode": "log_only",
+               "risk": {"weights": {"ua_cli": 0.95}, "countries": ["kp"],
+                        "denylist": ["203.0.113.9/24"], "rate_limit": 120, "rate_window_secs": 30,
+                        "probe_paths": ["/secret-admin"]}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{put}");
+    assert_eq!(put["risk_mode"], "log_only");
+    let risk = &put["risk"];
+    assert_eq!(risk["weights"]["ua_cli"], 0.95, "{put}");
+    // Fields left out take the built-in defaults.
+    assert_eq!(risk["weights"]["ua_library"], 0.3, "{put}");
+    assert_eq!(risk["allowlist"], json!([]));
+    assert_eq!(risk["countries"], json!(["kp"]));
+    assert_eq!(risk["rate_limit"], 120.0);
+    assert_eq!(risk["rate_window_secs"], 30);
+    assert_eq!(risk["probe_paths"], json!(["/secret-admin"]));
+    assert_eq!(get_config(&app, &admin.key).await, put);
+
+    // Redis holds what the proxies apply: the compiled engine included.
+    let applied = GatewayConfig::from_json(&stored_config(&app).await.expect("in Redis"))
+        .expect("valid for the proxy");
+    assert_eq!(applied.risk_mode, watchpost_common::RiskMode::LogOnly);
+    let engine = &applied
+        .risk_engine
+        .as_ref()
+        .expect("risk engine compiled")
+        .0;
+    assert_eq!(engine.weights().ua_cli, 0.95);
+    assert_eq!(engine.rate_window_secs(), 30);
+
+    // Audited like every other field.
+    let rows = app.audit_rows("gateway_config.updated").await;
+    assert_eq!(
+        rows[0]["changes"]["risk_mode"],
+        json!({"before": "enforce", "after": "log_only"}),
+        "{}",
+        rows[0]
+    );
+    assert_eq!(rows[0]["changes"]["risk"]["before"], Value::Null);
+
+    // The body is the whole config: without `risk` and `risk_mode`, the proxies go back to
+    // their file's `[risk]`, enforcing.
+    let (status, again) = put_config(
+        &app,
+        &admin.key,
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.8}),
+    )
+    .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["risk"], Value::Null);
+    assert_eq!(again["risk_mode"], "enforce");
+    assert!(again["version"].as_u64() > put["version"].as_u64());
+    let applied =
+        GatewayConfig::from_json(&stored_config(&app).await.expect("in Redis")).expect("valid");
+    assert!(applied.risk_engine.is_none());
+}
+
+#[tokio::test]
+async fn bad_risk_settings_are_400_listing_every_problem_and_change_nothing() {
+    let app = TestApp::spawn().await;
+    let admin = app.create_admin().await;
+    let (status, body) = put_config(
+        &app,
+        &admin.key,
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.8, "risk_mode": "trial",
+               "risk": {"weights": {"ua_cli": 1.5, "country": -0.2},
+                        "countries": ["DE", "Germany", "1X"],
+                        "allowlist": ["10.0.0.0/8", "allow.example"],
+                        "denylist": ["198.51.100.0/33"]}}),
+    )
+    .await;
+    assert_error(status, &body, 400, "BAD_REQUEST");
+    let message = body["error"]["message"].as_str().expect("message");
+    for part in [
+        "risk_mode",
+        "trial",
+        "weights.ua_cli",
+        "1.5",
+        "weights.country",
+        "Germany",
+        "1X",
+        "allow.example",
+        "198.51.100.0/33",
+    ] {
+        assert!(message.contains(part), "{part} missing from {message}");
+    }
+    assert!(!message.contains("10.0.0.0/8"), "{message}");
+
+    for bad in [
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "risk_mode": "LOG_ONLY"}),
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "risk": {"rate_limit": 0}}),
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "risk": {"rate_window_secs": 0}}),
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "risk": {"rate_window_secs": -1}}),
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "risk": {"rate_window_secs": 86401}}),
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "risk": {"rate_window_secs": u64::MAX}}),
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "risk": {"probe_paths": [""]}}),
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "risk": {"weights": {"denylist": 0.5}}}),
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "risk": {"colour": "red"}}),
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.5, "risk": "strict"}),
+    ] {
+        let (status, body) = put_config(&app, &admin.key, bad.clone()).await;
+        assert_error(status, &body, 400, "BAD_REQUEST");
+    }
+    assert_eq!(get_config(&app, &admin.key).await["version"], 0);
+    assert_eq!(stored_config(&app).await, None);
+}
+
+#[tokio::test]
+async fn openapi_states_the_risk_settings_and_modes() {
+    let app = TestApp::spawn().await;
+    let (status, doc) = json_of(
+        app.get("/api/admin/openapi.json")
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for schema in ["GatewayConfigInput", "GatewayConfigView"] {
+        let props = &doc["components"]["schemas"][schema]["properties"];
+        assert_eq!(
+            props["risk_mode"]["enum"],
+            json!(["enforce", "log_only"]),
+            "{schema}: {props}"
+        );
+    }
+    let weights = &doc["components"]["schemas"]["RiskWeights"]["properties"];
+    assert_eq!(weights["ua_cli"]["minimum"], 0.0, "{weights}");
+    assert_eq!(weights["ua_cli"]["maximum"], 1.0, "{weights}");
+    let settings = &doc["components"]["schemas"]["RiskSettings"]["properties"];
+    assert_eq!(settings["rate_window_secs"]["minimum"], 1.0, "{settings}");
+    assert_eq!(
+        settings["rate_window_secs"]["maximum"], 86400.0,
+        "{settings}"
+    );
+}

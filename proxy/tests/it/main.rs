@@ -10,5 +10,6 @@ mod health;
 mod live_config;
 mod metrics;
 mod reject;
+mod risk_runtime;
 mod support;
 mod upstream;
