@@ -423,14 +423,7 @@ async fn versions_stored_before_the_new_fields_read_with_defaults() {
 #[tokio::test]
 async fn openapi_states_the_client_ip_header_choices() {
     let app = TestApp::spawn().await;
-    let (status, doc) = json_of(
-        app.get("/api/admin/openapi.json")
-            .send()
-            .await
-            .expect("request"),
-    )
-    .await;
-    assert_eq!(status, 200);
+    let doc = app.openapi().await;
     for schema in ["GatewayConfigInput", "GatewayConfigView"] {
         let props = &doc["components"]["schemas"][schema]["properties"];
         assert_eq!(
@@ -678,14 +671,7 @@ async fn bad_risk_settings_are_400_listing_every_problem_and_change_nothing() {
 #[tokio::test]
 async fn openapi_states_the_risk_settings_and_modes() {
     let app = TestApp::spawn().await;
-    let (status, doc) = json_of(
-        app.get("/api/admin/openapi.json")
-            .send()
-            .await
-            .expect("request"),
-    )
-    .await;
-    assert_eq!(status, 200);
+    let doc = app.openapi().await;
     for schema in ["GatewayConfigInput", "GatewayConfigView"] {
         let props = &doc["components"]["schemas"][schema]["properties"];
         assert_eq!(

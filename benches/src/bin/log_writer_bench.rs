@@ -210,6 +210,16 @@ fn writer_config(args: &Args, redis_url: &str, buffer_bytes: usize) -> WriterCon
     }
 }
 
+/// Like the proxy's control runtime: one worker thread, the writer one task on it.
+fn writer_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("bench-writer")
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+}
+
 fn now_ms() -> anyhow::Result<u64> {
     Ok(SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -239,13 +249,7 @@ fn run_writer(args: &Args) -> anyhow::Result<()> {
     let ts0 = now_ms()?;
     let entries: Vec<AccessLogEntry> = (0..args.entries as u64).map(|n| entry(n, ts0)).collect();
 
-    // Like the proxy's control runtime: one worker thread, the writer one task on it.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("bench-writer")
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
+    let rt = writer_runtime()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let writer_task = rt.spawn(writer.run(shutdown_rx));
 
@@ -499,12 +503,7 @@ fn run_outage(args: &Args) -> anyhow::Result<()> {
         metrics.clone(),
         status,
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("bench-writer")
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
+    let rt = writer_runtime()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let writer_task = rt.spawn(writer.run(shutdown_rx));
 

@@ -219,6 +219,19 @@ impl TestApp {
         format!("{}{}", self.base_url, path)
     }
 
+    /// The served OpenAPI document, after checking it answers 200.
+    pub async fn openapi(&self) -> Value {
+        let (status, doc) = json_of(
+            self.get("/api/admin/openapi.json")
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await;
+        assert_eq!(status, 200, "{doc}");
+        doc
+    }
+
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
         self.client.get(self.url(path))
     }
