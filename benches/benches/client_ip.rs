@@ -24,6 +24,7 @@ fn config(mode: &str, trusted: &[&str], client_ip_header: &str) -> GatewayConfig
         cdn_cidrs: trusted.iter().map(|s| s.to_string()).collect(),
         risk: None,
         risk_mode: "enforce".into(),
+        rules: Vec::new(),
         version: 1,
         updated_at: None,
         updated_by: None,

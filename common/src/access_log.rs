@@ -9,7 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Field names, in the order in which they are written.
-pub const FIELDS: [&str; 20] = [
+pub const FIELDS: [&str; 22] = [
     "ts",
     "method",
     "host",
@@ -30,6 +30,8 @@ pub const FIELDS: [&str; 20] = [
     "upstream",
     "request_id",
     "proxy_id",
+    "rule",
+    "proto",
 ];
 
 /// Whether the request was forwarded, rejected, or forwarded and flagged (`log_only`).
@@ -96,6 +98,13 @@ pub struct AccessLogEntry {
     pub upstream: String,
     pub request_id: String,
     pub proxy_id: String,
+    /// The id of the gateway rule that decided the request (`rul_…`), else of the first
+    /// `log_only` rule it matched; empty when no rule matched. Entries written before rules
+    /// existed read as empty.
+    pub rule: String,
+    /// The downstream protocol: `http/1.1` or `h2`. Entries written before this field read as
+    /// empty.
+    pub proto: String,
 }
 
 /// A stream entry that cannot be read back as an [`AccessLogEntry`].
@@ -108,8 +117,8 @@ pub struct DecodeError {
 
 impl AccessLogEntry {
     /// Field values in [`FIELDS`] order, ready for `XADD`.
-    pub fn to_fields(&self) -> [(&'static str, String); 20] {
-        let mut out: [(&'static str, String); 20] = Default::default();
+    pub fn to_fields(&self) -> [(&'static str, String); 22] {
+        let mut out: [(&'static str, String); 22] = Default::default();
         let mut slots = out.iter_mut();
         self.write_fields(&mut String::new(), |name, value| {
             if let Some(slot) = slots.next() {
@@ -163,6 +172,8 @@ impl AccessLogEntry {
         f("upstream", &self.upstream);
         f("request_id", &self.request_id);
         f("proxy_id", &self.proxy_id);
+        f("rule", &self.rule);
+        f("proto", &self.proto);
     }
 
     /// Read an entry back from its stream fields. Missing text fields read as empty and
@@ -222,6 +233,8 @@ impl AccessLogEntry {
             upstream: text(fields, "upstream"),
             request_id: text(fields, "request_id"),
             proxy_id: text(fields, "proxy_id"),
+            rule: text(fields, "rule"),
+            proto: text(fields, "proto"),
         })
     }
 }
@@ -252,6 +265,8 @@ mod tests {
             upstream: "127.0.0.1:3000".into(),
             request_id: "req-1".into(),
             proxy_id: "proxy-1".into(),
+            rule: "rul_01JDX3Q7Z5R8KX4W2M9T6V1B0C".into(),
+            proto: "h2".into(),
         }
     }
 

@@ -10,6 +10,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use watchpost_risk::{RiskConfig, RiskEngine};
 
+use crate::rules::{normalize_rules, CompiledRules, RuleDoc};
+
 /// The CDN headers consulted in `cdn` mode when none are configured, in order.
 pub const DEFAULT_CDN_HEADERS: [&str; 2] = ["cf-connecting-ip", "true-client-ip"];
 
@@ -172,6 +174,11 @@ pub struct GatewayConfigDoc {
     /// `enforce`.
     #[serde(default = "default_risk_mode")]
     pub risk_mode: String,
+    /// The gateway rules (`/api/admin/gateway/rules`), tried before the risk score. Written by
+    /// the admin API into the document it publishes to Redis; the stored config versions
+    /// leave it out. Absent: no rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleDoc>,
     #[serde(default)]
     pub version: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,6 +199,8 @@ pub enum Problem {
     /// One bad value of the `risk` settings.
     Risk(watchpost_risk::RiskError),
     UnknownRiskMode(String),
+    /// Problems of the `rules`, each naming its rule.
+    Rules(Vec<String>),
 }
 
 impl fmt::Display for Problem {
@@ -220,6 +229,7 @@ impl fmt::Display for Problem {
             Problem::UnknownRiskMode(m) => {
                 write!(f, "risk_mode {m:?} is not one of enforce, log_only")
             }
+            Problem::Rules(p) => f.write_str(&p.join("; ")),
         }
     }
 }
@@ -261,6 +271,10 @@ pub struct GatewayConfig {
     pub risk_engine: Option<CompiledRisk>,
     /// Enforce rejects, or only flag them.
     pub risk_mode: RiskMode,
+    /// The rules, normalised, in the order they were given (not yet sorted by priority).
+    pub rules: Vec<RuleDoc>,
+    /// The enabled rules, ready to match, in the order they are tried.
+    pub compiled_rules: Arc<CompiledRules>,
     pub version: u64,
     pub updated_at: Option<String>,
     pub updated_by: Option<String>,
@@ -278,6 +292,8 @@ impl Default for GatewayConfig {
             risk: None,
             risk_engine: None,
             risk_mode: RiskMode::default(),
+            rules: Vec::new(),
+            compiled_rules: Arc::default(),
             version: 0,
             updated_at: None,
             updated_by: None,
@@ -399,6 +415,11 @@ impl GatewayConfig {
         if risk_mode.is_none() {
             problems.push(Problem::UnknownRiskMode(doc.risk_mode.clone()));
         }
+        let mut rules = doc.rules.clone();
+        let rule_problems = normalize_rules(&mut rules);
+        if !rule_problems.is_empty() {
+            problems.push(Problem::Rules(rule_problems));
+        }
         match (ip_mode, client_ip_header, risk_mode, problems.is_empty()) {
             (Some(ip_mode), Some(client_ip_header), Some(risk_mode), true) => Ok(Self {
                 ip_mode,
@@ -410,6 +431,8 @@ impl GatewayConfig {
                 risk: doc.risk.clone(),
                 risk_engine,
                 risk_mode,
+                compiled_rules: Arc::new(CompiledRules::compile(&rules)),
+                rules,
                 version: doc.version,
                 updated_at: doc.updated_at.clone(),
                 updated_by: doc.updated_by.clone(),
@@ -442,6 +465,7 @@ impl GatewayConfig {
             cdn_cidrs: self.cdn_cidrs.iter().map(ToString::to_string).collect(),
             risk: self.risk.clone(),
             risk_mode: self.risk_mode.as_str().to_string(),
+            rules: self.rules.clone(),
             version: self.version,
             updated_at: self.updated_at.clone(),
             updated_by: self.updated_by.clone(),
@@ -486,6 +510,7 @@ mod tests {
             cdn_cidrs: Vec::new(),
             risk: None,
             risk_mode: "enforce".into(),
+            rules: Vec::new(),
             version: 3,
             updated_at: None,
             updated_by: None,

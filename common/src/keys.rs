@@ -27,6 +27,13 @@ pub const ADMIN_RATE_LIMIT: &str = "rl:";
 /// /64, or a client IP with an account digest).
 pub const PUBLIC_THROTTLE: &str = "throttle:";
 
+/// Suffix of the per-rule, per-minute hit counters the proxies keep
+/// (`<prefix>rule:hits:<rule id>:<unix minute>`, living [`MINUTE_COUNTER_TTL_SECS`]).
+pub const RULE_HITS_PER_MINUTE: &str = "rule:hits:";
+/// Suffix of each rule's last hit (`<prefix>rule:last_hit:<rule id>`, milliseconds since the
+/// Unix epoch, kept as the maximum any proxy reported).
+pub const RULE_LAST_HIT: &str = "rule:last_hit:";
+
 /// Key names under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
@@ -90,6 +97,19 @@ impl Keys {
         )
     }
 
+    /// Hits of one rule counted in the given unix minute.
+    pub fn rule_hits_in_minute(&self, rule_id: &str, unix_minute: u64) -> String {
+        format!(
+            "{}{}{}:{}",
+            self.prefix, RULE_HITS_PER_MINUTE, rule_id, unix_minute
+        )
+    }
+
+    /// When one rule last matched (milliseconds since the Unix epoch).
+    pub fn rule_last_hit(&self, rule_id: &str) -> String {
+        format!("{}{}{}", self.prefix, RULE_LAST_HIT, rule_id)
+    }
+
     /// An admin rate-limit bucket.
     pub fn admin_rate_limit(&self, actor: &str, window: &str, bucket: u64) -> String {
         format!(
@@ -134,6 +154,8 @@ mod tests {
             k.rejects_in_minute(1),
             k.admin_rate_limit("usr_1", "m", 1),
             k.public_throttle("sign_in", "127.0.0.1", 1),
+            k.rule_hits_in_minute("rul_1", 1),
+            k.rule_last_hit("rul_1"),
         ] {
             assert!(name.starts_with("t42:"), "{name}");
         }

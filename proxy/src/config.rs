@@ -363,6 +363,7 @@ impl Settings {
             // The proxy's own `[risk]` applies until a runtime config sets `risk`.
             risk: None,
             risk_mode: watchpost_common::RiskMode::default().as_str().into(),
+            rules: Vec::new(),
             version: 0,
             updated_at: None,
             updated_by: None,

@@ -546,6 +546,7 @@ impl ProxyHttp for Gateway {
             upstream: std::mem::take(&mut ctx.upstream),
             request_id: std::mem::take(&mut ctx.request_id),
             proxy_id: self.proxy_id.to_string(),
+            proto: if session.is_http2() { "h2" } else { "http/1.1" }.to_string(),
             ..AccessLogEntry::default()
         };
         match ctx.decided.take() {

@@ -239,6 +239,7 @@ mod tests {
             cdn_cidrs: vec!["10.1.0.0/16".into()],
             risk: None,
             risk_mode: "enforce".into(),
+            rules: Vec::new(),
             version: 1,
             updated_at: None,
             updated_by: None,

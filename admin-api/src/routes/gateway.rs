@@ -268,6 +268,7 @@ async fn put_gateway_config(
         risk_mode: input
             .risk_mode
             .unwrap_or_else(|| RiskMode::default().as_str().to_string()),
+        rules: Vec::new(),
         version: 0,
         updated_at: None,
         updated_by: None,

@@ -69,6 +69,8 @@ fn synthetic(i: u64) -> AccessLogEntry {
         upstream: "127.0.0.1:3000".into(),
         request_id: format!("req-{i}"),
         proxy_id: "p1".into(),
+        rule: String::new(),
+        proto: "http/1.1".into(),
     }
 }
 

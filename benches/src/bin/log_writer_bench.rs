@@ -192,6 +192,8 @@ fn entry(n: u64, ts0: u64) -> AccessLogEntry {
         upstream: "10.0.1.5:3000".into(),
         request_id: request_id(ts, n),
         proxy_id: "proxy-1".into(),
+        rule: String::new(),
+        proto: "http/1.1".into(),
     }
 }
 
