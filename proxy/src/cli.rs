@@ -79,8 +79,8 @@ pub fn run(cli: Cli, env: &[(String, String)]) -> ExitCode {
         }
     };
     if cli.check {
-        // The GeoIP file and the risk settings are part of the check.
-        if let Err(e) = server::check(&settings) {
+        // The GeoIP file, the risk settings and the TLS files are part of the check.
+        if let Err(e) = server::check(&settings).and_then(|_| server::check_tls(&settings, None)) {
             eprintln!("watchpost-proxy: {e}");
             return ExitCode::from(2);
         }

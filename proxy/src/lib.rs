@@ -12,6 +12,7 @@ pub mod live_config;
 pub mod metrics;
 pub mod redact;
 pub mod server;
+pub mod tls;
 
 pub use config::Settings;
 pub use error::ProxyError;

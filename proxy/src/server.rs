@@ -32,10 +32,14 @@ use watchpost_risk::RiskEngine;
 use crate::access_log::{self, wait_true, RedisStatus, WriterConfig};
 use crate::config::Settings;
 use crate::error::ProxyError;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, UpstreamTls};
 use crate::health::{self, HealthLimits, HealthState};
 use crate::live_config::{self, LiveConfig};
 use crate::metrics::Metrics;
+use crate::tls::CertStore;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::http::v2::server::default_h2_options;
 
 /// How often the gateway config is re-read even without an announcement (SPEC §4: a change
 /// applies within 1 s).
@@ -55,6 +59,7 @@ pub enum StopOn {
 /// A running proxy instance.
 pub struct RunningProxy {
     listen: SocketAddr,
+    tls_listen: Option<SocketAddr>,
     health: SocketAddr,
     metrics: Metrics,
     stop: Option<oneshot::Sender<()>>,
@@ -81,13 +86,21 @@ impl ShutdownSignalWatch for HandleSignal {
 pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyError> {
     let metrics = Metrics::new().map_err(|e| ProxyError::Start(format!("metrics: {e}")))?;
     let (geo, risk) = check(&settings)?;
+    let certs = check_tls(&settings, Some(&metrics))?;
     // Pingora binds inside its own runtime and cannot report a failure back, so make sure the
-    // address is free (and allowed) now, with a clear message if it is not.
-    std::net::TcpListener::bind(settings.listen).map_err(|source| ProxyError::Bind {
-        what: "proxy.listen",
-        addr: settings.listen,
-        source,
-    })?;
+    // addresses are free (and allowed) now, with a clear message if one is not.
+    for (what, addr) in [
+        ("proxy.listen", settings.listen),
+        ("proxy.tls_listen", settings.tls_listen),
+    ] {
+        if let Some(addr) = addr {
+            std::net::TcpListener::bind(addr).map_err(|source| ProxyError::Bind {
+                what,
+                addr,
+                source,
+            })?;
+        }
+    }
 
     let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(settings.upstreams.iter().copied())
         .map_err(|e| ProxyError::Start(format!("upstreams: {e}")))?;
@@ -124,6 +137,7 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let control = {
         let settings = settings.clone();
+        let certs = certs.clone();
         let (metrics, log, status, upstreams, geo, proxy_id) = (
             metrics.clone(),
             log.clone(),
@@ -189,6 +203,13 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
                         status.clone(),
                         control_rx.clone(),
                     ));
+                    if let Some(certs) = certs {
+                        tokio::spawn(crate::tls::watch(
+                            certs,
+                            crate::tls::RELOAD_INTERVAL,
+                            control_rx.clone(),
+                        ));
+                    }
                     tokio::spawn(reload_geo(
                         geo.clone(),
                         Duration::from_secs(settings.file.geo.reload_interval_secs),
@@ -246,7 +267,9 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
         settings.connect_timeout(),
         settings.read_timeout(),
     )
-    .with_max_header_bytes(settings.file.proxy.max_header_bytes);
+    .with_max_header_bytes(settings.file.proxy.max_header_bytes)
+    .with_upstream_tls(upstream_tls(&settings))
+    .with_max_body_bytes(settings.file.proxy.max_body_bytes);
 
     // Pingora side.
     let (stop, stop_rx) = oneshot::channel();
@@ -256,9 +279,28 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
         work_stealing: p.work_stealing,
         grace_period_seconds: Some(p.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(p.shutdown_timeout_secs),
+        // The root store of upstream TLS verification (Pingora's connector reads it once).
+        ca_file: Some(p.upstream_ca_path.clone()).filter(|c| !c.is_empty()),
         ..ServerConf::default()
     };
-    let listen = settings.listen;
+    let (listen, tls_listen) = (settings.listen, settings.tls_listen);
+    let mut server_options = HttpServerOptions::default();
+    server_options.h2c = p.h2c;
+    let mut h2 = default_h2_options();
+    h2.max_concurrent_streams(p.h2_max_concurrent_streams)
+        .max_header_list_size(p.h2_max_header_list_bytes)
+        .max_pending_accept_reset_streams(p.h2_max_pending_reset_streams);
+    let tls_settings = match &certs {
+        Some(store) => {
+            let mut tls = TlsSettings::intermediate("", "")
+                .map_err(|e| ProxyError::Start(format!("proxy.tls_listen: {e}")))?;
+            tls.set_cert_resolver(store.clone());
+            // ALPN: h2 preferred, http/1.1 allowed.
+            tls.enable_h2();
+            Some(tls)
+        }
+        None => None,
+    };
     let pingora = std::thread::Builder::new()
         .name("wp-pingora".into())
         .spawn(move || {
@@ -269,7 +311,16 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
                 gateway,
                 "watchpost-proxy",
             );
-            proxy.add_tcp(&listen.to_string());
+            if let Some(app) = proxy.app_logic_mut() {
+                app.server_options = Some(server_options);
+                app.h2_options = Some(h2);
+            }
+            if let Some(listen) = listen {
+                proxy.add_tcp(&listen.to_string());
+            }
+            if let (Some(addr), Some(tls)) = (tls_listen, tls_settings) {
+                proxy.add_tls_with_settings(&addr.to_string(), None, tls);
+            }
             server.add_service(proxy);
             server.add_service(hc_service);
             let run_args = match stop_on {
@@ -285,8 +336,13 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
             source,
         })?;
 
+    // One of the two is set (validated); either way the first listener is probed.
+    let Some(probe) = listen.or(tls_listen) else {
+        return Err(ProxyError::Start("no listener configured".into()));
+    };
     let running = RunningProxy {
-        listen,
+        listen: probe,
+        tls_listen,
         health,
         metrics,
         stop: Some(stop),
@@ -295,14 +351,15 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
         control: Some(control),
     };
     let stopped = || running.pingora.as_ref().is_none_or(|h| h.is_finished());
-    if wait_accepting(listen, stopped)? == Readiness::StoppedFirst {
+    if wait_accepting(probe, stopped)? == Readiness::StoppedFirst {
         // A signal that arrives while we are still probing our own listener is an ordinary
         // stop, not a failed start: the caller's `wait` flushes the access log as usual.
         tracing::info!("watchpost-proxy stopped before it reported ready");
         return Ok(running);
     }
     tracing::info!(
-        listen = %listen,
+        listen = ?listen,
+        tls_listen = ?tls_listen,
         health = %health,
         upstreams = ?settings.upstreams,
         "watchpost-proxy is serving"
@@ -320,6 +377,86 @@ pub fn check(settings: &Settings) -> Result<(Arc<GeoDb>, Arc<RiskEngine>), Proxy
     });
     let risk = RiskEngine::new(&settings.file.risk).map_err(|e| ProxyError::Risk(e.to_string()))?;
     Ok((geo, Arc::new(risk)))
+}
+
+/// Load the TLS certificates (`None` without `tls_listen`) and check `upstream_ca_path`, so a
+/// bad file is reported before anything binds. `--check` runs this too.
+pub fn check_tls(
+    settings: &Settings,
+    metrics: Option<&Metrics>,
+) -> Result<Option<Arc<CertStore>>, ProxyError> {
+    let p = &settings.file.proxy;
+    if !p.upstream_ca_path.is_empty() {
+        let pem = std::fs::read(&p.upstream_ca_path).map_err(|e| ProxyError::Config {
+            path: None,
+            key: "proxy.upstream_ca_path".into(),
+            message: format!("cannot read {}: {e}", p.upstream_ca_path),
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let added = cert
+                .map_err(|e| e.to_string())
+                .and_then(|c| roots.add(c).map_err(|e| e.to_string()));
+            if let Err(e) = added {
+                return Err(ProxyError::Config {
+                    path: None,
+                    key: "proxy.upstream_ca_path".into(),
+                    message: format!("{}: {e}", p.upstream_ca_path),
+                });
+            }
+        }
+        if roots.is_empty() {
+            return Err(ProxyError::Config {
+                path: None,
+                key: "proxy.upstream_ca_path".into(),
+                message: format!("{}: no CA certificate in the file", p.upstream_ca_path),
+            });
+        }
+    }
+    if settings.tls_listen.is_none() {
+        return Ok(None);
+    }
+    // rustls needs a process-wide crypto provider; Pingora installs the same one (ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    CertStore::load(settings.tls_certs.clone(), metrics.cloned())
+        .map(|s| Some(Arc::new(s)))
+        .map_err(|message| ProxyError::Config {
+            path: None,
+            key: "proxy.tls_cert_path".into(),
+            message,
+        })
+}
+
+/// The gateway's upstream TLS settings: `None` for cleartext upstreams.
+fn upstream_tls(settings: &Settings) -> Option<UpstreamTls> {
+    let p = &settings.file.proxy;
+    if !p.upstream_tls {
+        return None;
+    }
+    // SNI (and the name verified): `upstream_sni`, else each upstream's host as written.
+    let sni = settings
+        .upstreams
+        .iter()
+        .zip(&p.upstreams)
+        .map(|(addr, raw)| {
+            let host = if p.upstream_sni.is_empty() {
+                host_of(raw)
+            } else {
+                p.upstream_sni.clone()
+            };
+            (*addr, host)
+        })
+        .collect();
+    Some(UpstreamTls { sni })
+}
+
+/// The host part of `host:port` (brackets of an IPv6 literal removed).
+fn host_of(raw: &str) -> String {
+    let raw = raw.trim();
+    let host = raw.rsplit_once(':').map_or(raw, |(h, _)| h);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
 }
 
 /// How waiting for the listener ended.
@@ -379,9 +516,15 @@ async fn reload_geo(geo: Arc<GeoDb>, every: Duration, mut shutdown: watch::Recei
 }
 
 impl RunningProxy {
-    /// The client-facing address.
+    /// The client-facing address: the cleartext listener, or the TLS one when there is no
+    /// cleartext listener.
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// The TLS listener, when configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_listen
     }
 
     /// The bound `/healthz` + `/metrics` address (the real port when configured with port 0).

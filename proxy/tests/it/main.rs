@@ -3,8 +3,10 @@
 
 mod access_log;
 mod binary;
+mod bodies;
 mod client_ip;
 mod geo;
+mod h2;
 mod header_limits;
 mod health;
 mod live_config;
@@ -12,4 +14,5 @@ mod metrics;
 mod reject;
 mod risk_runtime;
 mod support;
+mod tls;
 mod upstream;
