@@ -240,11 +240,15 @@ pub struct RequestCtx {
     request_id: String,
     decided: Option<Decided>,
     upstream: String,
-    /// The status `fail_to_proxy` answered with, when it did.
+    /// The status to log when no response was written yet: what `fail_to_proxy` or a body
+    /// limit answered, or 101 for an upgrade logged when it happens.
     error_status: Option<u16>,
     connect_failures: usize,
     /// Request body bytes read so far (counted against `max_body_bytes`).
     body_bytes: u64,
+    /// The entry is already logged (an upgrade is logged when the upstream answers 101, not
+    /// when the upgraded connection ends).
+    logged: bool,
 }
 
 /// The outcome of `request_filter`.
@@ -271,6 +275,7 @@ impl RequestCtx {
             error_status: None,
             connect_failures: 0,
             body_bytes: 0,
+            logged: false,
         }
     }
 }
@@ -566,11 +571,20 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         upstream_response.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // An upgraded connection (WebSocket) may stay open for hours: log it now, once,
+            // with status 101, rather than when it ends.
+            ctx.error_status = Some(101);
+            let request_id = ctx.request_id.clone();
+            self.logging(session, None, ctx).await;
+            ctx.request_id = request_id;
+            ctx.logged = true;
+        }
         Ok(())
     }
 
@@ -602,6 +616,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.logged {
+            return;
+        }
         let latency = ctx.start.elapsed();
         let status = session
             .response_written()

@@ -16,3 +16,4 @@ mod risk_runtime;
 mod support;
 mod tls;
 mod upstream;
+mod websocket;
