@@ -56,6 +56,9 @@ pub struct ProxySection {
     pub upstream_ca_path: String,
     /// Largest request body accepted; a larger one is answered 413. Unset: no limit.
     pub max_body_bytes: Option<u64>,
+    /// Unix socket over which a running proxy hands its listening sockets to a new binary
+    /// started with `--upgrade` (zero-downtime upgrade).
+    pub upgrade_sock: String,
     /// Upstream origins (`host:port`), balanced round-robin and health-checked over TCP.
     pub upstreams: Vec<String>,
     /// Listener for `GET /healthz` and `GET /metrics`.
@@ -104,6 +107,7 @@ impl Default for ProxySection {
             upstream_sni: String::new(),
             upstream_ca_path: String::new(),
             max_body_bytes: None,
+            upgrade_sock: "/tmp/watchpost-proxy-upgrade.sock".into(),
             upstreams: vec!["127.0.0.1:3000".into()],
             health_listen: "127.0.0.1:9090".into(),
             proxy_id: "proxy-1".into(),
@@ -372,6 +376,9 @@ impl Settings {
         if !p.upstream_sni.is_empty() {
             crate::tls::check_server_name(&p.upstream_sni)
                 .map_err(|m| bad("proxy.upstream_sni", m))?;
+        }
+        if p.upgrade_sock.trim().is_empty() {
+            return Err(bad("proxy.upgrade_sock", "must not be empty".into()));
         }
         if p.max_body_bytes == Some(0) {
             return Err(bad(

@@ -59,9 +59,9 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 32_768;
 pub struct Gateway {
     live: Arc<LiveConfig>,
     geo: Arc<GeoDb>,
-    risk: Arc<RiskEngine>,
+    /// The file's `[risk]` engine, replaced on reload.
+    risk: Arc<ArcSwap<RiskEngine>>,
     upstreams: Arc<LoadBalancer<RoundRobin>>,
-    upstream_count: usize,
     log: LogSink,
     metrics: Metrics,
     proxy_id: Arc<str>,
@@ -109,22 +109,20 @@ impl Gateway {
     pub fn new(
         live: Arc<LiveConfig>,
         geo: Arc<GeoDb>,
-        risk: Arc<RiskEngine>,
+        risk: Arc<ArcSwap<RiskEngine>>,
         upstreams: Arc<LoadBalancer<RoundRobin>>,
-        upstream_count: usize,
         log: LogSink,
         metrics: Metrics,
         proxy_id: &str,
         connect_timeout: Duration,
         read_timeout: Duration,
     ) -> Self {
-        let window = RateWindow::new(risk.rate_window_secs());
+        let window = RateWindow::new(risk.load().rate_window_secs());
         Self {
             live,
             geo,
             risk,
             upstreams,
-            upstream_count,
             log,
             metrics,
             proxy_id: Arc::from(proxy_id),
@@ -393,7 +391,8 @@ impl ProxyHttp for Gateway {
         let (client, forwarded_for) = resolve_with_forwarded_for(peer, &req.headers, &gateway);
         let country = self.geo.lookup_country(client.ip);
         let country = country.as_ref().map(|c| c.as_str()).unwrap_or("");
-        let engine = gateway.risk_engine(&self.risk);
+        let file_risk = self.risk.load();
+        let engine = gateway.risk_engine(&file_risk);
         let recent_requests = self.observe_rate(client.ip, engine.rate_window_secs());
         let facts = RequestFacts {
             ip: client.ip,
@@ -529,7 +528,7 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         // Nothing reached the upstream, so another one may take the request.
         ctx.connect_failures += 1;
-        if ctx.connect_failures < self.upstream_count {
+        if ctx.connect_failures < self.upstreams.backends().get_backend().len() {
             e.set_retry(true);
         }
         e

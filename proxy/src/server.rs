@@ -36,8 +36,12 @@ use crate::gateway::{Gateway, UpstreamTls};
 use crate::health::{self, HealthLimits, HealthState};
 use crate::live_config::{self, LiveConfig};
 use crate::metrics::Metrics;
+use crate::reload::{Reloader, SharedList, UpstreamList};
 use crate::tls::CertStore;
+use arc_swap::ArcSwap;
+use futures::FutureExt as _;
 use pingora::apps::HttpServerOptions;
+use pingora::lb::Backends;
 use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::http::v2::server::default_h2_options;
 
@@ -62,6 +66,7 @@ pub struct RunningProxy {
     tls_listen: Option<SocketAddr>,
     health: SocketAddr,
     metrics: Metrics,
+    reloader: Reloader,
     stop: Option<oneshot::Sender<()>>,
     pingora: Option<JoinHandle<()>>,
     control_stop: watch::Sender<bool>,
@@ -84,16 +89,28 @@ impl ShutdownSignalWatch for HandleSignal {
 /// Validate the environment the settings describe (GeoIP file, risk config, listen address
 /// free), then start the instance and wait until its listener accepts connections.
 pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyError> {
+    start_with(settings, stop_on, false)
+}
+
+/// [`start`]; with `upgrade`, take the listening sockets over from the running proxy (the
+/// binary's `--upgrade`): wait on `[proxy] upgrade_sock` until the old process, sent SIGQUIT,
+/// hands them over, then serve while it drains and exits.
+pub fn start_with(
+    settings: Settings,
+    stop_on: StopOn,
+    upgrade: bool,
+) -> Result<RunningProxy, ProxyError> {
     let metrics = Metrics::new().map_err(|e| ProxyError::Start(format!("metrics: {e}")))?;
     let (geo, risk) = check(&settings)?;
     let certs = check_tls(&settings, Some(&metrics))?;
     // Pingora binds inside its own runtime and cannot report a failure back, so make sure the
-    // addresses are free (and allowed) now, with a clear message if one is not.
+    // addresses are free (and allowed) now, with a clear message if one is not. (An upgrade
+    // receives them from the running process instead.)
     for (what, addr) in [
         ("proxy.listen", settings.listen),
         ("proxy.tls_listen", settings.tls_listen),
     ] {
-        if let Some(addr) = addr {
+        if let Some(addr) = addr.filter(|_| !upgrade) {
             std::net::TcpListener::bind(addr).map_err(|source| ProxyError::Bind {
                 what,
                 addr,
@@ -102,8 +119,16 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
         }
     }
 
-    let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(settings.upstreams.iter().copied())
-        .map_err(|e| ProxyError::Start(format!("upstreams: {e}")))?;
+    // The upstream list is replaceable (SIGHUP); the balancer discovers it from a shared list.
+    let list = Arc::new(UpstreamList::new(&settings.upstreams)?);
+    let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(SharedList(
+        list.clone(),
+    ))));
+    match lb.update().now_or_never() {
+        Some(Ok(())) => {}
+        Some(Err(e)) => return Err(ProxyError::Start(format!("upstreams: {e}"))),
+        None => return Err(ProxyError::Start("upstreams: discovery blocked".into())),
+    }
     lb.set_health_check(TcpHealthCheck::new());
     lb.health_check_frequency = Some(Duration::from_millis(
         settings.file.proxy.health_check_interval_ms,
@@ -167,7 +192,7 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
                     }
                 };
                 rt.block_on(async move {
-                    let listener = match TcpListener::bind(settings.health_listen).await {
+                    let listener = match bind_shared(settings.health_listen) {
                         Ok(l) => l,
                         Err(source) => {
                             let _ = ready_tx.send(Err(ProxyError::Bind {
@@ -255,12 +280,18 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
         }
     };
 
+    let risk = Arc::new(ArcSwap::new(risk));
+    let reloader = Reloader {
+        list,
+        upstreams: upstreams.clone(),
+        risk: risk.clone(),
+        certs: certs.clone(),
+    };
     let gateway = Gateway::new(
         live,
         geo,
         risk,
         upstreams,
-        settings.upstreams.len(),
         log,
         metrics.clone(),
         &proxy_id,
@@ -281,6 +312,7 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
         graceful_shutdown_timeout_seconds: Some(p.shutdown_timeout_secs),
         // The root store of upstream TLS verification (Pingora's connector reads it once).
         ca_file: Some(p.upstream_ca_path.clone()).filter(|c| !c.is_empty()),
+        upgrade_sock: p.upgrade_sock.clone(),
         ..ServerConf::default()
     };
     let (listen, tls_listen) = (settings.listen, settings.tls_listen);
@@ -304,7 +336,11 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
     let pingora = std::thread::Builder::new()
         .name("wp-pingora".into())
         .spawn(move || {
-            let mut server = Server::new_with_opt_and_conf(None, conf);
+            let opt = upgrade.then(|| pingora::server::configuration::Opt {
+                upgrade: true,
+                ..Default::default()
+            });
+            let mut server = Server::new_with_opt_and_conf(opt, conf);
             server.bootstrap();
             let mut proxy = pingora::proxy::http_proxy_service_with_name(
                 &server.configuration,
@@ -345,6 +381,7 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
         tls_listen,
         health,
         metrics,
+        reloader,
         stop: Some(stop),
         pingora: Some(pingora),
         control_stop,
@@ -377,6 +414,20 @@ pub fn check(settings: &Settings) -> Result<(Arc<GeoDb>, Arc<RiskEngine>), Proxy
     });
     let risk = RiskEngine::new(&settings.file.risk).map_err(|e| ProxyError::Risk(e.to_string()))?;
     Ok((geo, Arc::new(risk)))
+}
+
+/// Bind the health listener with `SO_REUSEPORT`, so that during a binary upgrade the new
+/// process can serve `/healthz` while the old one drains.
+fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// Load the TLS certificates (`None` without `tls_listen`) and check `upstream_ca_path`, so a
@@ -520,6 +571,12 @@ impl RunningProxy {
     /// cleartext listener.
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// What replaces the upstream list and risk settings of this instance (SIGHUP in the
+    /// binary).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// The TLS listener, when configured.
