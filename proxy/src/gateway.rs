@@ -71,15 +71,15 @@ pub struct Gateway {
     /// Held only while a new rate window is built.
     rate_swap: std::sync::Mutex<()>,
     max_header_bytes: usize,
-    upstream_tls: Option<UpstreamTls>,
+    upstream_tls: Option<Arc<UpstreamTls>>,
     max_body_bytes: Option<u64>,
 }
 
 /// How the upstreams are reached over TLS (`[proxy] upstream_tls`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct UpstreamTls {
-    /// The server name sent and verified for each upstream address.
-    pub sni: std::collections::HashMap<std::net::SocketAddr, String>,
+    /// The server name sent and verified for each upstream address (replaced on reload).
+    pub sni: ArcSwap<std::collections::HashMap<std::net::SocketAddr, String>>,
 }
 
 /// The per-client request counter and the window it counts over. A runtime config with another
@@ -137,7 +137,7 @@ impl Gateway {
     }
 
     /// Reach the upstreams over TLS, verifying their certificates (`None`: cleartext).
-    pub fn with_upstream_tls(mut self, tls: Option<UpstreamTls>) -> Self {
+    pub fn with_upstream_tls(mut self, tls: Option<Arc<UpstreamTls>>) -> Self {
         self.upstream_tls = tls;
         self
     }
@@ -503,14 +503,18 @@ impl ProxyHttp for Gateway {
         let mut peer = match &self.upstream_tls {
             None => HttpPeer::new(backend.addr, false, String::new()),
             Some(tls) => {
-                let sni = backend
-                    .addr
-                    .as_inet()
-                    .and_then(|a| tls.sni.get(a))
-                    .cloned()
-                    .unwrap_or_default();
-                // An empty SNI would make Pingora skip verification; it is never empty here
-                // (validated), and verification of chain and name stays on.
+                // An empty SNI would make Pingora skip verification, so it is never empty: the
+                // configured name, else the address (verified against the certificate's IP
+                // names). Verification of chain and name stays on.
+                let sni = match backend.addr.as_inet() {
+                    Some(a) => tls
+                        .sni
+                        .load()
+                        .get(a)
+                        .cloned()
+                        .unwrap_or_else(|| a.ip().to_string()),
+                    None => String::from("localhost"),
+                };
                 HttpPeer::new(backend.addr, true, sni)
             }
         };

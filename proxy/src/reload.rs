@@ -66,6 +66,7 @@ pub struct Reloader {
     pub(crate) upstreams: Arc<LoadBalancer<RoundRobin>>,
     pub(crate) risk: Arc<ArcSwap<RiskEngine>>,
     pub(crate) certs: Option<Arc<CertStore>>,
+    pub(crate) upstream_tls: Option<Arc<crate::gateway::UpstreamTls>>,
 }
 
 impl Reloader {
@@ -74,6 +75,10 @@ impl Reloader {
     pub async fn apply(&self, settings: &Settings) -> Result<(), ProxyError> {
         let risk =
             RiskEngine::new(&settings.file.risk).map_err(|e| ProxyError::Risk(e.to_string()))?;
+        if let Some(tls) = &self.upstream_tls {
+            // Names first, so a new upstream is never dialled without its name.
+            tls.sni.store(Arc::new(crate::server::sni_map(settings)));
+        }
         self.list.set(&settings.upstreams)?;
         self.upstreams
             .update()

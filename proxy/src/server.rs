@@ -281,7 +281,9 @@ pub fn start_with(
     };
 
     let risk = Arc::new(ArcSwap::new(risk));
+    let upstream_tls = upstream_tls(&settings);
     let reloader = Reloader {
+        upstream_tls: upstream_tls.clone(),
         list,
         upstreams: upstreams.clone(),
         risk: risk.clone(),
@@ -299,7 +301,7 @@ pub fn start_with(
         settings.read_timeout(),
     )
     .with_max_header_bytes(settings.file.proxy.max_header_bytes)
-    .with_upstream_tls(upstream_tls(&settings))
+    .with_upstream_tls(upstream_tls)
     .with_max_body_bytes(settings.file.proxy.max_body_bytes);
 
     // Pingora side.
@@ -471,21 +473,35 @@ pub fn check_tls(
     let _ = rustls::crypto::ring::default_provider().install_default();
     CertStore::load(settings.tls_certs.clone(), metrics.cloned())
         .map(|s| Some(Arc::new(s)))
-        .map_err(|message| ProxyError::Config {
-            path: None,
-            key: "proxy.tls_cert_path".into(),
-            message,
+        .map_err(|(i, message)| {
+            // The default pair (`tls_cert_path`) comes first when it is set.
+            let key = match (p.tls_cert_path.trim().is_empty(), i) {
+                (false, 0) => "proxy.tls_cert_path".to_string(),
+                (false, i) => format!("proxy.tls_certs[{}]", i - 1),
+                (true, i) => format!("proxy.tls_certs[{i}]"),
+            };
+            ProxyError::Config {
+                path: None,
+                key,
+                message,
+            }
         })
 }
 
 /// The gateway's upstream TLS settings: `None` for cleartext upstreams.
-fn upstream_tls(settings: &Settings) -> Option<UpstreamTls> {
-    let p = &settings.file.proxy;
-    if !p.upstream_tls {
+fn upstream_tls(settings: &Settings) -> Option<Arc<UpstreamTls>> {
+    if !settings.file.proxy.upstream_tls {
         return None;
     }
-    // SNI (and the name verified): `upstream_sni`, else each upstream's host as written.
-    let sni = settings
+    Some(Arc::new(UpstreamTls {
+        sni: ArcSwap::from_pointee(sni_map(settings)),
+    }))
+}
+
+/// SNI (and the name verified) of each upstream: `upstream_sni`, else its host as written.
+pub(crate) fn sni_map(settings: &Settings) -> std::collections::HashMap<SocketAddr, String> {
+    let p = &settings.file.proxy;
+    settings
         .upstreams
         .iter()
         .zip(&p.upstreams)
@@ -497,8 +513,7 @@ fn upstream_tls(settings: &Settings) -> Option<UpstreamTls> {
             };
             (*addr, host)
         })
-        .collect();
-    Some(UpstreamTls { sni })
+        .collect()
 }
 
 /// The host part of `host:port` (brackets of an IPv6 literal removed).

@@ -143,13 +143,17 @@ pub fn check_server_name(name: &str) -> Result<(), String> {
 }
 
 impl CertStore {
-    /// Load every pair (the first is the default). Any invalid pair fails the whole load:
-    /// at start the proxy refuses to run with a certificate it cannot serve.
-    pub fn load(specs: Vec<CertSpec>, metrics: Option<Metrics>) -> Result<Self, String> {
+    /// Load every pair (the first is the default). Any invalid pair fails the whole load,
+    /// with its index: at start the proxy refuses to run with a certificate it cannot serve.
+    pub fn load(specs: Vec<CertSpec>, metrics: Option<Metrics>) -> Result<Self, (usize, String)> {
         if specs.is_empty() {
-            return Err("no certificate configured".into());
+            return Err((0, "no certificate configured".into()));
         }
-        let loaded = specs.iter().map(load_pair).collect::<Result<Vec<_>, _>>()?;
+        let loaded = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| load_pair(spec).map_err(|e| (i, e)))
+            .collect::<Result<Vec<_>, _>>()?;
         let store = Self {
             current: ArcSwap::from_pointee(Self::snapshot(&specs, &loaded)),
             specs,
@@ -323,7 +327,7 @@ mod tests {
 
     #[test]
     fn a_missing_file_is_a_clear_error() {
-        let Err(e) = CertStore::load(
+        let Err((0, e)) = CertStore::load(
             vec![CertSpec {
                 cert_path: "/nonexistent/cert.pem".into(),
                 key_path: "/nonexistent/key.pem".into(),

@@ -505,3 +505,30 @@ async fn https_upstream_is_verified_against_the_configured_ca() {
     assert_eq!(r.status, 502, "{r:?}");
     p.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_names_default_to_the_host_and_stay_verified_after_a_reload() {
+    let pki = Pki::new("upnames");
+    // Written as an IP address: that is the name verified (the certificate's IP name).
+    let by_ip = TlsOrigin::start(&pki.issue(&["127.0.0.1"])).await;
+    // A certificate for another name only.
+    let other = TlsOrigin::start(&pki.issue(&["other.test"])).await;
+    let ca = pki.write("ca.pem", &pki.ca_pem());
+    let keys = format!("upstream_tls = true\nupstream_ca_path = \"{ca}\"\n");
+    let mut p = TestProxy::start_with("tls_up_ip", &[by_ip.addr], &redis_url(), &keys, "").await;
+    let r = p.get("/", BROWSER).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "tls origin ok"), "{r:?}");
+
+    // Reloaded onto an upstream whose certificate does not name its address: refused.
+    let text = crate::support::config_text_with(&[other.addr], &redis_url(), &p.prefix, &keys, "");
+    let settings = watchpost_proxy::Settings::load_str(&text, None, &[]).expect("valid");
+    let reloader = p.proxy.as_ref().expect("running").reloader();
+    reloader.apply(&settings).await.expect("reload");
+    let r = p.get("/", BROWSER).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(
+        r.json()["error"]["message"],
+        "upstream TLS handshake failed"
+    );
+    p.cleanup().await;
+}
