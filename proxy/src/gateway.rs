@@ -8,10 +8,14 @@
 //!   max_header_bytes` in total are answered 431 first, before any header is interpreted
 //!   (logged with the peer as client and `decision=reject`). The `Connection` header is sanitised here, before Pingora
 //!   builds the upstream request from it.
-//! - `upstream_peer`: the next healthy upstream, round-robin.
+//!   A `Content-Length` above `[proxy] max_body_bytes` is answered 413 here.
+//! - `request_body_filter`: count a streamed body against `max_body_bytes`; past it, 413.
+//! - `upstream_peer`: the next healthy upstream, round-robin (over verified TLS with
+//!   `upstream_tls`).
 //! - `upstream_request_filter`: remove incoming copies of the proxy's headers and forged
 //!   forwarding metadata, set ours.
-//! - `response_filter`: add `X-Request-Id` to the response.
+//! - `response_filter`: add `X-Request-Id` to the response; on a `101` (WebSocket upgrade) log
+//!   the entry now, once, rather than when the upgraded connection ends.
 //! - `fail_to_connect` / `fail_to_proxy`: retry another upstream when one refuses; map
 //!   failures to deliberate statuses (502, 504) with a JSON error body.
 //! - `logging`: enqueue the access-log entry (never waits) and count metrics.
