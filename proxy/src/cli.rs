@@ -20,7 +20,9 @@ use crate::server::{self, StopOn};
 /// and valid, replaces [gateway] and is followed live.
 ///
 /// Signals: SIGTERM stops gracefully (in-flight requests finish, the access log is flushed),
-/// SIGINT stops at once (the access log is still flushed).
+/// SIGINT stops at once (the access log is still flushed), SIGHUP reloads the upstream list
+/// and the [risk] settings from the file (an invalid file is refused and logged), SIGQUIT
+/// hands the listening sockets to a new binary started with --upgrade, then drains and exits.
 #[derive(Debug, Parser)]
 #[command(name = "watchpost-proxy", version)]
 pub struct Cli {
@@ -30,6 +32,12 @@ pub struct Cli {
     /// Validate the configuration (file, environment, GeoIP database, risk settings) and exit.
     #[arg(long)]
     pub check: bool,
+    /// Zero-downtime upgrade: take the listening sockets over from the running proxy. Start
+    /// the new binary with this flag, then send SIGQUIT to the old process: it hands its
+    /// sockets over `[proxy] upgrade_sock`, stops accepting, lets in-flight requests finish
+    /// and exits, while this one serves.
+    #[arg(long)]
+    pub upgrade: bool,
     /// Log format on standard error; the level comes from RUST_LOG (default "info").
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -79,16 +87,17 @@ pub fn run(cli: Cli, env: &[(String, String)]) -> ExitCode {
         }
     };
     if cli.check {
-        // The GeoIP file and the risk settings are part of the check.
-        if let Err(e) = server::check(&settings) {
+        // The GeoIP file, the risk settings and the TLS files are part of the check.
+        if let Err(e) = server::check(&settings).and_then(|_| server::check_tls(&settings, None)) {
             eprintln!("watchpost-proxy: {e}");
             return ExitCode::from(2);
         }
         println!("watchpost-proxy: configuration is valid");
         return ExitCode::SUCCESS;
     }
-    match server::start(settings, StopOn::Signals) {
+    match server::start_with(settings, StopOn::Signals, cli.upgrade) {
         Ok(running) => {
+            crate::reload::on_sighup(running.reloader(), cli.config.clone(), env.to_vec());
             running.wait();
             ExitCode::SUCCESS
         }

@@ -25,8 +25,40 @@ pub const SECTIONS: [&str; 6] = ["proxy", "redis", "access_log", "geo", "gateway
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxySection {
-    /// Client-facing HTTP listener.
+    /// Client-facing cleartext HTTP listener; empty for none (then `tls_listen` is required).
     pub listen: String,
+    /// Client-facing TLS listener (HTTP/1.1 and HTTP/2 by ALPN); empty (the default) for none.
+    pub tls_listen: String,
+    /// PEM certificate chain (leaf first) of the default certificate on `tls_listen`.
+    pub tls_cert_path: String,
+    /// PEM private key of `tls_cert_path`.
+    pub tls_key_path: String,
+    /// Further certificates, each served to clients whose SNI matches one of its
+    /// `server_names`.
+    pub tls_certs: Vec<TlsCertSection>,
+    /// Accept HTTP/2 without TLS (prior knowledge, "h2c") on `listen`; off by default.
+    pub h2c: bool,
+    /// HTTP/2: most concurrent streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: most bytes of one request's decoded header list (HEADERS plus CONTINUATION
+    /// frames); a larger header block ends the stream before it is buffered whole.
+    pub h2_max_header_list_bytes: u32,
+    /// HTTP/2: most streams a client may reset before the proxy accepted them (rapid reset);
+    /// past it the connection gets GOAWAY (ENHANCE_YOUR_CALM).
+    pub h2_max_pending_reset_streams: usize,
+    /// Connect to the upstreams over TLS (certificate verified).
+    pub upstream_tls: bool,
+    /// Server name sent (SNI) and verified in the upstreams' certificate; empty: the
+    /// upstream's host as written in `upstreams`.
+    pub upstream_sni: String,
+    /// PEM file of the CA certificates upstream certificates must chain to; empty: the
+    /// system's roots.
+    pub upstream_ca_path: String,
+    /// Largest request body accepted; a larger one is answered 413. Unset: no limit.
+    pub max_body_bytes: Option<u64>,
+    /// Unix socket over which a running proxy hands its listening sockets to a new binary
+    /// started with `--upgrade` (zero-downtime upgrade).
+    pub upgrade_sock: String,
     /// Upstream origins (`host:port`), balanced round-robin and health-checked over TCP.
     pub upstreams: Vec<String>,
     /// Listener for `GET /healthz` and `GET /metrics`.
@@ -63,6 +95,19 @@ impl Default for ProxySection {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            tls_listen: String::new(),
+            tls_cert_path: String::new(),
+            tls_key_path: String::new(),
+            tls_certs: Vec::new(),
+            h2c: false,
+            h2_max_concurrent_streams: 100,
+            h2_max_header_list_bytes: 65_536,
+            h2_max_pending_reset_streams: 20,
+            upstream_tls: false,
+            upstream_sni: String::new(),
+            upstream_ca_path: String::new(),
+            max_body_bytes: None,
+            upgrade_sock: "/tmp/watchpost-proxy-upgrade.sock".into(),
             upstreams: vec!["127.0.0.1:3000".into()],
             health_listen: "127.0.0.1:9090".into(),
             proxy_id: "proxy-1".into(),
@@ -78,6 +123,18 @@ impl Default for ProxySection {
             health_max_connections: 64,
         }
     }
+}
+
+/// One `[[proxy.tls_certs]]` entry.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsCertSection {
+    /// PEM certificate chain, leaf first.
+    pub cert_path: String,
+    /// PEM private key.
+    pub key_path: String,
+    /// SNI names served with this certificate (`a.example`, or `*.example` for one label).
+    pub server_names: Vec<String>,
 }
 
 /// `[redis]`: where the access log and the gateway config live.
@@ -220,8 +277,13 @@ pub struct FileConfig {
 /// A validated config, ready to run with.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `proxy.listen`, parsed.
-    pub listen: SocketAddr,
+    /// `proxy.listen`, parsed; `None` when empty (TLS only).
+    pub listen: Option<SocketAddr>,
+    /// `proxy.tls_listen`, parsed; `None` when empty.
+    pub tls_listen: Option<SocketAddr>,
+    /// The TLS certificates, the default first (`tls_cert_path`, else the first
+    /// `tls_certs` entry). Their files are read by `server::check`.
+    pub tls_certs: Vec<crate::tls::CertSpec>,
     /// `proxy.upstreams`, parsed (host names resolved once).
     pub upstreams: Vec<SocketAddr>,
     /// `proxy.health_listen`, parsed.
@@ -270,7 +332,60 @@ impl Settings {
             message,
         };
         let p = &file.proxy;
-        let listen = parse_addr(&p.listen).map_err(|m| bad("proxy.listen", m))?;
+        let optional_addr = |key: &str, raw: &str| -> Result<Option<SocketAddr>, ProxyError> {
+            if raw.trim().is_empty() {
+                Ok(None)
+            } else {
+                parse_addr(raw).map(Some).map_err(|m| bad(key, m))
+            }
+        };
+        let listen = optional_addr("proxy.listen", &p.listen)?;
+        let tls_listen = optional_addr("proxy.tls_listen", &p.tls_listen)?;
+        if listen.is_none() && tls_listen.is_none() {
+            return Err(bad(
+                "proxy.listen",
+                "empty, and so is proxy.tls_listen: at least one listener is required".into(),
+            ));
+        }
+        if listen.is_some() && listen == tls_listen {
+            return Err(bad(
+                "proxy.tls_listen",
+                "must differ from proxy.listen".into(),
+            ));
+        }
+        let tls_certs = tls_specs(p).map_err(|(k, m)| bad(&k, m))?;
+        if tls_listen.is_some() && tls_certs.is_empty() {
+            return Err(bad(
+                "proxy.tls_cert_path",
+                "proxy.tls_listen needs a certificate: set tls_cert_path and tls_key_path, or [[proxy.tls_certs]]".into(),
+            ));
+        }
+        if tls_listen.is_none() && !tls_certs.is_empty() {
+            return Err(bad(
+                "proxy.tls_listen",
+                "certificates are configured but proxy.tls_listen is empty".into(),
+            ));
+        }
+        let tls_keys_set = !p.upstream_sni.is_empty() || !p.upstream_ca_path.is_empty();
+        if tls_keys_set && !p.upstream_tls {
+            return Err(bad(
+                "proxy.upstream_tls",
+                "upstream_sni and upstream_ca_path need upstream_tls = true".into(),
+            ));
+        }
+        if !p.upstream_sni.is_empty() {
+            crate::tls::check_server_name(&p.upstream_sni)
+                .map_err(|m| bad("proxy.upstream_sni", m))?;
+        }
+        if p.upgrade_sock.trim().is_empty() {
+            return Err(bad("proxy.upgrade_sock", "must not be empty".into()));
+        }
+        if p.max_body_bytes == Some(0) {
+            return Err(bad(
+                "proxy.max_body_bytes",
+                "must be greater than 0 (leave it unset for no limit)".into(),
+            ));
+        }
         let health_listen =
             parse_addr(&p.health_listen).map_err(|m| bad("proxy.health_listen", m))?;
         if p.upstreams.is_empty() {
@@ -299,6 +414,18 @@ impl Settings {
                 p.health_header_read_timeout_ms,
             ),
             ("proxy.max_header_bytes", p.max_header_bytes as u64),
+            (
+                "proxy.h2_max_concurrent_streams",
+                p.h2_max_concurrent_streams as u64,
+            ),
+            (
+                "proxy.h2_max_header_list_bytes",
+                p.h2_max_header_list_bytes as u64,
+            ),
+            (
+                "proxy.h2_max_pending_reset_streams",
+                p.h2_max_pending_reset_streams as u64,
+            ),
             (
                 "proxy.health_max_connections",
                 p.health_max_connections as u64,
@@ -371,6 +498,8 @@ impl Settings {
         .map_err(|e| bad("gateway", e.to_string()))?;
         Ok(Self {
             listen,
+            tls_listen,
+            tls_certs,
             upstreams,
             health_listen,
             file,
@@ -387,6 +516,53 @@ impl Settings {
     pub fn read_timeout(&self) -> Duration {
         Duration::from_millis(self.file.proxy.read_timeout_ms)
     }
+}
+
+/// The certificate pairs of `[proxy]`, the default first; an error names the key at fault.
+fn tls_specs(p: &ProxySection) -> Result<Vec<crate::tls::CertSpec>, (String, String)> {
+    let mut specs = Vec::new();
+    match (p.tls_cert_path.trim(), p.tls_key_path.trim()) {
+        ("", "") => {}
+        ("", _) => {
+            return Err((
+                "proxy.tls_cert_path".into(),
+                "empty while tls_key_path is set".into(),
+            ))
+        }
+        (_, "") => {
+            return Err((
+                "proxy.tls_key_path".into(),
+                "empty while tls_cert_path is set".into(),
+            ))
+        }
+        (cert, key) => specs.push(crate::tls::CertSpec {
+            cert_path: cert.to_string(),
+            key_path: key.to_string(),
+            server_names: Vec::new(),
+        }),
+    }
+    for (i, c) in p.tls_certs.iter().enumerate() {
+        let key = |k: &str| format!("proxy.tls_certs[{i}].{k}");
+        if c.cert_path.trim().is_empty() {
+            return Err((key("cert_path"), "must not be empty".into()));
+        }
+        if c.key_path.trim().is_empty() {
+            return Err((key("key_path"), "must not be empty".into()));
+        }
+        if c.server_names.is_empty() {
+            return Err((key("server_names"), "at least one name is required".into()));
+        }
+        for (j, name) in c.server_names.iter().enumerate() {
+            crate::tls::check_server_name(name)
+                .map_err(|m| (format!("proxy.tls_certs[{i}].server_names[{j}]"), m))?;
+        }
+        specs.push(crate::tls::CertSpec {
+            cert_path: c.cert_path.trim().to_string(),
+            key_path: c.key_path.trim().to_string(),
+            server_names: c.server_names.clone(),
+        });
+    }
+    Ok(specs)
 }
 
 /// Deserialise one section, naming the section and the key path in any error.
@@ -442,7 +618,11 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_match_the_spec() {
         let s = Settings::load_str("", None, &[]).expect("defaults");
-        assert_eq!(s.listen, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(s.listen, Some("127.0.0.1:8080".parse().expect("addr")));
+        assert_eq!(s.tls_listen, None);
+        assert!(s.tls_certs.is_empty());
+        assert_eq!(s.file.proxy.max_body_bytes, None);
+        assert!(!s.file.proxy.h2c);
         assert_eq!(s.health_listen, "127.0.0.1:9090".parse().expect("addr"));
         assert_eq!(s.upstreams, vec!["127.0.0.1:3000".parse().expect("addr")]);
         assert_eq!(s.file.redis.key_prefix, "wp:");
@@ -520,6 +700,67 @@ mod tests {
     }
 
     #[test]
+    fn tls_keys_are_checked_before_anything_binds() {
+        rejects(
+            "[proxy]\nlisten = \"\"\n",
+            "proxy.listen",
+            "at least one listener",
+        );
+        rejects(
+            "[proxy]\ntls_listen = \"127.0.0.1:8443\"\n",
+            "proxy.tls_cert_path",
+            "needs a certificate",
+        );
+        rejects(
+            "[proxy]\ntls_listen = \"127.0.0.1:8443\"\ntls_cert_path = \"c.pem\"\n",
+            "proxy.tls_key_path",
+            "empty",
+        );
+        rejects(
+            "[proxy]\ntls_cert_path = \"c.pem\"\ntls_key_path = \"k.pem\"\n",
+            "proxy.tls_listen",
+            "empty",
+        );
+        rejects(
+            "[proxy]\ntls_listen = \"127.0.0.1:8443\"\n[[proxy.tls_certs]]\ncert_path = \"c.pem\"\nkey_path = \"k.pem\"\n",
+            "proxy.tls_certs[0].server_names",
+            "at least one",
+        );
+        rejects(
+            "[proxy]\ntls_listen = \"127.0.0.1:8443\"\n[[proxy.tls_certs]]\ncert_path = \"c.pem\"\nkey_path = \"k.pem\"\nserver_names = [\"a b\"]\n",
+            "proxy.tls_certs[0].server_names[0]",
+            "not a DNS name",
+        );
+        rejects(
+            "[proxy]\nupstream_ca_path = \"ca.pem\"\n",
+            "proxy.upstream_tls",
+            "upstream_tls = true",
+        );
+        rejects(
+            "[proxy]\nmax_body_bytes = 0\n",
+            "proxy.max_body_bytes",
+            "greater than 0",
+        );
+        rejects(
+            "[proxy]\nh2_max_concurrent_streams = 0\n",
+            "proxy.h2_max_concurrent_streams",
+            "greater than 0",
+        );
+        let s = Settings::load_str(
+            "[proxy]\nlisten = \"\"\ntls_listen = \"127.0.0.1:8443\"\ntls_cert_path = \"c.pem\"\ntls_key_path = \"k.pem\"\n\
+             [[proxy.tls_certs]]\ncert_path = \"b.pem\"\nkey_path = \"bk.pem\"\nserver_names = [\"b.example\", \"*.b.example\"]\n",
+            None,
+            &[],
+        )
+        .expect("TLS only is valid");
+        assert_eq!(s.listen, None);
+        assert_eq!(s.tls_listen, Some("127.0.0.1:8443".parse().expect("addr")));
+        assert_eq!(s.tls_certs.len(), 2);
+        assert_eq!(s.tls_certs[0].cert_path, "c.pem");
+        assert_eq!(s.tls_certs[1].server_names, ["b.example", "*.b.example"]);
+    }
+
+    #[test]
     fn bad_gateway_section_names_every_problem() {
         rejects(
             "[gateway]\ntrusted_cidrs = [\"10.0.0.0/8\", \"10.0.0.300/8\"]\n",
@@ -591,7 +832,7 @@ mod tests {
         ];
         let s =
             Settings::load_str("[proxy]\nlisten = \"127.0.0.1:1\"\n", None, &env).expect("valid");
-        assert_eq!(s.listen.port(), 18080);
+        assert_eq!(s.listen.map(|a| a.port()), Some(18080));
         assert_eq!(s.file.redis.url, "redis://127.0.0.1:6390");
         assert_eq!(s.gateway.trusted_cidrs.len(), 1);
         let env = vec![(

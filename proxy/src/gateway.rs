@@ -8,10 +8,14 @@
 //!   max_header_bytes` in total are answered 431 first, before any header is interpreted
 //!   (logged with the peer as client and `decision=reject`). The `Connection` header is sanitised here, before Pingora
 //!   builds the upstream request from it.
-//! - `upstream_peer`: the next healthy upstream, round-robin.
+//!   A `Content-Length` above `[proxy] max_body_bytes` is answered 413 here.
+//! - `request_body_filter`: count a streamed body against `max_body_bytes`; past it, 413.
+//! - `upstream_peer`: the next healthy upstream, round-robin (over verified TLS with
+//!   `upstream_tls`).
 //! - `upstream_request_filter`: remove incoming copies of the proxy's headers and forged
 //!   forwarding metadata, set ours.
-//! - `response_filter`: add `X-Request-Id` to the response.
+//! - `response_filter`: add `X-Request-Id` to the response; on a `101` (WebSocket upgrade) log
+//!   the entry now, once, rather than when the upgraded connection ends.
 //! - `fail_to_connect` / `fail_to_proxy`: retry another upstream when one refuses; map
 //!   failures to deliberate statuses (502, 504) with a JSON error body.
 //! - `logging`: enqueue the access-log entry (never waits) and count metrics.
@@ -59,9 +63,9 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 32_768;
 pub struct Gateway {
     live: Arc<LiveConfig>,
     geo: Arc<GeoDb>,
-    risk: Arc<RiskEngine>,
+    /// The file's `[risk]` engine, replaced on reload.
+    risk: Arc<ArcSwap<RiskEngine>>,
     upstreams: Arc<LoadBalancer<RoundRobin>>,
-    upstream_count: usize,
     log: LogSink,
     metrics: Metrics,
     proxy_id: Arc<str>,
@@ -71,6 +75,15 @@ pub struct Gateway {
     /// Held only while a new rate window is built.
     rate_swap: std::sync::Mutex<()>,
     max_header_bytes: usize,
+    upstream_tls: Option<Arc<UpstreamTls>>,
+    max_body_bytes: Option<u64>,
+}
+
+/// How the upstreams are reached over TLS (`[proxy] upstream_tls`).
+#[derive(Debug, Default)]
+pub struct UpstreamTls {
+    /// The server name sent and verified for each upstream address (replaced on reload).
+    pub sni: ArcSwap<std::collections::HashMap<std::net::SocketAddr, String>>,
 }
 
 /// The per-client request counter and the window it counts over. A runtime config with another
@@ -100,22 +113,20 @@ impl Gateway {
     pub fn new(
         live: Arc<LiveConfig>,
         geo: Arc<GeoDb>,
-        risk: Arc<RiskEngine>,
+        risk: Arc<ArcSwap<RiskEngine>>,
         upstreams: Arc<LoadBalancer<RoundRobin>>,
-        upstream_count: usize,
         log: LogSink,
         metrics: Metrics,
         proxy_id: &str,
         connect_timeout: Duration,
         read_timeout: Duration,
     ) -> Self {
-        let window = RateWindow::new(risk.rate_window_secs());
+        let window = RateWindow::new(risk.load().rate_window_secs());
         Self {
             live,
             geo,
             risk,
             upstreams,
-            upstream_count,
             log,
             metrics,
             proxy_id: Arc::from(proxy_id),
@@ -124,7 +135,21 @@ impl Gateway {
             rate: ArcSwap::from_pointee(window),
             rate_swap: std::sync::Mutex::new(()),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            upstream_tls: None,
+            max_body_bytes: None,
         }
+    }
+
+    /// Reach the upstreams over TLS, verifying their certificates (`None`: cleartext).
+    pub fn with_upstream_tls(mut self, tls: Option<Arc<UpstreamTls>>) -> Self {
+        self.upstream_tls = tls;
+        self
+    }
+
+    /// Answer 413 to request bodies larger than `max` bytes (`[proxy] max_body_bytes`).
+    pub fn with_max_body_bytes(mut self, max: Option<u64>) -> Self {
+        self.max_body_bytes = max;
+        self
     }
 
     /// Answer 431 to requests whose header fields exceed `max` bytes (`[proxy]
@@ -157,6 +182,13 @@ impl Gateway {
         rate.rate_with(&key, |c| {
             c.prev_samples as f64 * (1.0 - c.current_interval_fraction) + c.curr_samples as f64
         })
+    }
+
+    fn body_limit_message(&self) -> String {
+        format!(
+            "request body exceeds {} bytes",
+            self.max_body_bytes.unwrap_or_default()
+        )
     }
 
     /// Answer 431 to a request whose header fields exceed `max_header_bytes`, before any of
@@ -210,9 +242,15 @@ pub struct RequestCtx {
     request_id: String,
     decided: Option<Decided>,
     upstream: String,
-    /// The status `fail_to_proxy` answered with, when it did.
+    /// The status to log when no response was written yet: what `fail_to_proxy` or a body
+    /// limit answered, or 101 for an upgrade logged when it happens.
     error_status: Option<u16>,
     connect_failures: usize,
+    /// Request body bytes read so far (counted against `max_body_bytes`).
+    body_bytes: u64,
+    /// The entry is already logged (an upgrade is logged when the upstream answers 101, not
+    /// when the upgraded connection ends).
+    logged: bool,
 }
 
 /// The outcome of `request_filter`.
@@ -238,6 +276,8 @@ impl RequestCtx {
             upstream: String::new(),
             error_status: None,
             connect_failures: 0,
+            body_bytes: 0,
+            logged: false,
         }
     }
 }
@@ -345,10 +385,18 @@ impl ProxyHttp for Gateway {
         if header_bytes(&req.headers) > self.max_header_bytes {
             return self.refuse_oversized(session, ctx, gateway, peer).await;
         }
+        let declared_too_large = self.max_body_bytes.is_some_and(|max| {
+            req.headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .is_some_and(|len| len > max)
+        });
         let (client, forwarded_for) = resolve_with_forwarded_for(peer, &req.headers, &gateway);
         let country = self.geo.lookup_country(client.ip);
         let country = country.as_ref().map(|c| c.as_str()).unwrap_or("");
-        let engine = gateway.risk_engine(&self.risk);
+        let file_risk = self.risk.load();
+        let engine = gateway.risk_engine(&file_risk);
         let recent_requests = self.observe_rate(client.ip, engine.rate_window_secs());
         let facts = RequestFacts {
             ip: client.ip,
@@ -405,7 +453,39 @@ impl ProxyHttp for Gateway {
             let _ = respond_json(session, 403, body, &ctx.request_id).await;
             return Ok(true);
         }
+        if declared_too_large {
+            // Announced up front: answer before reading a byte of it, and close (the body
+            // is not read to its end).
+            session.set_keepalive(None);
+            let body = error_body(
+                "PAYLOAD_TOO_LARGE",
+                &self.body_limit_message(),
+                &ctx.request_id,
+            );
+            let _ = respond_json(session, 413, body, &ctx.request_id).await;
+            ctx.error_status = Some(413);
+            return Ok(true);
+        }
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        // Chunked (or HTTP/2) bodies of unannounced length: counted as they stream through.
+        if let (Some(max), Some(chunk)) = (self.max_body_bytes, body.as_ref()) {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > max {
+                let mut e = Error::explain(ErrorType::HTTPStatus(413), self.body_limit_message());
+                e.esource = ErrorSource::Downstream;
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -424,7 +504,24 @@ impl ProxyHttp for Gateway {
             });
         };
         ctx.upstream = backend.addr.to_string();
-        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        let mut peer = match &self.upstream_tls {
+            None => HttpPeer::new(backend.addr, false, String::new()),
+            Some(tls) => {
+                // An empty SNI would make Pingora skip verification, so it is never empty: the
+                // configured name, else the address (verified against the certificate's IP
+                // names). Verification of chain and name stays on.
+                let sni = match backend.addr.as_inet() {
+                    Some(a) => tls
+                        .sni
+                        .load()
+                        .get(a)
+                        .cloned()
+                        .unwrap_or_else(|| a.ip().to_string()),
+                    None => String::from("localhost"),
+                };
+                HttpPeer::new(backend.addr, true, sni)
+            }
+        };
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);
         Ok(Box::new(peer))
@@ -439,7 +536,7 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         // Nothing reached the upstream, so another one may take the request.
         ctx.connect_failures += 1;
-        if ctx.connect_failures < self.upstream_count {
+        if ctx.connect_failures < self.upstreams.backends().get_backend().len() {
             e.set_retry(true);
         }
         e
@@ -481,11 +578,20 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         upstream_response.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // An upgraded connection (WebSocket) may stay open for hours: log it now, once,
+            // with status 101, rather than when it ends.
+            ctx.error_status = Some(101);
+            let request_id = ctx.request_id.clone();
+            self.logging(session, None, ctx).await;
+            ctx.request_id = request_id;
+            ctx.logged = true;
+        }
         Ok(())
     }
 
@@ -496,6 +602,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let (status, code, message, kind) = classify(e);
+        if kind == Some("tls") {
+            tracing::warn!(error = %e, upstream = %ctx.upstream, "upstream TLS failed");
+        }
         if let Some(kind) = kind {
             self.metrics
                 .upstream_errors
@@ -514,6 +623,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.logged {
+            return;
+        }
         let latency = ctx.start.elapsed();
         let status = session
             .response_written()
@@ -579,6 +691,7 @@ impl ProxyHttp for Gateway {
 fn classify(e: &Error) -> (u16, &'static str, &'static str, Option<&'static str>) {
     use ErrorType::*;
     match (e.etype(), e.esource()) {
+        (HTTPStatus(413), _) => (413, "PAYLOAD_TOO_LARGE", "request body too large", None),
         (HTTPStatus(code), _) => (*code, "UPSTREAM_ERROR", "request failed", None),
         (ConnectTimedout | ReadTimedout | WriteTimedout, ErrorSource::Upstream) => (
             504,
@@ -591,6 +704,12 @@ fn classify(e: &Error) -> (u16, &'static str, &'static str, Option<&'static str>
             "BAD_GATEWAY",
             "no upstream available",
             Some("no_healthy_upstream"),
+        ),
+        (TLSHandshakeFailure | InvalidCert | HandshakeError, ErrorSource::Upstream) => (
+            502,
+            "BAD_GATEWAY",
+            "upstream TLS handshake failed",
+            Some("tls"),
         ),
         (ConnectRefused | ConnectError | SocketError, ErrorSource::Upstream) => {
             (502, "BAD_GATEWAY", "upstream unavailable", Some("connect"))

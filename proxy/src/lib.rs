@@ -11,7 +11,9 @@ pub mod health;
 pub mod live_config;
 pub mod metrics;
 pub mod redact;
+pub mod reload;
 pub mod server;
+pub mod tls;
 
 pub use config::Settings;
 pub use error::ProxyError;

@@ -29,7 +29,7 @@ pub struct Metrics {
     pub config_version: IntGauge,
     /// `gateway_config_refused_total`: configs from Redis refused as invalid.
     pub config_refused: IntCounter,
-    /// `upstream_errors_total{kind}`: `connect`, `timeout`, `no_healthy_upstream`, `other`.
+    /// `upstream_errors_total{kind}`: `connect`, `timeout`, `no_healthy_upstream`, `tls`, `other`.
     pub upstream_errors: IntCounterVec,
     /// `upstreams_healthy`: upstreams passing their health check (set when scraped).
     pub upstreams_healthy: IntGauge,
@@ -44,6 +44,12 @@ pub struct Metrics {
     /// `gateway_config_source{source}`: 1 for the source of the applied config (`redis`,
     /// `cache` or `file`), 0 for the others (set when scraped).
     pub config_source: IntGaugeVec,
+    /// `tls_cert_expiry_seconds{cert}`: each served certificate's `notAfter` (unix seconds),
+    /// labelled with its certificate file.
+    pub tls_cert_expiry: IntGaugeVec,
+    /// `tls_cert_reload_failures_total`: replaced certificate files refused as invalid (the
+    /// previous pair kept serving).
+    pub tls_reload_failures: IntCounter,
     /// The children of `requests_total` and `request_duration_seconds`, resolved once.
     outcomes: Arc<Outcomes>,
 }
@@ -172,6 +178,19 @@ impl Metrics {
         registry.register(Box::new(log_oldest_age.clone()))?;
         registry.register(Box::new(log_write_errors.clone()))?;
         registry.register(Box::new(config_source.clone()))?;
+        let tls_cert_expiry = IntGaugeVec::new(
+            Opts::new(
+                "tls_cert_expiry_seconds",
+                "notAfter of each served TLS certificate, unix seconds",
+            ),
+            &["cert"],
+        )?;
+        let tls_reload_failures = IntCounter::new(
+            "tls_cert_reload_failures_total",
+            "Replaced TLS certificate files refused as invalid (the previous pair kept)",
+        )?;
+        registry.register(Box::new(tls_cert_expiry.clone()))?;
+        registry.register(Box::new(tls_reload_failures.clone()))?;
         let decisions = [Decision::Allow, Decision::Reject, Decision::Flag];
         let outcomes = Arc::new(Outcomes {
             requests: decisions
@@ -179,7 +198,7 @@ impl Metrics {
             durations: decisions.map(|d| request_duration.with_label_values(&[d.as_str()])),
             write_errors: WRITE_ERROR_KINDS.map(|k| log_write_errors.with_label_values(&[k])),
         });
-        for kind in ["connect", "timeout", "no_healthy_upstream", "other"] {
+        for kind in ["connect", "timeout", "no_healthy_upstream", "tls", "other"] {
             upstream_errors.with_label_values(&[kind]);
         }
         for source in CONFIG_SOURCES {
@@ -201,6 +220,8 @@ impl Metrics {
             log_oldest_age,
             log_write_errors,
             config_source,
+            tls_cert_expiry,
+            tls_reload_failures,
             outcomes,
         })
     }

@@ -32,10 +32,18 @@ use watchpost_risk::RiskEngine;
 use crate::access_log::{self, wait_true, RedisStatus, WriterConfig};
 use crate::config::Settings;
 use crate::error::ProxyError;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, UpstreamTls};
 use crate::health::{self, HealthLimits, HealthState};
 use crate::live_config::{self, LiveConfig};
 use crate::metrics::Metrics;
+use crate::reload::{Reloader, SharedList, UpstreamList};
+use crate::tls::CertStore;
+use arc_swap::ArcSwap;
+use futures::FutureExt as _;
+use pingora::apps::HttpServerOptions;
+use pingora::lb::Backends;
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::http::v2::server::default_h2_options;
 
 /// How often the gateway config is re-read even without an announcement (SPEC §4: a change
 /// applies within 1 s).
@@ -55,8 +63,10 @@ pub enum StopOn {
 /// A running proxy instance.
 pub struct RunningProxy {
     listen: SocketAddr,
+    tls_listen: Option<SocketAddr>,
     health: SocketAddr,
     metrics: Metrics,
+    reloader: Reloader,
     stop: Option<oneshot::Sender<()>>,
     pingora: Option<JoinHandle<()>>,
     control_stop: watch::Sender<bool>,
@@ -79,18 +89,46 @@ impl ShutdownSignalWatch for HandleSignal {
 /// Validate the environment the settings describe (GeoIP file, risk config, listen address
 /// free), then start the instance and wait until its listener accepts connections.
 pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyError> {
+    start_with(settings, stop_on, false)
+}
+
+/// [`start`]; with `upgrade`, take the listening sockets over from the running proxy (the
+/// binary's `--upgrade`): wait on `[proxy] upgrade_sock` until the old process, sent SIGQUIT,
+/// hands them over, then serve while it drains and exits.
+pub fn start_with(
+    settings: Settings,
+    stop_on: StopOn,
+    upgrade: bool,
+) -> Result<RunningProxy, ProxyError> {
     let metrics = Metrics::new().map_err(|e| ProxyError::Start(format!("metrics: {e}")))?;
     let (geo, risk) = check(&settings)?;
+    let certs = check_tls(&settings, Some(&metrics))?;
     // Pingora binds inside its own runtime and cannot report a failure back, so make sure the
-    // address is free (and allowed) now, with a clear message if it is not.
-    std::net::TcpListener::bind(settings.listen).map_err(|source| ProxyError::Bind {
-        what: "proxy.listen",
-        addr: settings.listen,
-        source,
-    })?;
+    // addresses are free (and allowed) now, with a clear message if one is not. (An upgrade
+    // receives them from the running process instead.)
+    for (what, addr) in [
+        ("proxy.listen", settings.listen),
+        ("proxy.tls_listen", settings.tls_listen),
+    ] {
+        if let Some(addr) = addr.filter(|_| !upgrade) {
+            std::net::TcpListener::bind(addr).map_err(|source| ProxyError::Bind {
+                what,
+                addr,
+                source,
+            })?;
+        }
+    }
 
-    let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(settings.upstreams.iter().copied())
-        .map_err(|e| ProxyError::Start(format!("upstreams: {e}")))?;
+    // The upstream list is replaceable (SIGHUP); the balancer discovers it from a shared list.
+    let list = Arc::new(UpstreamList::new(&settings.upstreams)?);
+    let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(SharedList(
+        list.clone(),
+    ))));
+    match lb.update().now_or_never() {
+        Some(Ok(())) => {}
+        Some(Err(e)) => return Err(ProxyError::Start(format!("upstreams: {e}"))),
+        None => return Err(ProxyError::Start("upstreams: discovery blocked".into())),
+    }
     lb.set_health_check(TcpHealthCheck::new());
     lb.health_check_frequency = Some(Duration::from_millis(
         settings.file.proxy.health_check_interval_ms,
@@ -124,6 +162,7 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let control = {
         let settings = settings.clone();
+        let certs = certs.clone();
         let (metrics, log, status, upstreams, geo, proxy_id) = (
             metrics.clone(),
             log.clone(),
@@ -153,7 +192,7 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
                     }
                 };
                 rt.block_on(async move {
-                    let listener = match TcpListener::bind(settings.health_listen).await {
+                    let listener = match bind_shared(settings.health_listen) {
                         Ok(l) => l,
                         Err(source) => {
                             let _ = ready_tx.send(Err(ProxyError::Bind {
@@ -189,6 +228,13 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
                         status.clone(),
                         control_rx.clone(),
                     ));
+                    if let Some(certs) = certs {
+                        tokio::spawn(crate::tls::watch(
+                            certs,
+                            crate::tls::RELOAD_INTERVAL,
+                            control_rx.clone(),
+                        ));
+                    }
                     tokio::spawn(reload_geo(
                         geo.clone(),
                         Duration::from_secs(settings.file.geo.reload_interval_secs),
@@ -234,19 +280,29 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
         }
     };
 
+    let risk = Arc::new(ArcSwap::new(risk));
+    let upstream_tls = upstream_tls(&settings);
+    let reloader = Reloader {
+        upstream_tls: upstream_tls.clone(),
+        list,
+        upstreams: upstreams.clone(),
+        risk: risk.clone(),
+        certs: certs.clone(),
+    };
     let gateway = Gateway::new(
         live,
         geo,
         risk,
         upstreams,
-        settings.upstreams.len(),
         log,
         metrics.clone(),
         &proxy_id,
         settings.connect_timeout(),
         settings.read_timeout(),
     )
-    .with_max_header_bytes(settings.file.proxy.max_header_bytes);
+    .with_max_header_bytes(settings.file.proxy.max_header_bytes)
+    .with_upstream_tls(upstream_tls)
+    .with_max_body_bytes(settings.file.proxy.max_body_bytes);
 
     // Pingora side.
     let (stop, stop_rx) = oneshot::channel();
@@ -256,20 +312,53 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
         work_stealing: p.work_stealing,
         grace_period_seconds: Some(p.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(p.shutdown_timeout_secs),
+        // The root store of upstream TLS verification (Pingora's connector reads it once).
+        ca_file: Some(p.upstream_ca_path.clone()).filter(|c| !c.is_empty()),
+        upgrade_sock: p.upgrade_sock.clone(),
         ..ServerConf::default()
     };
-    let listen = settings.listen;
+    let (listen, tls_listen) = (settings.listen, settings.tls_listen);
+    let mut server_options = HttpServerOptions::default();
+    server_options.h2c = p.h2c;
+    let mut h2 = default_h2_options();
+    h2.max_concurrent_streams(p.h2_max_concurrent_streams)
+        .max_header_list_size(p.h2_max_header_list_bytes)
+        .max_pending_accept_reset_streams(p.h2_max_pending_reset_streams);
+    let tls_settings = match &certs {
+        Some(store) => {
+            let mut tls = TlsSettings::intermediate("", "")
+                .map_err(|e| ProxyError::Start(format!("proxy.tls_listen: {e}")))?;
+            tls.set_cert_resolver(store.clone());
+            // ALPN: h2 preferred, http/1.1 allowed.
+            tls.enable_h2();
+            Some(tls)
+        }
+        None => None,
+    };
     let pingora = std::thread::Builder::new()
         .name("wp-pingora".into())
         .spawn(move || {
-            let mut server = Server::new_with_opt_and_conf(None, conf);
+            let opt = upgrade.then(|| pingora::server::configuration::Opt {
+                upgrade: true,
+                ..Default::default()
+            });
+            let mut server = Server::new_with_opt_and_conf(opt, conf);
             server.bootstrap();
             let mut proxy = pingora::proxy::http_proxy_service_with_name(
                 &server.configuration,
                 gateway,
                 "watchpost-proxy",
             );
-            proxy.add_tcp(&listen.to_string());
+            if let Some(app) = proxy.app_logic_mut() {
+                app.server_options = Some(server_options);
+                app.h2_options = Some(h2);
+            }
+            if let Some(listen) = listen {
+                proxy.add_tcp(&listen.to_string());
+            }
+            if let (Some(addr), Some(tls)) = (tls_listen, tls_settings) {
+                proxy.add_tls_with_settings(&addr.to_string(), None, tls);
+            }
             server.add_service(proxy);
             server.add_service(hc_service);
             let run_args = match stop_on {
@@ -285,24 +374,31 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
             source,
         })?;
 
+    // One of the two is set (validated); either way the first listener is probed.
+    let Some(probe) = listen.or(tls_listen) else {
+        return Err(ProxyError::Start("no listener configured".into()));
+    };
     let running = RunningProxy {
-        listen,
+        listen: probe,
+        tls_listen,
         health,
         metrics,
+        reloader,
         stop: Some(stop),
         pingora: Some(pingora),
         control_stop,
         control: Some(control),
     };
     let stopped = || running.pingora.as_ref().is_none_or(|h| h.is_finished());
-    if wait_accepting(listen, stopped)? == Readiness::StoppedFirst {
+    if wait_accepting(probe, stopped)? == Readiness::StoppedFirst {
         // A signal that arrives while we are still probing our own listener is an ordinary
         // stop, not a failed start: the caller's `wait` flushes the access log as usual.
         tracing::info!("watchpost-proxy stopped before it reported ready");
         return Ok(running);
     }
     tracing::info!(
-        listen = %listen,
+        listen = ?listen,
+        tls_listen = ?tls_listen,
         health = %health,
         upstreams = ?settings.upstreams,
         "watchpost-proxy is serving"
@@ -320,6 +416,113 @@ pub fn check(settings: &Settings) -> Result<(Arc<GeoDb>, Arc<RiskEngine>), Proxy
     });
     let risk = RiskEngine::new(&settings.file.risk).map_err(|e| ProxyError::Risk(e.to_string()))?;
     Ok((geo, Arc::new(risk)))
+}
+
+/// Bind the health listener with `SO_REUSEPORT`, so that during a binary upgrade the new
+/// process can serve `/healthz` while the old one drains.
+fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Load the TLS certificates (`None` without `tls_listen`) and check `upstream_ca_path`, so a
+/// bad file is reported before anything binds. `--check` runs this too.
+pub fn check_tls(
+    settings: &Settings,
+    metrics: Option<&Metrics>,
+) -> Result<Option<Arc<CertStore>>, ProxyError> {
+    let p = &settings.file.proxy;
+    if !p.upstream_ca_path.is_empty() {
+        let pem = std::fs::read(&p.upstream_ca_path).map_err(|e| ProxyError::Config {
+            path: None,
+            key: "proxy.upstream_ca_path".into(),
+            message: format!("cannot read {}: {e}", p.upstream_ca_path),
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let added = cert
+                .map_err(|e| e.to_string())
+                .and_then(|c| roots.add(c).map_err(|e| e.to_string()));
+            if let Err(e) = added {
+                return Err(ProxyError::Config {
+                    path: None,
+                    key: "proxy.upstream_ca_path".into(),
+                    message: format!("{}: {e}", p.upstream_ca_path),
+                });
+            }
+        }
+        if roots.is_empty() {
+            return Err(ProxyError::Config {
+                path: None,
+                key: "proxy.upstream_ca_path".into(),
+                message: format!("{}: no CA certificate in the file", p.upstream_ca_path),
+            });
+        }
+    }
+    if settings.tls_listen.is_none() {
+        return Ok(None);
+    }
+    // rustls needs a process-wide crypto provider; Pingora installs the same one (ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    CertStore::load(settings.tls_certs.clone(), metrics.cloned())
+        .map(|s| Some(Arc::new(s)))
+        .map_err(|(i, message)| {
+            // The default pair (`tls_cert_path`) comes first when it is set.
+            let key = match (p.tls_cert_path.trim().is_empty(), i) {
+                (false, 0) => "proxy.tls_cert_path".to_string(),
+                (false, i) => format!("proxy.tls_certs[{}]", i - 1),
+                (true, i) => format!("proxy.tls_certs[{i}]"),
+            };
+            ProxyError::Config {
+                path: None,
+                key,
+                message,
+            }
+        })
+}
+
+/// The gateway's upstream TLS settings: `None` for cleartext upstreams.
+fn upstream_tls(settings: &Settings) -> Option<Arc<UpstreamTls>> {
+    if !settings.file.proxy.upstream_tls {
+        return None;
+    }
+    Some(Arc::new(UpstreamTls {
+        sni: ArcSwap::from_pointee(sni_map(settings)),
+    }))
+}
+
+/// SNI (and the name verified) of each upstream: `upstream_sni`, else its host as written.
+pub(crate) fn sni_map(settings: &Settings) -> std::collections::HashMap<SocketAddr, String> {
+    let p = &settings.file.proxy;
+    settings
+        .upstreams
+        .iter()
+        .zip(&p.upstreams)
+        .map(|(addr, raw)| {
+            let host = if p.upstream_sni.is_empty() {
+                host_of(raw)
+            } else {
+                p.upstream_sni.clone()
+            };
+            (*addr, host)
+        })
+        .collect()
+}
+
+/// The host part of `host:port` (brackets of an IPv6 literal removed).
+fn host_of(raw: &str) -> String {
+    let raw = raw.trim();
+    let host = raw.rsplit_once(':').map_or(raw, |(h, _)| h);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
 }
 
 /// How waiting for the listener ended.
@@ -379,9 +582,21 @@ async fn reload_geo(geo: Arc<GeoDb>, every: Duration, mut shutdown: watch::Recei
 }
 
 impl RunningProxy {
-    /// The client-facing address.
+    /// The client-facing address: the cleartext listener, or the TLS one when there is no
+    /// cleartext listener.
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// What replaces the upstream list and risk settings of this instance (SIGHUP in the
+    /// binary).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
+    /// The TLS listener, when configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_listen
     }
 
     /// The bound `/healthz` + `/metrics` address (the real port when configured with port 0).

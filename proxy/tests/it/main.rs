@@ -3,13 +3,19 @@
 
 mod access_log;
 mod binary;
+mod bodies;
 mod client_ip;
 mod geo;
+mod h2;
 mod header_limits;
 mod health;
 mod live_config;
 mod metrics;
 mod reject;
+mod reload;
 mod risk_runtime;
 mod support;
+mod tls;
+mod upgrade;
 mod upstream;
+mod websocket;

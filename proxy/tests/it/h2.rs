@@ -1,0 +1,246 @@
+//! HTTP/2: negotiated by ALPN on the TLS listener, h2c only when `[proxy] h2c = true`, and
+//! the limits against the known floods, exercised with a raw-frame client.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{free_port, redis_url, Origin, TestProxy, BROWSER};
+use crate::tls::{tls_addr, tls_connect, tls_keys, Pki};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+async fn h2_get<T>(io: T, scheme: &str, path: &str) -> (u16, http::HeaderMap, Bytes)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    let mut req = Request::get(format!("{scheme}://test.local{path}"));
+    for (k, v) in BROWSER {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Empty::<Bytes>::new()).expect("request"))
+        .await
+        .expect("response");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, headers, body)
+}
+
+async fn tls_proxy(name: &str, origin: &Origin, pki: &Pki, more: &str) -> TestProxy {
+    let files = pki.install("h2", &pki.issue(&["h2.test"]));
+    let keys = format!("{}{more}", tls_keys(free_port(), &files, &[]));
+    TestProxy::start_with(name, &[origin.addr], &redis_url(), &keys, "").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_by_alpn_is_proxied_and_logged_as_h2() {
+    let origin = Origin::start().await;
+    let pki = Pki::new("h2");
+    let mut p = tls_proxy("h2_alpn", &origin, &pki, "").await;
+    let s = tls_connect(&pki.client(&[b"h2", b"http/1.1"]), tls_addr(&p), "h2.test").await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (status, headers, body) = h2_get(s, "https", "/over-h2").await;
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], b"origin ok");
+    let seen = origin.last();
+    assert_eq!(seen.path, "/over-h2");
+    assert_eq!(seen.header("x-forwarded-proto").as_deref(), Some("https"));
+    let id = headers["x-request-id"].to_str().expect("id").to_string();
+    let entry = p.entry_for(&id).await;
+    assert_eq!(entry["proto"], "h2");
+    assert_eq!(entry["status"], "200");
+
+    // A client offering only http/1.1 gets HTTP/1.1.
+    let s = tls_connect(&pki.client(&[b"http/1.1"]), tls_addr(&p), "h2.test").await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    p.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_only_when_enabled() {
+    let origin = Origin::start().await;
+    let mut on =
+        TestProxy::start_with("h2c_on", &[origin.addr], &redis_url(), "h2c = true\n", "").await;
+    let tcp = TcpStream::connect(on.addr).await.expect("connect");
+    let (status, headers, _) = h2_get(tcp, "http", "/h2c").await;
+    assert_eq!(status, 200);
+    let id = headers["x-request-id"].to_str().expect("id").to_string();
+    assert_eq!(on.entry_for(&id).await["proto"], "h2");
+    on.cleanup().await;
+
+    // Off (the default): the HTTP/2 preface is not understood as HTTP/2.
+    let mut off = TestProxy::start("h2c_off", &[origin.addr], "").await;
+    let mut tcp = TcpStream::connect(off.addr).await.expect("connect");
+    tcp.write_all(PREFACE).await.expect("preface");
+    tcp.write_all(&frame(0x4, 0, 0, &[]))
+        .await
+        .expect("settings");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut buf)).await;
+    // An HTTP/1.1 error or a close, never the server's HTTP/2 SETTINGS.
+    assert!(
+        buf.is_empty() || buf.starts_with(b"HTTP/1.1 4"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    off.cleanup().await;
+}
+
+/// One HTTP/2 frame: 24-bit length, type, flags, stream id.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.push(kind);
+    f.push(flags);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A HEADERS block for `GET https://h2.test/` (HPACK: indexed :method GET, :scheme https,
+/// :path /, literal :authority).
+fn request_block() -> Vec<u8> {
+    let mut b = vec![0x82, 0x87, 0x84, 0x41, 7];
+    b.extend_from_slice(b"h2.test");
+    b
+}
+
+/// Read frames until a GOAWAY arrives (returns its error code) or the connection closes
+/// (returns `None`).
+async fn goaway<R: AsyncReadExt + Unpin>(r: &mut R) -> Option<u32> {
+    let read = async {
+        loop {
+            let mut head = [0u8; 9];
+            if r.read_exact(&mut head).await.is_err() {
+                return None;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if r.read_exact(&mut payload).await.is_err() {
+                return None;
+            }
+            if head[3] == 0x7 && payload.len() >= 8 {
+                return Some(u32::from_be_bytes([
+                    payload[4], payload[5], payload[6], payload[7],
+                ]));
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), read)
+        .await
+        .expect("GOAWAY or close within 15 s")
+}
+
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+async fn raw_h2(p: &TestProxy, pki: &Pki) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut s = tls_connect(&pki.client(&[b"h2"]), tls_addr(p), "h2.test").await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    s.write_all(PREFACE).await.expect("preface");
+    s.write_all(&frame(0x4, 0, 0, &[])).await.expect("settings");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_gets_goaway() {
+    let origin = Origin::start().await;
+    let pki = Pki::new("reset");
+    let mut p = tls_proxy(
+        "h2_reset",
+        &origin,
+        &pki,
+        "h2_max_pending_reset_streams = 10\n",
+    )
+    .await;
+    let mut s = raw_h2(&p, &pki).await;
+    // HEADERS (END_HEADERS) then RST_STREAM(CANCEL) at once, 1000 times, in large writes.
+    let mut burst = Vec::new();
+    for i in 0..1000u32 {
+        let id = 2 * i + 1;
+        burst.extend(frame(0x1, 0x4, id, &request_block()));
+        burst.extend(frame(0x3, 0, id, &8u32.to_be_bytes()));
+    }
+    // The server may close while we are still writing; that is the expected outcome too.
+    let _ = s.write_all(&burst).await;
+    let _ = s.flush().await;
+    let code = goaway(&mut s).await;
+    assert_eq!(code, Some(ENHANCE_YOUR_CALM), "GOAWAY(ENHANCE_YOUR_CALM)");
+    assert!(
+        origin.received().len() < 1000,
+        "the flood did not all reach the origin"
+    );
+    p.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuation_flood_gets_goaway() {
+    let origin = Origin::start().await;
+    let pki = Pki::new("cont");
+    let mut p = tls_proxy("h2_cont", &origin, &pki, "").await;
+    let mut s = raw_h2(&p, &pki).await;
+    // HEADERS without END_HEADERS, then tiny CONTINUATION frames that never end the block.
+    let mut burst = frame(0x1, 0, 1, &request_block());
+    for _ in 0..10_000 {
+        // A literal header without indexing: name "x" value "y".
+        burst.extend(frame(0x9, 0, 1, &[0x00, 1, b'x', 1, b'y']));
+    }
+    let _ = s.write_all(&burst).await;
+    let _ = s.flush().await;
+    let code = goaway(&mut s).await;
+    assert_eq!(code, Some(ENHANCE_YOUR_CALM), "GOAWAY(ENHANCE_YOUR_CALM)");
+    assert!(
+        origin.received().is_empty(),
+        "the endless header block never reached the origin"
+    );
+    p.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_are_bounded_in_settings() {
+    let origin = Origin::start().await;
+    let pki = Pki::new("streams");
+    let mut p = tls_proxy(
+        "h2_streams",
+        &origin,
+        &pki,
+        "h2_max_concurrent_streams = 7\n",
+    )
+    .await;
+    let mut s = raw_h2(&p, &pki).await;
+    // The server's first frame is its SETTINGS: MAX_CONCURRENT_STREAMS (0x3) = 7.
+    let mut head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut head))
+        .await
+        .expect("settings in time")
+        .expect("read settings");
+    assert_eq!(head[3], 0x4, "SETTINGS first");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.expect("payload");
+    let settings: Vec<(u16, u32)> = payload
+        .chunks(6)
+        .map(|c| {
+            (
+                u16::from_be_bytes([c[0], c[1]]),
+                u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+            )
+        })
+        .collect();
+    assert!(settings.contains(&(0x3, 7)), "{settings:?}");
+    assert!(
+        settings.iter().any(|(k, _)| *k == 0x6),
+        "a header-list bound: {settings:?}"
+    );
+    p.cleanup().await;
+}
