@@ -17,6 +17,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{auth::admin_guard, error::ErrorEnvelope, state::AppState};
 
 pub mod access_log;
+pub mod api_keys;
 pub mod audit;
 pub mod auth;
 pub mod auth_config;
@@ -26,6 +27,7 @@ pub mod gateway;
 pub mod gateway_risk;
 pub mod health;
 pub mod invitation_codes;
+pub mod passwords;
 pub mod organizations;
 pub mod redeem;
 pub mod redemption_codes;
@@ -46,6 +48,8 @@ pub fn admin_routes() -> OpenApiRouter<AppState> {
         .merge(auth_config::routes())
         .merge(users::routes())
         .merge(sessions::routes())
+        .merge(api_keys::routes())
+        .merge(passwords::admin_routes())
         .merge(organizations::routes())
         .merge(stats::routes())
         .merge(gateway::routes())
@@ -62,6 +66,8 @@ pub fn admin_routes() -> OpenApiRouter<AppState> {
 pub fn public_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(auth::routes())
+        .merge(passwords::public_routes())
+        .merge(sessions::me_routes())
         .merge(health::routes())
         .merge(redeem::routes())
         .routes(routes!(openapi_json))
