@@ -25,10 +25,11 @@ pub mod credits;
 pub mod email;
 pub mod gateway;
 pub mod gateway_risk;
+pub mod groups;
 pub mod health;
 pub mod invitation_codes;
-pub mod passwords;
 pub mod organizations;
+pub mod passwords;
 pub mod redeem;
 pub mod redemption_codes;
 pub mod referrals;
@@ -51,6 +52,7 @@ pub fn admin_routes() -> OpenApiRouter<AppState> {
         .merge(api_keys::routes())
         .merge(passwords::admin_routes())
         .merge(organizations::routes())
+        .merge(groups::routes())
         .merge(stats::routes())
         .merge(gateway::routes())
         .merge(access_log::routes())
