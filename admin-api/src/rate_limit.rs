@@ -212,9 +212,9 @@ impl Throttle {
     pub fn limit(self, cfg: &crate::config::AdminConfig) -> u64 {
         match self {
             Throttle::SignIn | Throttle::PasswordReset => cfg.sign_in_per_ip_per_minute,
-            Throttle::SignInAccount
-            | Throttle::PasswordResetAccount
-            | Throttle::PasswordChange => cfg.sign_in_per_account_ip_per_minute,
+            Throttle::SignInAccount | Throttle::PasswordResetAccount | Throttle::PasswordChange => {
+                cfg.sign_in_per_account_ip_per_minute
+            }
             Throttle::Register => cfg.register_per_ip_per_minute,
             Throttle::Redeem | Throttle::Runs | Throttle::InvitationCodes => {
                 cfg.public_per_ip_per_minute

@@ -398,11 +398,23 @@ mod tests {
     #[test]
     fn admin_scopes_cover_the_admin_api() {
         assert!(covers(&["admin"], Method::POST, "/api/admin/users"));
-        assert!(covers(&["admin"], Method::GET, "/api/admin/access-log/tail"));
+        assert!(covers(
+            &["admin"],
+            Method::GET,
+            "/api/admin/access-log/tail"
+        ));
         assert!(covers(&["admin:read"], Method::GET, "/api/admin/users"));
         assert!(covers(&["admin:read"], Method::GET, "/metrics"));
-        assert!(!covers(&["admin:read"], Method::DELETE, "/api/admin/api-keys/x"));
-        assert!(!covers(&["admin:read"], Method::POST, "/api/admin/users/search"));
+        assert!(!covers(
+            &["admin:read"],
+            Method::DELETE,
+            "/api/admin/api-keys/x"
+        ));
+        assert!(!covers(
+            &["admin:read"],
+            Method::POST,
+            "/api/admin/users/search"
+        ));
         assert!(!covers(&["runs"], Method::GET, "/api/admin/runs"));
         assert!(!covers(&["admin"], Method::POST, "/api/runs"));
         // A look-alike prefix is not the admin API.
@@ -423,7 +435,11 @@ mod tests {
         for scopes in [&["admin"][..], &["admin:read"], &["runs"]] {
             assert!(covers(scopes, Method::GET, "/api/me"));
             assert!(!covers(scopes, Method::GET, "/api/me/sessions"));
-            assert!(!covers(scopes, Method::DELETE, "/api/auth/sessions/current"));
+            assert!(!covers(
+                scopes,
+                Method::DELETE,
+                "/api/auth/sessions/current"
+            ));
             assert!(!covers(scopes, Method::POST, "/api/auth/password"));
         }
     }

@@ -236,7 +236,10 @@ async fn list_api_keys(
     Query(q): Query<ListApiKeysQuery>,
 ) -> Result<Json<Page<ApiKey>>, ApiError> {
     let page = PageRequest::new(q.limit, q.cursor.as_deref())?;
-    if q.user_id.as_deref().is_some_and(|id| !IdKind::User.matches(id)) {
+    if q.user_id
+        .as_deref()
+        .is_some_and(|id| !IdKind::User.matches(id))
+    {
         return Err(ApiError::bad_request("user_id must be a user id (usr_…)"));
     }
     let conn = state.db().await?;

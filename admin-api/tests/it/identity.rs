@@ -147,10 +147,13 @@ async fn api_keys_are_shown_once_scoped_listed_and_revoked() {
     // last_used_at is recorded (in the background).
     let conn = app.db().await;
     wait_until("last_used_at", || async {
-        conn.query_one("SELECT last_used_at IS NOT NULL FROM api_keys WHERE id = $1", &[&id])
-            .await
-            .expect("query")
-            .get::<_, bool>(0)
+        conn.query_one(
+            "SELECT last_used_at IS NOT NULL FROM api_keys WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("query")
+        .get::<_, bool>(0)
     })
     .await;
     let (s, list) = call(&app, "GET", "/api/admin/api-keys", &admin.key, None).await;
@@ -158,7 +161,10 @@ async fn api_keys_are_shown_once_scoped_listed_and_revoked() {
     let items = list["items"].as_array().expect("items");
     assert_eq!(items.len(), 2, "{list}");
     assert!(!list.to_string().contains(&key[12..]), "{list}");
-    let listed = items.iter().find(|k| k["id"] == id.as_str()).expect("listed");
+    let listed = items
+        .iter()
+        .find(|k| k["id"] == id.as_str())
+        .expect("listed");
     assert!(listed.get("key").is_none(), "{listed}");
     assert!(listed["last_used_at"].is_string(), "{listed}");
     assert_eq!(listed["name"], "dashboards");
@@ -178,7 +184,10 @@ async fn api_keys_are_shown_once_scoped_listed_and_revoked() {
     let (s, page2) = call(
         &app,
         "GET",
-        &format!("/api/admin/api-keys?user_id={}&limit=1&cursor={cursor}", admin.id),
+        &format!(
+            "/api/admin/api-keys?user_id={}&limit=1&cursor={cursor}",
+            admin.id
+        ),
         &admin.key,
         None,
     )
@@ -267,7 +276,14 @@ async fn a_runs_key_acts_for_its_user_on_api_runs_only() {
         json!({"name": "n", "user_id": user.id, "scopes": ["runs"], "expires_in": "400d"}),
         json!({"name": "n", "scopes": ["runs"], "extra": 1}),
     ] {
-        let (s, b) = call(&app, "POST", "/api/admin/api-keys", &admin.key, Some(body.clone())).await;
+        let (s, b) = call(
+            &app,
+            "POST",
+            "/api/admin/api-keys",
+            &admin.key,
+            Some(body.clone()),
+        )
+        .await;
         assert_error(s, &b, 400, "BAD_REQUEST");
     }
     let (s, b) = call(
@@ -282,7 +298,10 @@ async fn a_runs_key_acts_for_its_user_on_api_runs_only() {
     let keys: i64 = app
         .db()
         .await
-        .query_one("SELECT count(*) FROM api_keys WHERE user_id = $1", &[&user.id])
+        .query_one(
+            "SELECT count(*) FROM api_keys WHERE user_id = $1",
+            &[&user.id],
+        )
         .await
         .expect("count")
         .get(0);
@@ -310,13 +329,21 @@ async fn a_runs_key_acts_for_its_user_on_api_runs_only() {
     )
     .await;
     assert_eq!(s, 201, "{run}");
-    assert_eq!(run["user_id"], user.id.as_str(), "the run is the key's user's");
+    assert_eq!(
+        run["user_id"],
+        user.id.as_str(),
+        "the run is the key's user's"
+    );
     for (method, path, body) in [
         ("POST", "/api/redeem", Some(json!({"code": "AAAAA-BBBBB"}))),
         ("POST", "/api/me/invitation-codes", None),
         ("GET", "/api/admin/runs", None),
         ("DELETE", "/api/auth/sessions/current", None),
-        ("POST", "/api/auth/password", Some(json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD}))),
+        (
+            "POST",
+            "/api/auth/password",
+            Some(json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD})),
+        ),
     ] {
         let (s, b) = call(&app, method, path, &key, body).await;
         assert_error(s, &b, 403, "FORBIDDEN");
@@ -354,7 +381,14 @@ async fn an_admin_sets_a_password_and_the_users_sessions_end() {
     let second = another_session(&app, &user).await;
     let path = format!("/api/admin/users/{}/password", user.id);
 
-    let (s, b) = call(&app, "PUT", &path, &admin.key, Some(json!({"password": "short"}))).await;
+    let (s, b) = call(
+        &app,
+        "PUT",
+        &path,
+        &admin.key,
+        Some(json!({"password": "short"})),
+    )
+    .await;
     assert_error(s, &b, 422, "UNPROCESSABLE");
     assert_eq!(me_status(&app, &user.token).await, 200, "nothing changed");
     let (s, b) = call(
@@ -367,7 +401,14 @@ async fn an_admin_sets_a_password_and_the_users_sessions_end() {
     .await;
     assert_error(s, &b, 404, "NOT_FOUND");
 
-    let (s, b) = call(&app, "PUT", &path, &admin.key, Some(json!({"password": NEW_PASSWORD}))).await;
+    let (s, b) = call(
+        &app,
+        "PUT",
+        &path,
+        &admin.key,
+        Some(json!({"password": NEW_PASSWORD})),
+    )
+    .await;
     assert_eq!(s, 204, "{b}");
     assert_eq!(me_status(&app, &user.token).await, 401);
     assert_eq!(me_status(&app, &second).await, 401);
@@ -386,7 +427,8 @@ async fn changing_ones_password_keeps_only_the_current_session() {
     let app = TestApp::spawn().await;
     let user = app.create_user().await;
     let other = another_session(&app, &user).await;
-    let change = |current: &str, new: &str| json!({"current_password": current, "new_password": new});
+    let change =
+        |current: &str, new: &str| json!({"current_password": current, "new_password": new});
 
     let (s, b) = call(
         &app,
@@ -417,7 +459,11 @@ async fn changing_ones_password_keeps_only_the_current_session() {
     )
     .await;
     assert_eq!(s, 204, "{b}");
-    assert_eq!(me_status(&app, &user.token).await, 200, "the current session stays");
+    assert_eq!(
+        me_status(&app, &user.token).await,
+        200,
+        "the current session stays"
+    );
     assert_eq!(me_status(&app, &other).await, 401, "other sessions end");
     assert_eq!(sign_in(&app, &user.email, PASSWORD).await.0, 401);
     assert_eq!(sign_in(&app, &user.email, NEW_PASSWORD).await.0, 201);
@@ -499,12 +545,19 @@ async fn a_password_is_reset_through_the_emailed_link() {
         .expect("request");
     assert_eq!(response.status(), 202);
 
-    wait_until("the reset message", || async { !server.messages().is_empty() }).await;
+    wait_until("the reset message", || async {
+        !server.messages().is_empty()
+    })
+    .await;
     let messages = server.messages();
     assert_eq!(messages.len(), 1, "{messages:?}");
     assert_eq!(messages[0].rcpt_to, vec![user.email.clone()]);
     let link = reset_link(&messages[0].data);
-    assert!(!messages[0].data.contains("evil.example"), "{}", messages[0].data);
+    assert!(
+        !messages[0].data.contains("evil.example"),
+        "{}",
+        messages[0].data
+    );
     let token = link
         .strip_prefix(&format!("{PUBLIC_BASE}/reset-password?token="))
         .unwrap_or_else(|| panic!("link from public_base_url: {link}"))
@@ -570,7 +623,10 @@ async fn a_password_is_reset_through_the_emailed_link() {
     assert_eq!(reset.len(), 1);
     assert_eq!(reset[0]["changes"]["sessions_revoked"]["after"], 2);
     for row in requested.iter().chain(&reset) {
-        assert!(!row.to_string().contains(&token[4..]), "token in the audit log");
+        assert!(
+            !row.to_string().contains(&token[4..]),
+            "token in the audit log"
+        );
     }
     // Still only the one message: nothing went to the unknown address.
     assert!(server
@@ -641,7 +697,14 @@ async fn reset_requests_are_throttled_per_account() {
         .await;
     let body = json!({"email": "someone@example.com"});
     for _ in 0..2 {
-        let (s, b) = call(&app, "POST", "/api/auth/password-reset", "", Some(body.clone())).await;
+        let (s, b) = call(
+            &app,
+            "POST",
+            "/api/auth/password-reset",
+            "",
+            Some(body.clone()),
+        )
+        .await;
         assert_eq!(s, 202, "{b}");
     }
     let (s, b) = call(&app, "POST", "/api/auth/password-reset", "", Some(body)).await;
