@@ -5,7 +5,7 @@ use deadpool_postgres::Pool;
 
 use crate::{
     audit::{self, AuditCtx},
-    auth::create_api_key,
+    auth::{create_api_key, SCOPE_ADMIN},
     config::Config,
     error::ApiError,
     ids::IdKind,
@@ -188,7 +188,7 @@ pub async fn create_admin(
             user
         }
     };
-    let key = create_api_key(&tx, &user.id, "create-admin")
+    let key = create_api_key(&tx, &user.id, "create-admin", &[SCOPE_ADMIN], None)
         .await
         .map_err(fail)?;
     audit::record(
@@ -197,7 +197,12 @@ pub async fn create_admin(
         "api_key.created",
         "api_key",
         &key.id,
-        serde_json::json!({"user_id": {"before": null, "after": user.id}}),
+        serde_json::json!({
+            "user_id": {"before": null, "after": user.id},
+            "name": {"before": null, "after": "create-admin"},
+            "prefix": {"before": null, "after": key.prefix},
+            "scopes": {"before": null, "after": [SCOPE_ADMIN]},
+        }),
     )
     .await
     .map_err(fail)?;

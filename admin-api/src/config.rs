@@ -78,6 +78,11 @@ pub struct AdminConfig {
     /// Most active invitation codes (enabled, with uses left) one user may mint for themself
     /// with `POST /api/me/invitation-codes`. Default 20.
     pub max_active_invitation_codes_per_user: u32,
+    /// Public base URL of the web application (`https://watchpost.example.com`): links sent by
+    /// email, such as password resets (`<public_base_url>/reset-password?token=…`), are built
+    /// from it and never from the request's Host or X-Forwarded-Host. Default empty: no such
+    /// links are sent (a reset request is still 202 and the server logs why).
+    pub public_base_url: String,
 }
 
 impl Default for AdminConfig {
@@ -101,6 +106,7 @@ impl Default for AdminConfig {
             public_per_ip_per_minute: 120,
             sign_in_events_retention_days: 90,
             max_active_invitation_codes_per_user: 20,
+            public_base_url: String::new(),
         }
     }
 }
@@ -222,6 +228,9 @@ impl Config {
                 return bad(key, "must be positive");
             }
         }
+        if let Err(why) = check_public_base_url(&self.admin.public_base_url) {
+            return bad("[admin] public_base_url", why);
+        }
         crate::stream::validate_config(&self.admin).map_err(StartupError::Config)?;
         self.smtp.validate().map_err(StartupError::Config)?;
         if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
@@ -266,6 +275,23 @@ impl Config {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.admin.request_timeout_ms)
     }
+}
+
+/// Empty, or an absolute `http`/`https` URL with a host, no query, fragment or user info.
+fn check_public_base_url(text: &str) -> Result<(), &'static str> {
+    if text.is_empty() {
+        return Ok(());
+    }
+    let why = "must be an absolute http:// or https:// URL without query or fragment";
+    let uri: http::Uri = text.parse().map_err(|_| why)?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let authority_ok = uri
+        .authority()
+        .is_some_and(|a| !a.host().is_empty() && !a.as_str().contains('@'));
+    if !scheme_ok || !authority_ok || uri.query().is_some() || text.contains('#') {
+        return Err(why);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -329,6 +355,14 @@ mod tests {
                 "sign_in_per_ip_per_minute",
             ),
             ("[redis]\nurl = \"http://x\"\n", "[redis] url"),
+            (
+                "[admin]\npublic_base_url = \"watchpost.example.com\"\n",
+                "public_base_url",
+            ),
+            (
+                "[admin]\npublic_base_url = \"https://x.example/?a=1\"\n",
+                "public_base_url",
+            ),
             ("[postgres]\npool_size = 0\n", "pool_size"),
             (
                 "[postgres]\nurl = \"postgres://u@h:5432\"\n",

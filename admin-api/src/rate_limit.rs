@@ -180,6 +180,16 @@ pub enum Throttle {
     Runs,
     /// `POST /api/me/invitation-codes` (`public_per_ip_per_minute`).
     InvitationCodes,
+    /// `POST /api/auth/password-reset` and `…/confirm` per client IP
+    /// (`sign_in_per_ip_per_minute`).
+    PasswordReset,
+    /// `POST /api/auth/password-reset` per account, from anywhere
+    /// (`sign_in_per_account_ip_per_minute`): bounds the mail one inbox can be sent. Refusing
+    /// more resets of one account locks nobody out of signing in.
+    PasswordResetAccount,
+    /// `POST /api/auth/password` per account (`sign_in_per_account_ip_per_minute`): a stolen
+    /// session must not become a fast oracle for the current password.
+    PasswordChange,
 }
 
 impl Throttle {
@@ -192,14 +202,19 @@ impl Throttle {
             Throttle::Redeem => "redeem",
             Throttle::Runs => "runs",
             Throttle::InvitationCodes => "invitation_codes",
+            Throttle::PasswordReset => "password_reset",
+            Throttle::PasswordResetAccount => "password_reset_account",
+            Throttle::PasswordChange => "password_change",
         }
     }
 
     /// Requests allowed per minute.
     pub fn limit(self, cfg: &crate::config::AdminConfig) -> u64 {
         match self {
-            Throttle::SignIn => cfg.sign_in_per_ip_per_minute,
-            Throttle::SignInAccount => cfg.sign_in_per_account_ip_per_minute,
+            Throttle::SignIn | Throttle::PasswordReset => cfg.sign_in_per_ip_per_minute,
+            Throttle::SignInAccount | Throttle::PasswordResetAccount | Throttle::PasswordChange => {
+                cfg.sign_in_per_account_ip_per_minute
+            }
             Throttle::Register => cfg.register_per_ip_per_minute,
             Throttle::Redeem | Throttle::Runs | Throttle::InvitationCodes => {
                 cfg.public_per_ip_per_minute
@@ -226,6 +241,13 @@ pub fn client_subject(ip: Option<IpAddr>) -> String {
 pub fn account_subject(ip: Option<IpAddr>, account: &str) -> String {
     let digest = Sha256::digest(account.trim().to_lowercase().as_bytes());
     format!("{}|{}", client_subject(ip), hex::encode(&digest[..12]))
+}
+
+/// A digest of an account identifier (an email, a user id), for throttles counted per account
+/// from anywhere; no address is written to Redis.
+pub fn account_digest(account: &str) -> String {
+    let digest = Sha256::digest(account.trim().to_lowercase().as_bytes());
+    hex::encode(&digest[..12])
 }
 
 /// Counts one request against every `(throttle, subject)`; 429 when any is over its limit.

@@ -13,9 +13,10 @@ pub mod sessions;
 pub mod settings;
 pub mod tokens;
 
-pub use api_keys::{create_api_key, IssuedApiKey};
+pub use api_keys::{create_api_key, ApiKey, IssuedApiKey};
 pub use principal::{
-    admin_guard, authenticate, reauthenticate, CurrentUser, PlatformAdmin, Principal,
+    admin_guard, authenticate, reauthenticate, scope_covers, CurrentUser, PlatformAdmin, Principal,
+    SCOPES, SCOPE_ADMIN, SCOPE_ADMIN_READ, SCOPE_RUNS,
 };
 pub use sessions::{issue_session, IssuedSession};
 pub use settings::AuthSettings;

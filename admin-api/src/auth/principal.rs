@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use axum::{
-    extract::{FromRequestParts, Request, State},
-    http::{header, request::Parts},
+    extract::{FromRequestParts, OriginalUri, Request, State},
+    http::{header, request::Parts, Method},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -26,6 +26,8 @@ pub struct Principal {
     pub session_id: Option<String>,
     /// Set when the token is an API key.
     pub api_key_id: Option<String>,
+    /// The API key's scopes (see [`scope_covers`]); None for a session.
+    pub scopes: Option<Vec<String>>,
     /// The admin who obtained this (impersonation) session.
     pub impersonator_id: Option<String>,
     /// Peer address, user agent, request id.
@@ -48,8 +50,9 @@ impl Principal {
 /// An impersonation session stays valid only while its admin is an active platform admin.
 const SESSION_SELECT: &str = "\
 SELECT s.id AS credential_id, s.token_hash AS hash, s.user_id, s.impersonator_id, \
-       s.impersonated_role, u.role, u.status, \
-       (u.last_active_at IS NULL OR u.last_active_at < now() - interval '1 minute') AS stale, \
+       s.impersonated_role, u.role, u.status, NULL::text[] AS scopes, \
+       (u.last_active_at IS NULL OR u.last_active_at < now() - interval '1 minute' \
+        OR s.last_seen_at IS NULL OR s.last_seen_at < now() - interval '1 minute') AS stale, \
        EXISTS (SELECT 1 FROM memberships m JOIN organizations o ON o.id = m.organization_id \
                WHERE m.user_id = u.id AND NOT o.enabled) AS org_disabled, \
        (s.impersonator_id IS NULL \
@@ -62,13 +65,13 @@ WHERE s.revoked_at IS NULL AND s.expires_at > now() AND ";
 /// An API key row, like [`SESSION_SELECT`]; completed by the condition on `k`.
 const API_KEY_SELECT: &str = "\
 SELECT k.id AS credential_id, k.key_hash AS hash, k.user_id, NULL::text AS impersonator_id, \
-       NULL::text AS impersonated_role, u.role, u.status, \
+       NULL::text AS impersonated_role, u.role, u.status, k.scopes, \
        (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute') AS stale, \
        EXISTS (SELECT 1 FROM memberships m JOIN organizations o ON o.id = m.organization_id \
                WHERE m.user_id = u.id AND NOT o.enabled) AS org_disabled, \
        true AS impersonator_ok \
 FROM api_keys k JOIN users u ON u.id = k.user_id \
-WHERE k.revoked_at IS NULL AND ";
+WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now()) AND ";
 
 /// Lookups by presented token (each request) and by credential id (re-checks of long
 /// responses such as the access-log tail).
@@ -93,6 +96,7 @@ struct Checked {
     role: Role,
     credential_id: String,
     impersonator_id: Option<String>,
+    scopes: Option<Vec<String>>,
     stale: bool,
 }
 
@@ -133,6 +137,7 @@ fn check_row(row: &tokio_postgres::Row) -> Result<Checked, ApiError> {
         role,
         credential_id: col(row, "credential_id")?,
         impersonator_id,
+        scopes: col(row, "scopes")?,
         stale: col(row, "stale")?,
     })
 }
@@ -173,6 +178,17 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, 
         return Err(invalid());
     }
     let checked = check_row(&row)?;
+    if let Some(scopes) = &checked.scopes {
+        let path = parts
+            .extensions
+            .get::<OriginalUri>()
+            .map_or_else(|| parts.uri.path(), |u| u.0.path());
+        if !scope_covers(scopes, &parts.method, path) {
+            return Err(ApiError::forbidden(
+                "this API key's scopes do not cover this route",
+            ));
+        }
+    }
     if checked.stale {
         touch(state, kind, &checked.user_id, &checked.credential_id);
     }
@@ -185,6 +201,7 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, 
         role: checked.role,
         session_id,
         api_key_id,
+        scopes: checked.scopes,
         impersonator_id: checked.impersonator_id,
         meta: RequestMeta::from_parts(parts),
     })
@@ -219,8 +236,40 @@ pub async fn reauthenticate(
     })
 }
 
-/// Updates `last_active_at` (and an API key's `last_used_at`) at most once a minute, in the
-/// background: activity tracking must not slow requests or fail them.
+/// The API-key scopes.
+pub const SCOPES: [&str; 3] = [SCOPE_ADMIN, SCOPE_ADMIN_READ, SCOPE_RUNS];
+/// Every `/api/admin` route (and `GET /metrics`); only for platform admins.
+pub const SCOPE_ADMIN: &str = "admin";
+/// The `GET`s of `/api/admin` (and `GET /metrics`); only for platform admins.
+pub const SCOPE_ADMIN_READ: &str = "admin:read";
+/// The user-facing `/api/runs` routes, acting as the key's user.
+pub const SCOPE_RUNS: &str = "runs";
+
+/// Whether an API key with `scopes` may call `method path` (the full path, before any
+/// nesting). `GET /api/me` answers every key (who the key acts for); any other route that
+/// no scope names (sign-out, password changes, `/api/me/…`, `/api/redeem`) answers 403 to a
+/// key: those need a session.
+pub fn scope_covers(scopes: &[String], method: &Method, path: &str) -> bool {
+    let has = |scope: &str| scopes.iter().any(|s| s == scope);
+    let read = method == Method::GET || method == Method::HEAD;
+    let under = |base: &str| {
+        path == base
+            || path
+                .strip_prefix(base)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    if under(crate::routes::ADMIN_BASE) || path == "/metrics" {
+        has(SCOPE_ADMIN) || (read && has(SCOPE_ADMIN_READ))
+    } else if under("/api/runs") {
+        has(SCOPE_RUNS)
+    } else {
+        path == "/api/me" && read
+    }
+}
+
+/// Updates `last_active_at` (and an API key's `last_used_at`, a session's `last_seen_at`) at
+/// most once a minute, in the background: activity tracking must not slow requests or fail
+/// them.
 fn touch(state: &AppState, kind: TokenKind, user_id: &str, credential_id: &str) {
     let pool = state.pool().clone();
     let (user_id, credential_id) = (user_id.to_string(), credential_id.to_string());
@@ -234,14 +283,19 @@ fn touch(state: &AppState, kind: TokenKind, user_id: &str, credential_id: &str) 
             )
             .await
             .map_err(|e| e.to_string())?;
-            if kind == TokenKind::ApiKey {
-                conn.execute(
-                    "UPDATE api_keys SET last_used_at = now() WHERE id = $1",
-                    &[&credential_id],
-                )
+            let credential = match kind {
+                TokenKind::ApiKey => {
+                    "UPDATE api_keys SET last_used_at = now() WHERE id = $1 AND \
+                     (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')"
+                }
+                TokenKind::Session => {
+                    "UPDATE sessions SET last_seen_at = now() WHERE id = $1 AND \
+                     (last_seen_at IS NULL OR last_seen_at < now() - interval '1 minute')"
+                }
+            };
+            conn.execute(credential, &[&credential_id])
                 .await
                 .map_err(|e| e.to_string())?;
-            }
             Ok::<(), String>(())
         }
         .await;
@@ -330,4 +384,63 @@ pub async fn admin_guard(State(state): State<AppState>, request: Request, next: 
         d.apply_headers(response.headers_mut());
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn covers(scopes: &[&str], method: Method, path: &str) -> bool {
+        let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_string()).collect();
+        scope_covers(&scopes, &method, path)
+    }
+
+    #[test]
+    fn admin_scopes_cover_the_admin_api() {
+        assert!(covers(&["admin"], Method::POST, "/api/admin/users"));
+        assert!(covers(
+            &["admin"],
+            Method::GET,
+            "/api/admin/access-log/tail"
+        ));
+        assert!(covers(&["admin:read"], Method::GET, "/api/admin/users"));
+        assert!(covers(&["admin:read"], Method::GET, "/metrics"));
+        assert!(!covers(
+            &["admin:read"],
+            Method::DELETE,
+            "/api/admin/api-keys/x"
+        ));
+        assert!(!covers(
+            &["admin:read"],
+            Method::POST,
+            "/api/admin/users/search"
+        ));
+        assert!(!covers(&["runs"], Method::GET, "/api/admin/runs"));
+        assert!(!covers(&["admin"], Method::POST, "/api/runs"));
+        // A look-alike prefix is not the admin API.
+        assert!(!covers(&["admin"], Method::GET, "/api/administrator"));
+    }
+
+    #[test]
+    fn the_runs_scope_covers_api_runs_only() {
+        assert!(covers(&["runs"], Method::POST, "/api/runs"));
+        assert!(covers(&["runs"], Method::PATCH, "/api/runs/run_1"));
+        assert!(!covers(&["runs"], Method::POST, "/api/runsx"));
+        assert!(!covers(&["runs"], Method::POST, "/api/redeem"));
+        assert!(!covers(&["runs"], Method::POST, "/api/me/invitation-codes"));
+    }
+
+    #[test]
+    fn every_key_may_ask_who_it_is_and_nothing_else_outside_its_scopes() {
+        for scopes in [&["admin"][..], &["admin:read"], &["runs"]] {
+            assert!(covers(scopes, Method::GET, "/api/me"));
+            assert!(!covers(scopes, Method::GET, "/api/me/sessions"));
+            assert!(!covers(
+                scopes,
+                Method::DELETE,
+                "/api/auth/sessions/current"
+            ));
+            assert!(!covers(scopes, Method::POST, "/api/auth/password"));
+        }
+    }
 }

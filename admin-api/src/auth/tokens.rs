@@ -9,6 +9,10 @@ use subtle::ConstantTimeEq;
 pub const API_KEY_PREFIX: &str = "wpk_";
 /// Prefix of session tokens.
 pub const SESSION_PREFIX: &str = "wps_";
+/// Prefix of password-reset tokens (never bearer credentials).
+pub const RESET_PREFIX: &str = "wpr_";
+/// Characters of an API key shown in lists (`wpk_` and the first 8 of the secret).
+pub const API_KEY_VISIBLE_PREFIX: usize = 12;
 /// Random bytes in a credential (256 bits).
 const SECRET_BYTES: usize = 32;
 
@@ -54,6 +58,19 @@ pub fn new_session_token() -> (String, String) {
     let token = generate(SESSION_PREFIX);
     let hash = hash_token(&token);
     (token, hash)
+}
+
+/// A new password-reset token (sent once, by email) and the hash to store.
+pub fn new_reset_token() -> (String, String) {
+    let token = generate(RESET_PREFIX);
+    let hash = hash_token(&token);
+    (token, hash)
+}
+
+/// Whether `token` has the shape of a password-reset token (prefix and length).
+pub fn is_reset_token(token: &str) -> bool {
+    token.starts_with(RESET_PREFIX)
+        && token.len() == RESET_PREFIX.len() + URL_SAFE_NO_PAD.encode([0u8; SECRET_BYTES]).len()
 }
 
 /// SHA-256 of the whole token, hex. High-entropy tokens need no salt or slow hash.

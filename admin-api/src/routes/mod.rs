@@ -17,6 +17,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{auth::admin_guard, error::ErrorEnvelope, state::AppState};
 
 pub mod access_log;
+pub mod api_keys;
 pub mod audit;
 pub mod auth;
 pub mod auth_config;
@@ -24,9 +25,11 @@ pub mod credits;
 pub mod email;
 pub mod gateway;
 pub mod gateway_risk;
+pub mod groups;
 pub mod health;
 pub mod invitation_codes;
 pub mod organizations;
+pub mod passwords;
 pub mod redeem;
 pub mod redemption_codes;
 pub mod referrals;
@@ -46,7 +49,10 @@ pub fn admin_routes() -> OpenApiRouter<AppState> {
         .merge(auth_config::routes())
         .merge(users::routes())
         .merge(sessions::routes())
+        .merge(api_keys::routes())
+        .merge(passwords::admin_routes())
         .merge(organizations::routes())
+        .merge(groups::routes())
         .merge(stats::routes())
         .merge(gateway::routes())
         .merge(access_log::routes())
@@ -62,6 +68,8 @@ pub fn admin_routes() -> OpenApiRouter<AppState> {
 pub fn public_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(auth::routes())
+        .merge(passwords::public_routes())
+        .merge(sessions::me_routes())
         .merge(health::routes())
         .merge(redeem::routes())
         .routes(routes!(openapi_json))

@@ -39,7 +39,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(patch_member, remove_member))
 }
 
-fn check_org_id(id: &str) -> Result<(), ApiError> {
+pub(crate) fn check_org_id(id: &str) -> Result<(), ApiError> {
     if IdKind::Organization.matches(id) {
         Ok(())
     } else {
@@ -47,7 +47,7 @@ fn check_org_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn load_org(
+pub(crate) async fn load_org(
     client: &impl GenericClient,
     id: &str,
     lock: bool,
@@ -532,11 +532,11 @@ pub struct Group {
     pub created_at: DateTime<Utc>,
 }
 
-const GROUP_COLUMNS: &str = "g.id, g.organization_id, g.name, g.created_at, \
+pub(crate) const GROUP_COLUMNS: &str = "g.id, g.organization_id, g.name, g.created_at, \
      (SELECT count(*) FROM group_members gm WHERE gm.group_id = g.id) AS member_count";
 
 impl Group {
-    fn from_row(row: &tokio_postgres::Row) -> Result<Self, ApiError> {
+    pub(crate) fn from_row(row: &tokio_postgres::Row) -> Result<Self, ApiError> {
         Ok(Self {
             id: col(row, "id")?,
             organization_id: col(row, "organization_id")?,

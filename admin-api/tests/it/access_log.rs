@@ -801,3 +801,38 @@ async fn a_tail_ends_when_its_credential_is_revoked_or_its_user_disabled_or_demo
     let data: Value = serde_json::from_str(&events[0].data).expect("JSON data");
     assert_eq!(data["request_id"], entry.request_id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_ends_when_its_key_is_revoked_through_the_api() {
+    let app = TestApp::builder()
+        .configure(|c| {
+            c.admin.access_log_tail_block_ms = 300;
+            c.admin.access_log_tail_heartbeat_secs = 1;
+        })
+        .spawn()
+        .await;
+    let boss = app.create_admin().await;
+    let response = app
+        .post("/api/admin/api-keys")
+        .bearer_auth(&boss.key)
+        .json(&serde_json::json!({"name": "tail", "scopes": ["admin:read"]}))
+        .send()
+        .await
+        .expect("create key");
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.expect("body");
+    let key = created["key"].as_str().expect("key").to_string();
+    let tail = open_tail_as(&app, &key).await;
+    let response = app
+        .delete(&format!(
+            "/api/admin/api-keys/{}",
+            created["id"].as_str().expect("id")
+        ))
+        .bearer_auth(&boss.key)
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(response.status(), 204);
+    let events = read_to_end(tail).await;
+    assert_closed_with(&events, "UNAUTHORIZED", "API key revoked");
+}

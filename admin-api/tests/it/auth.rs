@@ -248,7 +248,7 @@ async fn api_keys_authenticate_until_revoked() {
         .expect("query")
         .get(0);
     assert_eq!(plain, 0);
-    // Signing out needs a session, not a key.
+    // Signing out needs a session, not a key: no key scope covers it.
     let (s, b) = json_of(
         app.delete("/api/auth/sessions/current")
             .bearer_auth(&admin.key)
@@ -257,7 +257,7 @@ async fn api_keys_authenticate_until_revoked() {
             .expect("req"),
     )
     .await;
-    assert_error(s, &b, 400, "BAD_REQUEST");
+    assert_error(s, &b, 403, "FORBIDDEN");
     conn.execute("UPDATE api_keys SET revoked_at = now()", &[])
         .await
         .expect("revoke");

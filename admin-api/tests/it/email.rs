@@ -21,7 +21,7 @@ const SECRET: &str = "test secret key for email settings";
 
 /// How the test server behaves.
 #[derive(Clone)]
-struct Behaviour {
+pub(crate) struct Behaviour {
     /// Required AUTH credentials; `None`: no AUTH needed (still accepted).
     credentials: Option<(String, String)>,
     /// Mechanisms advertised in the EHLO reply.
@@ -42,16 +42,16 @@ impl Default for Behaviour {
 
 /// One accepted message.
 #[derive(Debug, Clone, Default)]
-struct Received {
+pub(crate) struct Received {
     /// Mechanism and (user, password) the client authenticated with.
-    auth: Option<(String, String, String)>,
-    mail_from: String,
-    rcpt_to: Vec<String>,
-    data: String,
+    pub(crate) auth: Option<(String, String, String)>,
+    pub(crate) mail_from: String,
+    pub(crate) rcpt_to: Vec<String>,
+    pub(crate) data: String,
 }
 
-struct SmtpServer {
-    port: u16,
+pub(crate) struct SmtpServer {
+    pub(crate) port: u16,
     received: Arc<Mutex<Vec<Received>>>,
     task: JoinHandle<()>,
 }
@@ -63,7 +63,7 @@ impl Drop for SmtpServer {
 }
 
 impl SmtpServer {
-    async fn start(behaviour: Behaviour) -> Self {
+    pub(crate) async fn start(behaviour: Behaviour) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind smtp");
         let port = listener.local_addr().expect("addr").port();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -84,7 +84,7 @@ impl SmtpServer {
         }
     }
 
-    fn messages(&self) -> Vec<Received> {
+    pub(crate) fn messages(&self) -> Vec<Received> {
         self.received.lock().expect("lock").clone()
     }
 }

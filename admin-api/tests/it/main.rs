@@ -15,6 +15,8 @@ mod end_to_end;
 mod errors;
 mod example_config;
 mod gateway;
+mod groups;
+mod identity;
 mod metrics;
 mod organizations;
 mod referrals;

@@ -526,7 +526,8 @@ pub async fn seed_org(app: &TestApp) -> String {
     id
 }
 
-/// A member of `org` (created directly, without password hashing): its id and an API key.
+/// A member of `org` (created directly, without password hashing): its id and a session token
+/// (it reaches every user-facing route; an API key reaches only what its scopes cover).
 pub async fn seed_member(app: &TestApp, org: &str) -> (String, String) {
     let mut conn = app.db().await;
     let tx = conn.transaction().await.expect("tx");
@@ -544,11 +545,12 @@ pub async fn seed_member(app: &TestApp, org: &str) -> (String, String) {
     )
     .await
     .expect("membership");
-    let key = watchpost_admin::auth::create_api_key(&tx, &id, "test")
-        .await
-        .expect("key");
+    let session =
+        watchpost_admin::auth::issue_session(&tx, &id, chrono::Duration::days(1), None, None, None)
+            .await
+            .expect("session");
     tx.commit().await.expect("commit");
-    (id, key.key)
+    (id, session.token)
 }
 
 /// The organization's stored credit balance.
