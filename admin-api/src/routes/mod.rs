@@ -26,6 +26,7 @@ pub mod gateway;
 pub mod gateway_risk;
 pub mod health;
 pub mod invitation_codes;
+pub mod mfa;
 pub mod organizations;
 pub mod redeem;
 pub mod redemption_codes;
@@ -45,6 +46,7 @@ pub fn admin_routes() -> OpenApiRouter<AppState> {
         .merge(audit::routes())
         .merge(auth_config::routes())
         .merge(users::routes())
+        .merge(mfa::admin_routes())
         .merge(sessions::routes())
         .merge(organizations::routes())
         .merge(stats::routes())
@@ -62,8 +64,10 @@ pub fn admin_routes() -> OpenApiRouter<AppState> {
 pub fn public_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(auth::routes())
+        .merge(mfa::routes())
         .merge(health::routes())
         .merge(redeem::routes())
+        .merge(runs::public_routes())
         .routes(routes!(openapi_json))
 }
 
