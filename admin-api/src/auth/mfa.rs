@@ -113,7 +113,8 @@ pub fn recovery_code_hash(code: &str) -> Option<String> {
         .filter(|c| !matches!(c, '-' | ' '))
         .map(|c| c.to_ascii_lowercase())
         .collect();
-    if normalized.len() != RECOVERY_LEN || !normalized.bytes().all(|b| RECOVERY_ALPHABET.contains(&b))
+    if normalized.len() != RECOVERY_LEN
+        || !normalized.bytes().all(|b| RECOVERY_ALPHABET.contains(&b))
     {
         return None;
     }

@@ -216,10 +216,12 @@ fn mfa_enrollment_path(parts: &Parts) -> bool {
         .extensions
         .get::<axum::extract::OriginalUri>()
         .map_or_else(|| parts.uri.path(), |u| u.0.path());
-    MFA_ENROLLMENT_PATHS.iter().any(|allowed| match allowed.strip_suffix('*') {
-        Some(prefix) => path.starts_with(prefix) && !path[prefix.len()..].contains(".."),
-        None => path == *allowed,
-    })
+    MFA_ENROLLMENT_PATHS
+        .iter()
+        .any(|allowed| match allowed.strip_suffix('*') {
+            Some(prefix) => path.starts_with(prefix) && !path[prefix.len()..].contains(".."),
+            None => path == *allowed,
+        })
 }
 
 /// Checks again, by credential id, that an earlier authentication still holds: the same rules

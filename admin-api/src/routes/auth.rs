@@ -316,14 +316,10 @@ async fn sign_in(
         return Err(ApiError::forbidden("organization is disabled"));
     }
     let settings = AuthSettings::load(&conn).await?;
-    let enrollment = mfa::Enrollment::load(
-        &conn,
-        state.config().secret_key.as_ref(),
-        &user.id,
-        false,
-    )
-    .await?
-    .filter(|e| e.confirmed);
+    let enrollment =
+        mfa::Enrollment::load(&conn, state.config().secret_key.as_ref(), &user.id, false)
+            .await?
+            .filter(|e| e.confirmed);
     if enrollment.is_some() && body.totp_code.is_none() && body.recovery_code.is_none() {
         return Err(ApiError::mfa_required(
             "this account uses multi-factor authentication: sign in again with totp_code \

@@ -52,10 +52,7 @@ pub fn parse_status(text: &str) -> Result<&'static str, ApiError> {
         .find(|s| **s == text)
         .copied()
         .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "status must be one of {}",
-                RUN_STATUSES.join(", ")
-            ))
+            ApiError::bad_request(format!("status must be one of {}", RUN_STATUSES.join(", ")))
         })
 }
 
@@ -316,7 +313,7 @@ async fn apply_patch(
     let error = body
         .error
         .as_deref()
-        .map(|e| validate_error_text(e))
+        .map(validate_error_text)
         .transpose()?;
     if error.is_some() && !matches!(to, "failed" | "cancelled") {
         return Err(ApiError::bad_request(

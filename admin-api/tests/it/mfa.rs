@@ -185,7 +185,10 @@ async fn enrollment_makes_sign_in_need_a_one_time_second_factor() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(stored.len(), 10);
-    assert!(recovery.iter().all(|c| !stored.contains(c)), "stored hashed");
+    assert!(
+        recovery.iter().all(|c| !stored.contains(c)),
+        "stored hashed"
+    );
     let (_, me) = call(&app, "GET", "/api/me", &user.token, None).await;
     assert_eq!(me["mfa_enrolled"], true, "{me}");
     assert_eq!(app.audit_rows("user.mfa_enrolled").await.len(), 1);
@@ -213,7 +216,9 @@ async fn enrollment_makes_sign_in_need_a_one_time_second_factor() {
     let next = code(&secret, 1);
     let (s, body) = sign_in(&app, &user, json!({"totp_code": next})).await;
     assert_eq!(s, 201, "{body}");
-    assert!(body["token"].as_str().is_some_and(|t| t.starts_with("wps_")));
+    assert!(body["token"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("wps_")));
     let (s, e) = sign_in(&app, &user, json!({"totp_code": next})).await;
     assert_error(s, &e, 401, "UNAUTHORIZED");
     // A stale code (far outside the window) is refused.
