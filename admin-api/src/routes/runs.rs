@@ -310,11 +310,7 @@ async fn apply_patch(
         )));
     }
     let to = body.status.as_str();
-    let error = body
-        .error
-        .as_deref()
-        .map(validate_error_text)
-        .transpose()?;
+    let error = body.error.as_deref().map(validate_error_text).transpose()?;
     if error.is_some() && !matches!(to, "failed" | "cancelled") {
         return Err(ApiError::bad_request(
             "error may only be given with status failed or cancelled",

@@ -463,3 +463,54 @@ async fn rotate_secrets_moves_totp_secrets_to_the_new_key() {
         Secret::Encoded(secret).to_bytes().expect("raw secret")
     );
 }
+
+#[tokio::test]
+async fn openapi_documents_mfa_and_run_lifecycle_routes() {
+    let app = TestApp::spawn().await;
+    let doc = app.openapi().await;
+    let paths = &doc["paths"];
+    for (path, method) in [
+        ("/api/me/mfa/totp", "post"),
+        ("/api/me/mfa/totp", "delete"),
+        ("/api/me/mfa/totp/confirm", "post"),
+        ("/api/admin/users/{id}/mfa", "delete"),
+        ("/api/runs/{id}", "patch"),
+        ("/api/admin/runs/{id}", "patch"),
+    ] {
+        assert!(
+            paths[path][method].is_object(),
+            "{method} {path} missing from the OpenAPI document"
+        );
+    }
+    assert_eq!(
+        paths["/api/admin/users/{id}/mfa"]["delete"]["parameters"][0]["schema"]["pattern"],
+        "^usr_[0-7][0-9A-HJKMNP-TV-Z]{25}$"
+    );
+    assert_eq!(
+        paths["/api/runs/{id}"]["patch"]["parameters"][0]["schema"]["pattern"],
+        "^run_[0-7][0-9A-HJKMNP-TV-Z]{25}$"
+    );
+    assert!(paths["/api/runs/{id}"]["patch"]["responses"]["409"].is_object());
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["PatchRun"]["properties"]["status"]["pattern"],
+        "^(running|succeeded|failed|cancelled)$"
+    );
+    assert_eq!(
+        schemas["PatchRun"]["properties"]["error"]["maxLength"],
+        4000
+    );
+    assert_eq!(
+        schemas["ConfirmTotp"]["properties"]["code"]["pattern"],
+        "^[0-9]{6}$"
+    );
+    assert_eq!(
+        schemas["SignInRequest"]["properties"]["totp_code"]["pattern"],
+        "^[0-9]{6}$"
+    );
+    let codes = schemas["ErrorCode"].to_string();
+    assert!(
+        codes.contains("MFA_REQUIRED") && codes.contains("MFA_ENROLLMENT_REQUIRED"),
+        "{codes}"
+    );
+}
