@@ -28,6 +28,7 @@ use crate::{
     ledger::{self, CreditTransaction},
     models::col,
     pagination::{Cursor, Page, PageRequest},
+    rate_limit::{self, Throttle},
     state::AppState,
 };
 
@@ -436,7 +437,8 @@ fn validate_error_text(text: &str) -> Result<String, ApiError> {
 /// `failed` or `cancelled` (with `output` and, when it failed, `error`). A run that ends
 /// `failed` or `cancelled` gets its debit back once, as a `refund` ledger row. Audited as
 /// `run.updated` (and `run.refunded`). 404 for a run that is not the caller's; 409 for an
-/// illegal transition (a final status never changes).
+/// illegal transition (a final status never changes). Counted with `POST /api/runs` against
+/// `[admin] public_per_ip_per_minute` (429 beyond).
 #[utoipa::path(
     patch,
     path = "/api/runs/{id}",
@@ -449,7 +451,8 @@ fn validate_error_text(text: &str) -> Result<String, ApiError> {
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope),
-        (status = 409, body = ErrorEnvelope)
+        (status = 409, body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope)
     )
 )]
 async fn patch_run(
@@ -459,6 +462,7 @@ async fn patch_run(
     Json(body): Json<PatchRun>,
 ) -> Result<Json<Run>, ApiError> {
     runs_scope_allows(&principal)?;
+    rate_limit::per_ip(&state, Throttle::Runs, principal.meta.ip).await?;
     apply_patch(&state, Changer::Owner(&principal), &id, body)
         .await
         .map(Json)
