@@ -155,6 +155,26 @@ impl Enrollment {
             "SELECT secret_encrypted, confirmed_at IS NOT NULL AS confirmed, last_used_step \
              FROM user_totp WHERE user_id = $1"
         };
+        Self::load_with(client, key, user_id, sql).await
+    }
+
+    /// The user's confirmed enrollment, if any (a pending one is not read, nor decrypted).
+    pub async fn load_confirmed(
+        client: &impl GenericClient,
+        key: Option<&SecretKey>,
+        user_id: &str,
+    ) -> Result<Option<Self>, ApiError> {
+        let sql = "SELECT secret_encrypted, true AS confirmed, last_used_step \
+                   FROM user_totp WHERE user_id = $1 AND confirmed_at IS NOT NULL";
+        Self::load_with(client, key, user_id, sql).await
+    }
+
+    async fn load_with(
+        client: &impl GenericClient,
+        key: Option<&SecretKey>,
+        user_id: &str,
+        sql: &str,
+    ) -> Result<Option<Self>, ApiError> {
         let Some(row) = client.query_opt(sql, &[&user_id]).await? else {
             return Ok(None);
         };

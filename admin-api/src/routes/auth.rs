@@ -317,9 +317,8 @@ async fn sign_in(
     }
     let settings = AuthSettings::load(&conn).await?;
     let enrollment =
-        mfa::Enrollment::load(&conn, state.config().secret_key.as_ref(), &user.id, false)
-            .await?
-            .filter(|e| e.confirmed);
+        mfa::Enrollment::load_confirmed(&conn, state.config().secret_key.as_ref(), &user.id)
+            .await?;
     if enrollment.is_some() && body.totp_code.is_none() && body.recovery_code.is_none() {
         return Err(ApiError::mfa_required(
             "this account uses multi-factor authentication: sign in again with totp_code \
