@@ -24,7 +24,13 @@ use utoipa::ToSchema;
 pub enum ErrorCode {
     BadRequest,
     Unauthorized,
+    /// 401: the password was right, but the account has MFA: sign in again with `totp_code`
+    /// or `recovery_code`.
+    MfaRequired,
     Forbidden,
+    /// 403: `mfa_required` is on and the caller has not enrolled in MFA yet; only `/api/me`
+    /// and `/api/me/mfa/*` answer.
+    MfaEnrollmentRequired,
     NotFound,
     MethodNotAllowed,
     Conflict,
@@ -42,8 +48,8 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         match self {
             Self::BadRequest => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Unauthorized | Self::MfaRequired => StatusCode::UNAUTHORIZED,
+            Self::Forbidden | Self::MfaEnrollmentRequired => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict => StatusCode::CONFLICT,
@@ -81,7 +87,9 @@ impl ErrorCode {
         match self {
             Self::BadRequest => "bad request",
             Self::Unauthorized => "authentication required",
+            Self::MfaRequired => "a second factor is required",
             Self::Forbidden => "forbidden",
+            Self::MfaEnrollmentRequired => "MFA enrollment is required",
             Self::NotFound => "not found",
             Self::MethodNotAllowed => "method not allowed",
             Self::Conflict => "conflict",
@@ -106,6 +114,12 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// 401 `MFA_REQUIRED`.
+    #[error("mfa required: {0}")]
+    MfaRequired(String),
+    /// 403 `MFA_ENROLLMENT_REQUIRED`.
+    #[error("mfa enrollment required: {0}")]
+    MfaEnrollmentRequired(String),
     #[error("not found: {0}")]
     NotFound(String),
     #[error("conflict: {0}")]
@@ -143,6 +157,14 @@ impl ApiError {
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::Forbidden(message.into())
     }
+    /// 401 `MFA_REQUIRED`: the sign-in needs `totp_code` or `recovery_code`.
+    pub fn mfa_required(message: impl Into<String>) -> Self {
+        Self::MfaRequired(message.into())
+    }
+    /// 403 `MFA_ENROLLMENT_REQUIRED`: the caller must enroll in MFA first.
+    pub fn mfa_enrollment_required(message: impl Into<String>) -> Self {
+        Self::MfaEnrollmentRequired(message.into())
+    }
     /// 404 `NOT_FOUND`, e.g. `ApiError::not_found("user not found")`.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::NotFound(message.into())
@@ -178,6 +200,8 @@ impl ApiError {
             Self::BadRequest(_) => ErrorCode::BadRequest,
             Self::Unauthorized(_) => ErrorCode::Unauthorized,
             Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::MfaRequired(_) => ErrorCode::MfaRequired,
+            Self::MfaEnrollmentRequired(_) => ErrorCode::MfaEnrollmentRequired,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Conflict(_) => ErrorCode::Conflict,
             Self::Unprocessable(_) => ErrorCode::Unprocessable,
@@ -197,6 +221,8 @@ impl ApiError {
             Self::BadRequest(m)
             | Self::Unauthorized(m)
             | Self::Forbidden(m)
+            | Self::MfaRequired(m)
+            | Self::MfaEnrollmentRequired(m)
             | Self::NotFound(m)
             | Self::Conflict(m)
             | Self::Unprocessable(m)

@@ -176,7 +176,7 @@ pub enum Throttle {
     Register,
     /// `POST /api/redeem` (`public_per_ip_per_minute`).
     Redeem,
-    /// `POST /api/runs` (`public_per_ip_per_minute`).
+    /// `POST /api/runs` and `PATCH /api/runs/{id}` (`public_per_ip_per_minute`).
     Runs,
     /// `POST /api/me/invitation-codes` (`public_per_ip_per_minute`).
     InvitationCodes,

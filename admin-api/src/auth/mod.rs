@@ -7,6 +7,7 @@
 //! request.
 
 pub mod api_keys;
+pub mod mfa;
 pub mod password;
 pub mod principal;
 pub mod sessions;

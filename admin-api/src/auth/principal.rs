@@ -30,6 +30,9 @@ pub struct Principal {
     pub scopes: Option<Vec<String>>,
     /// The admin who obtained this (impersonation) session.
     pub impersonator_id: Option<String>,
+    /// `mfa_required` is on and this session's user has not enrolled in MFA: only
+    /// [`MFA_ENROLLMENT_PATHS`] answer (never set for API keys or impersonation sessions).
+    pub mfa_enrollment_pending: bool,
     /// Peer address, user agent, request id.
     pub meta: RequestMeta,
 }
@@ -56,7 +59,9 @@ SELECT s.id AS credential_id, s.token_hash AS hash, s.user_id, s.impersonator_id
        EXISTS (SELECT 1 FROM memberships m JOIN organizations o ON o.id = m.organization_id \
                WHERE m.user_id = u.id AND NOT o.enabled) AS org_disabled, \
        (s.impersonator_id IS NULL \
-        OR (imp.status = 'active' AND imp.role = 'platform_admin')) AS impersonator_ok \
+        OR (imp.status = 'active' AND imp.role = 'platform_admin')) AS impersonator_ok, \
+       (s.impersonator_id IS NULL AND NOT u.mfa_enrolled \
+        AND (SELECT mfa_required FROM auth_config WHERE id)) AS mfa_enrollment_pending \
 FROM sessions s \
 JOIN users u ON u.id = s.user_id \
 LEFT JOIN users imp ON imp.id = s.impersonator_id \
@@ -69,7 +74,7 @@ SELECT k.id AS credential_id, k.key_hash AS hash, k.user_id, NULL::text AS imper
        (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute') AS stale, \
        EXISTS (SELECT 1 FROM memberships m JOIN organizations o ON o.id = m.organization_id \
                WHERE m.user_id = u.id AND NOT o.enabled) AS org_disabled, \
-       true AS impersonator_ok \
+       true AS impersonator_ok, false AS mfa_enrollment_pending \
 FROM api_keys k JOIN users u ON u.id = k.user_id \
 WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now()) AND ";
 
@@ -98,6 +103,7 @@ struct Checked {
     impersonator_id: Option<String>,
     scopes: Option<Vec<String>>,
     stale: bool,
+    mfa_enrollment_pending: bool,
 }
 
 /// Applies the rules to a row of [`SESSION_SELECT`] / [`API_KEY_SELECT`]: 401 when the user
@@ -139,6 +145,7 @@ fn check_row(row: &tokio_postgres::Row) -> Result<Checked, ApiError> {
         impersonator_id,
         scopes: col(row, "scopes")?,
         stale: col(row, "stale")?,
+        mfa_enrollment_pending: col(row, "mfa_enrollment_pending")?,
     })
 }
 
@@ -189,6 +196,12 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, 
             ));
         }
     }
+    if checked.mfa_enrollment_pending && !mfa_enrollment_path(parts) {
+        return Err(ApiError::mfa_enrollment_required(
+            "multi-factor authentication is required: enroll through POST /api/me/mfa/totp \
+             and POST /api/me/mfa/totp/confirm first",
+        ));
+    }
     if checked.stale {
         touch(state, kind, &checked.user_id, &checked.credential_id);
     }
@@ -203,8 +216,29 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, 
         api_key_id,
         scopes: checked.scopes,
         impersonator_id: checked.impersonator_id,
+        mfa_enrollment_pending: checked.mfa_enrollment_pending,
         meta: RequestMeta::from_parts(parts),
     })
+}
+
+/// What a session of a user who must still enroll in MFA reaches: `GET /api/me`, everything
+/// under `/api/me/mfa/`, and signing out.
+pub const MFA_ENROLLMENT_PATHS: [&str; 3] =
+    ["/api/me", "/api/me/mfa/*", "/api/auth/sessions/current"];
+
+/// Whether the request's path (as the client sent it, before any nesting) is one of
+/// [`MFA_ENROLLMENT_PATHS`].
+fn mfa_enrollment_path(parts: &Parts) -> bool {
+    let path = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| parts.uri.path(), |u| u.0.path());
+    MFA_ENROLLMENT_PATHS
+        .iter()
+        .any(|allowed| match allowed.strip_suffix('*') {
+            Some(prefix) => path.starts_with(prefix) && !path[prefix.len()..].contains(".."),
+            None => path == *allowed,
+        })
 }
 
 /// Checks again, by credential id, that an earlier authentication still holds: the same rules
@@ -232,6 +266,7 @@ pub async fn reauthenticate(
     Ok(Principal {
         role: checked.role,
         impersonator_id: checked.impersonator_id,
+        mfa_enrollment_pending: checked.mfa_enrollment_pending,
         ..principal.clone()
     })
 }

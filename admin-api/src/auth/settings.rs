@@ -25,8 +25,8 @@ pub struct AuthSettings {
     pub session_duration: String,
     /// The same in seconds.
     pub session_duration_secs: i64,
-    /// Stored and reported; MFA enrollment is not part of this API yet, so sign-in does not
-    /// demand a second factor.
+    /// When true, a session of a user not enrolled in MFA reaches only `GET /api/me`,
+    /// `/api/me/mfa/*` and sign-out (403 `MFA_ENROLLMENT_REQUIRED` elsewhere).
     pub mfa_required: bool,
     /// When true, `POST /api/auth/register` requires an invitation code.
     pub registration_requires_invitation: bool,

@@ -28,12 +28,20 @@ struct EncryptedColumn {
 
 /// Every column holding encrypted secrets. A new encrypted column is added here, so that
 /// rotation covers it.
-const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[EncryptedColumn {
-    table: "email_settings",
-    id: "id",
-    column: "smtp_pass_encrypted",
-    purpose: PASSWORD_PURPOSE,
-}];
+const ENCRYPTED_COLUMNS: &[EncryptedColumn] = &[
+    EncryptedColumn {
+        table: "email_settings",
+        id: "id",
+        column: "smtp_pass_encrypted",
+        purpose: PASSWORD_PURPOSE,
+    },
+    EncryptedColumn {
+        table: "user_totp",
+        id: "user_id",
+        column: "secret_encrypted",
+        purpose: crate::auth::mfa::TOTP_PURPOSE,
+    },
+];
 
 /// What [`rotate_secrets`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{
     audit::{self, AuditCtx},
     auth::{
-        issue_session,
+        issue_session, mfa,
         password::{hash_password, verify_password},
         AuthSettings, CurrentUser,
     },
@@ -53,7 +53,8 @@ pub struct RegisterRequest {
     pub invitation_code: Option<String>,
 }
 
-/// `POST /api/auth/sessions` body: `email` or `username`, and `password`.
+/// `POST /api/auth/sessions` body: `email` or `username`, and `password`; for an account
+/// enrolled in MFA also `totp_code` or `recovery_code` (not both).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignInRequest {
@@ -62,6 +63,12 @@ pub struct SignInRequest {
     #[schema(min_length = 1)]
     pub username: Option<String>,
     pub password: String,
+    /// The current 6-digit code of the authenticator app.
+    #[schema(pattern = "^[0-9]{6}$")]
+    pub totp_code: Option<String>,
+    /// One of the recovery codes given at enrollment (`abcde-fghij`); each works once.
+    #[schema(pattern = "^[A-Za-z2-7]{5}-?[A-Za-z2-7]{5}$")]
+    pub recovery_code: Option<String>,
 }
 
 /// A new session.
@@ -209,8 +216,11 @@ async fn record_sign_in(
 /// Signs in with email or username and password.
 ///
 /// Wrong credentials are 401. With the right password, a disabled account or a member of any
-/// disabled organization is refused with 403. Every attempt that reaches the password check is
-/// recorded for the stats. More than `[admin] sign_in_per_ip_per_minute` attempts from one
+/// disabled organization is refused with 403. An account enrolled in MFA also needs
+/// `totp_code` or `recovery_code`: without either the answer is 401 `MFA_REQUIRED`; a wrong,
+/// expired or already used one is 401 `UNAUTHORIZED` (recorded as a failed sign-in). Every
+/// attempt that reaches the password check counts against the throttles; every decided one
+/// is recorded for the stats. More than `[admin] sign_in_per_ip_per_minute` attempts from one
 /// client IP, or `[admin] sign_in_per_account_ip_per_minute` on one account from one client
 /// IP, in a minute are 429 before any password is checked.
 #[utoipa::path(
@@ -222,7 +232,8 @@ async fn record_sign_in(
     responses(
         (status = 201, body = SessionResponse),
         (status = 400, body = ErrorEnvelope),
-        (status = 401, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope, description = "Wrong credentials or second factor \
+            (`UNAUTHORIZED`), or a second factor is needed (`MFA_REQUIRED`)"),
         (status = 403, body = ErrorEnvelope),
         (status = 429, body = ErrorEnvelope)
     )
@@ -239,6 +250,11 @@ async fn sign_in(
     };
     if identifier.is_empty() || identifier.len() > 254 {
         return Err(ApiError::bad_request(format!("{column} must not be empty")));
+    }
+    if body.totp_code.is_some() && body.recovery_code.is_some() {
+        return Err(ApiError::bad_request(
+            "give either totp_code or recovery_code, not both",
+        ));
     }
     rate_limit::per_ip(&state, Throttle::SignIn, meta.ip).await?;
     // The pooled connection goes back before argon2 runs and is taken again after.
@@ -300,7 +316,41 @@ async fn sign_in(
         return Err(ApiError::forbidden("organization is disabled"));
     }
     let settings = AuthSettings::load(&conn).await?;
+    let enrollment =
+        mfa::Enrollment::load_confirmed(&conn, state.config().secret_key.as_ref(), &user.id)
+            .await?;
+    if enrollment.is_some() && body.totp_code.is_none() && body.recovery_code.is_none() {
+        return Err(ApiError::mfa_required(
+            "this account uses multi-factor authentication: sign in again with totp_code \
+             or recovery_code",
+        ));
+    }
     let tx = conn.transaction().await?;
+    if let Some(enrollment) = &enrollment {
+        let ok = mfa::verify_and_spend(
+            &tx,
+            enrollment,
+            &user.id,
+            body.totp_code.as_deref(),
+            body.recovery_code.as_deref(),
+        )
+        .await?;
+        if !ok {
+            tx.rollback().await?;
+            record_sign_in(
+                &state,
+                &conn,
+                Some(&user.id),
+                false,
+                Some("bad_mfa_code"),
+                meta.ip,
+            )
+            .await?;
+            return Err(ApiError::unauthorized(
+                "invalid, expired or already used second-factor code",
+            ));
+        }
+    }
     let session = issue_session(
         &tx,
         &user.id,

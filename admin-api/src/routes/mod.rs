@@ -28,6 +28,7 @@ pub mod gateway_risk;
 pub mod groups;
 pub mod health;
 pub mod invitation_codes;
+pub mod mfa;
 pub mod organizations;
 pub mod passwords;
 pub mod redeem;
@@ -48,6 +49,7 @@ pub fn admin_routes() -> OpenApiRouter<AppState> {
         .merge(audit::routes())
         .merge(auth_config::routes())
         .merge(users::routes())
+        .merge(mfa::admin_routes())
         .merge(sessions::routes())
         .merge(api_keys::routes())
         .merge(passwords::admin_routes())
@@ -70,8 +72,10 @@ pub fn public_routes() -> OpenApiRouter<AppState> {
         .merge(auth::routes())
         .merge(passwords::public_routes())
         .merge(sessions::me_routes())
+        .merge(mfa::routes())
         .merge(health::routes())
         .merge(redeem::routes())
+        .merge(runs::public_routes())
         .routes(routes!(openapi_json))
 }
 

@@ -15,7 +15,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{
     invitation_codes::{create_invitation_code, InvitationCode, USER_CODE_MAX_USES},
     redemption_codes::{display_code, normalize_code},
-    runs::{Run, RUN_STATUSES},
+    runs::{self, Run},
 };
 use crate::{
     audit,
@@ -248,8 +248,9 @@ pub struct CreateRun {
     /// Its cost in credits (≥ 0), debited as an `execution` ledger row.
     #[schema(minimum = 0)]
     pub credits: i64,
-    /// `pending`, `running`, `completed` (default) or `failed`.
-    #[schema(pattern = "^(pending|running|completed|failed)$")]
+    /// `pending`, `running`, `succeeded` (default), `failed` or `cancelled`; `completed` is
+    /// the old name of `succeeded`. Move it on with `PATCH /api/runs/{id}`.
+    #[schema(pattern = "^(pending|running|succeeded|failed|cancelled|completed)$")]
     pub status: Option<String>,
     /// Anything the caller wants kept with the run.
     pub input: Option<serde_json::Value>,
@@ -283,13 +284,7 @@ async fn create_run(
     if body.credits < 0 {
         return Err(ApiError::bad_request("credits must be 0 or more"));
     }
-    let status = body.status.as_deref().unwrap_or("completed");
-    if !RUN_STATUSES.contains(&status) {
-        return Err(ApiError::bad_request(format!(
-            "status must be one of {}",
-            RUN_STATUSES.join(", ")
-        )));
-    }
+    let status = runs::parse_status(body.status.as_deref().unwrap_or("succeeded"))?;
     let mut conn = state.db().await?;
     let org = caller_org(&conn, &principal, body.organization_id.as_deref()).await?;
     let tx = conn.transaction().await?;
@@ -317,7 +312,12 @@ async fn create_run(
         .query_one(
             &format!(
                 "INSERT INTO runs (id, organization_id, user_id, name, status, credits_cost, \
-                 transaction_id, input) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {}",
+                 transaction_id, input, started_at, finished_at, duration_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+                   CASE WHEN $5 <> 'pending' THEN now() END, \
+                   CASE WHEN $5 NOT IN ('pending', 'running') THEN now() END, \
+                   CASE WHEN $5 NOT IN ('pending', 'running') THEN 0::bigint END) \
+                 RETURNING {}",
                 Run::COLUMNS
             ),
             &[

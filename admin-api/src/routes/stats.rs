@@ -44,7 +44,18 @@ pub struct Stats {
     pub users: UserStats,
     pub sessions: SessionStats,
     pub auth: AuthStats,
+    pub mfa: MfaStats,
     pub gateway: GatewayStats,
+}
+
+/// MFA adoption.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MfaStats {
+    /// Users with a confirmed TOTP enrollment.
+    pub enrolled_users: i64,
+    /// `enrolled_users / total users`, 0..=1 (0 when there are no users).
+    #[schema(minimum = 0, maximum = 1)]
+    pub enrollment_rate: f64,
 }
 
 /// User figures (activity is `last_active_at`, updated at most once a minute).
@@ -97,6 +108,7 @@ SELECT
      AS sign_ins_24h,
   (SELECT count(*) FROM sign_in_events WHERE NOT success AND created_at >= now() - interval '24 hours')
      AS failed_24h,
+  (SELECT count(*) FROM users WHERE mfa_enrolled) AS mfa_enrolled,
   (SELECT count(*) FROM runs) AS total_executions,
   -- Execution debits are stored negative; purchases, refunds and adjustments are not usage.
   (SELECT COALESCE(-sum(credits_amount), 0)::bigint FROM credit_transactions
@@ -161,6 +173,14 @@ async fn get_stats(
     let conn = state.db().await?;
     let row = conn.query_one(STATS_QUERY, &[]).await?;
     let gateway = gateway_stats(&state).await;
+    let total_users: i64 = col(&row, "total_users")?;
+    let mfa_enrolled: i64 = col(&row, "mfa_enrolled")?;
+    // Counts far below 2^52: exact as f64.
+    let enrollment_rate = if total_users > 0 {
+        mfa_enrolled as f64 / total_users as f64
+    } else {
+        0.0
+    };
     Ok(Json(Stats {
         total_organizations: col(&row, "total_organizations")?,
         total_users: col(&row, "total_users")?,
@@ -181,6 +201,10 @@ async fn get_stats(
         auth: AuthStats {
             sign_ins_last_24h: col(&row, "sign_ins_24h")?,
             failed_sign_ins_last_24h: col(&row, "failed_24h")?,
+        },
+        mfa: MfaStats {
+            enrolled_users: mfa_enrolled,
+            enrollment_rate,
         },
         gateway,
     }))

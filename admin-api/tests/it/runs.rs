@@ -89,7 +89,7 @@ async fn runs_debit_credits_and_are_listed() {
     assert_eq!(r["organization_id"], org.as_str());
     assert_eq!(r["user_id"], user.id.as_str());
     assert_eq!(r["credits_cost"], 30);
-    assert_eq!(r["status"], "completed");
+    assert_eq!(r["status"], "succeeded");
     let run_id = r["id"].as_str().expect("id").to_string();
 
     // A free run has no ledger row.

@@ -76,6 +76,7 @@ async fn stats_numbers_follow_the_data() {
                       "new_last_7d": 1, "new_last_30d": 1},
             "sessions": {"active": 0, "created_last_24h": 0},
             "auth": {"sign_ins_last_24h": 0, "failed_sign_ins_last_24h": 0},
+            "mfa": {"enrolled_users": 0, "enrollment_rate": 0.0},
             "gateway": {"requests_last_hour": 0, "rejected_last_hour": 0, "available": true},
         })
     );
@@ -162,6 +163,13 @@ async fn stats_numbers_follow_the_data() {
             .expect("set counter");
     }
 
+    // One of the four users has MFA.
+    conn.execute(
+        "UPDATE users SET mfa_enrolled = true WHERE id = $1",
+        &[&b.id],
+    )
+    .await
+    .expect("mfa");
     let (status, now) = stats(&app, &admin.key).await;
     assert_eq!(status, 200, "{now}");
     assert_eq!(
@@ -176,6 +184,7 @@ async fn stats_numbers_follow_the_data() {
                       "new_last_7d": 2, "new_last_30d": 3},
             "sessions": {"active": 3, "created_last_24h": 4},
             "auth": {"sign_ins_last_24h": 1, "failed_sign_ins_last_24h": 2},
+            "mfa": {"enrolled_users": 1, "enrollment_rate": 0.25},
             "gateway": {"requests_last_hour": 23, "rejected_last_hour": 3, "available": true},
         })
     );
