@@ -24,6 +24,7 @@ pub mod credits;
 pub mod email;
 pub mod gateway;
 pub mod gateway_risk;
+pub mod gateway_rules;
 pub mod health;
 pub mod invitation_codes;
 pub mod organizations;
@@ -49,6 +50,7 @@ pub fn admin_routes() -> OpenApiRouter<AppState> {
         .merge(organizations::routes())
         .merge(stats::routes())
         .merge(gateway::routes())
+        .merge(gateway_rules::routes())
         .merge(access_log::routes())
         .merge(email::routes())
         .merge(credits::routes())
