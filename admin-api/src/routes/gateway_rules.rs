@@ -259,10 +259,31 @@ pub struct RulesQuery {
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
-    /// Only rules with this action: `block`, `allow`, `rate_limit` or `log_only`.
-    pub action: Option<String>,
+    /// Only rules with this action.
+    pub action: Option<ActionFilter>,
     /// Only enabled (`true`) or disabled (`false`) rules.
     pub enabled: Option<bool>,
+}
+
+/// The `action` filter of the rule list.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionFilter {
+    Block,
+    Allow,
+    RateLimit,
+    LogOnly,
+}
+
+impl ActionFilter {
+    fn action(self) -> RuleAction {
+        match self {
+            Self::Block => RuleAction::Block,
+            Self::Allow => RuleAction::Allow,
+            Self::RateLimit => RuleAction::RateLimit,
+            Self::LogOnly => RuleAction::LogOnly,
+        }
+    }
 }
 
 /// A page of rules, newest first.
@@ -733,18 +754,7 @@ async fn list_rules(
     Query(q): Query<RulesQuery>,
 ) -> Result<Json<RulePage>, ApiError> {
     let page = PageRequest::new(q.limit, q.cursor.as_deref())?;
-    let action = match q.action.as_deref() {
-        None => None,
-        Some(a) => Some(
-            RuleAction::parse(a)
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "action must be one of block, allow, rate_limit, log_only (got {a:?})"
-                    ))
-                })?
-                .as_str(),
-        ),
-    };
+    let action = q.action.map(|a| a.action().as_str());
     let conn = state.db().await?;
     let rows = conn
         .query(
