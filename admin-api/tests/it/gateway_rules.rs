@@ -374,6 +374,26 @@ async fn rules_are_versioned_with_the_config_audited_and_published() {
         "two PUTs, two creations, two effective PATCHes, one deletion"
     );
 
+    // The admin metrics show the published version and its rule count.
+    let text = app
+        .get("/metrics")
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    let sample = |name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    assert_eq!(sample("watchpost_admin_gateway_rules"), Some(1.0), "{text}");
+    assert_eq!(
+        sample("watchpost_admin_gateway_config_version"),
+        Some(doc.version as f64),
+        "{text}"
+    );
+
     // The start-up / periodic re-sync writes the rules too.
     let () = redis::cmd("DEL")
         .arg(k.gateway_config())
