@@ -832,3 +832,71 @@ async fn openapi_documents_the_rule_endpoints_and_constraints() {
         .expect("parameters");
     assert!(params.iter().any(|p| p["name"] == "rule"));
 }
+
+#[tokio::test]
+async fn more_than_max_rules_live_is_409_and_changes_nothing() {
+    let app = spawn_app().await;
+    let admin = app.create_admin().await;
+    let config = put_config(
+        &app,
+        &admin,
+        json!({"ip_mode": "direct", "risk_reject_threshold": 0.8}),
+    )
+    .await;
+    let version = i64::try_from(config["version"].as_u64().expect("version")).expect("i64");
+    // MAX_RULES live rules, stored directly (valid ids: `rul_` and 26 digits).
+    let inserted = app
+        .db()
+        .await
+        .execute(
+            "INSERT INTO gateway_rules (id, action, match, priority, enabled, reason, version) \
+             SELECT 'rul_' || lpad(n::text, 26, '0'), 'block', \
+                    jsonb_build_object('cidrs', jsonb_build_array('10.0.0.' || (n % 250))), \
+                    0, true, 'bulk', $1 \
+             FROM generate_series(1, $2::int) AS n",
+            &[
+                &version,
+                &i32::try_from(watchpost_common::rules::MAX_RULES).expect("i32"),
+            ],
+        )
+        .await
+        .expect("insert");
+    assert_eq!(
+        inserted,
+        u64::try_from(watchpost_common::rules::MAX_RULES).expect("u64")
+    );
+    let before_doc = redis_doc(&app).await.expect("doc");
+    let before_versions = count(&app, "gateway_config_versions").await;
+    let (status, body) = create(
+        &app,
+        &admin,
+        json!({"action": "block", "match": {"cidrs": ["192.0.2.0/24"]}, "reason": "one more"}),
+    )
+    .await;
+    assert_error(status, &body, 409, "CONFLICT");
+    assert_eq!(redis_doc(&app).await.as_deref(), Some(before_doc.as_str()));
+    assert_eq!(
+        count(&app, "gateway_config_versions").await,
+        before_versions
+    );
+    assert!(app.audit_rows("gateway_rule.created").await.is_empty());
+    // A disabled rule does not count: disabling one makes room.
+    let (status, body) = call(
+        &admin,
+        app.patch(&format!("/api/admin/gateway/rules/rul_{:0>26}", 7))
+            .json(&json!({"enabled": false})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = create(
+        &app,
+        &admin,
+        json!({"action": "block", "match": {"cidrs": ["192.0.2.0/24"]}, "reason": "one more"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        applied(&app).await.rules.len(),
+        watchpost_common::rules::MAX_RULES
+    );
+}
