@@ -8,6 +8,9 @@
 //! lacks it or holds an older one, announcing the repair on `<prefix>gateway:config:changed`
 //! like a `PUT` does.
 //!
+//! The document written is the newest config version plus the live rules, composed like every
+//! other writer composes it ([`crate::gateway_doc`]).
+//!
 //! The check and the write are one script in Redis, so a `PUT` that wrote a newer version
 //! between our read of PostgreSQL and our write is never overwritten. A Redis version newer
 //! than PostgreSQL's is left alone: a `PUT` writes Redis just before it commits. Before the
@@ -16,10 +19,9 @@
 use std::time::Duration;
 
 use redis::Script;
-use watchpost_common::gateway::GatewayConfigDoc;
-use watchpost_common::GatewayConfig;
+use tokio_postgres::IsolationLevel;
 
-use crate::state::AppState;
+use crate::{gateway_doc, state::AppState};
 
 /// How often Redis's copy is checked.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(2);
@@ -52,33 +54,31 @@ pub enum Synced {
 }
 
 /// Compare Redis's copy with PostgreSQL's current version once, repairing Redis if needed.
+/// The document written is the one every writer publishes: the newest config version plus
+/// the live rules ([`crate::gateway_doc`]), read in one snapshot.
 pub async fn sync_once(state: &AppState, script: &Script) -> Result<Synced, String> {
-    let conn = state.db().await.map_err(|e| e.to_string())?;
-    let row = conn
-        .query_opt(
-            "SELECT version, config FROM gateway_config_versions ORDER BY version DESC LIMIT 1",
-            &[],
-        )
+    let mut conn = state.db().await.map_err(|e| e.to_string())?;
+    let tx = conn
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
         .await
         .map_err(|e| e.to_string())?;
+    let published = gateway_doc::load(&tx).await.map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| e.to_string())?;
     drop(conn);
-    let Some(row) = row else {
+    let Some(published) = published else {
         return Ok(Synced::NothingStored);
     };
-    let version: i64 = row.try_get("version").map_err(|e| e.to_string())?;
-    let stored: serde_json::Value = row.try_get("config").map_err(|e| e.to_string())?;
-    let doc: GatewayConfigDoc =
-        serde_json::from_value(stored).map_err(|e| format!("stored gateway config: {e}"))?;
-    let config =
-        GatewayConfig::from_doc(&doc).map_err(|e| format!("stored gateway config: {e}"))?;
-    state.metrics().gateway_config_version.set(version);
-    let version = u64::try_from(version).unwrap_or_default();
+    gateway_doc::record_metrics(state, &published);
+    let version = published.version;
     let keys = state.keys();
     let mut redis = state.redis();
     let mut call = script.prepare_invoke();
     call.key(keys.gateway_config())
         .key(keys.gateway_config_changed())
-        .arg(config.to_json())
+        .arg(published.json.as_str())
         .arg(version);
     let wrote: i64 = state
         .redis_timeout(call.invoke_async(&mut redis))

@@ -8,6 +8,7 @@ pub mod db;
 pub mod email;
 pub mod error;
 pub mod extract;
+pub mod gateway_doc;
 pub mod gateway_sync;
 pub mod ids;
 pub mod invitations;

@@ -65,6 +65,9 @@ pub struct Metrics {
     /// `gateway_config_version`: the current gateway config version (rules included), as
     /// last read from PostgreSQL.
     pub gateway_config_version: IntGauge,
+    /// `gateway_rules`: the gateway rules in the published document (enabled and not expired
+    /// when it was last written or checked).
+    pub gateway_rules: IntGauge,
 }
 
 impl Metrics {
@@ -131,6 +134,10 @@ impl Metrics {
             "gateway_config_version",
             "Current gateway config version (rules included)",
         )?;
+        let gateway_rules = IntGauge::new(
+            "gateway_rules",
+            "Gateway rules in the published config (enabled, not expired)",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(pg_pool_size.clone()))?;
@@ -144,6 +151,7 @@ impl Metrics {
         registry.register(Box::new(sign_in_failures.clone()))?;
         registry.register(Box::new(tails_open.clone()))?;
         registry.register(Box::new(gateway_config_version.clone()))?;
+        registry.register(Box::new(gateway_rules.clone()))?;
         // Export the labelled series from the start, at 0, so that alert expressions over
         // `rate()` see a first sample before the first event.
         for t in crate::rate_limit::THROTTLE_LABELS {
@@ -167,6 +175,7 @@ impl Metrics {
             sign_in_failures,
             tails_open,
             gateway_config_version,
+            gateway_rules,
         })
     }
 

@@ -72,6 +72,9 @@ pub struct AccessLogQuery {
     pub decision: Option<String>,
     /// Response status, 100..=599.
     pub status: Option<String>,
+    /// Gateway rule id (`rul_…`), exact: entries that rule decided or tagged.
+    #[param(pattern = "^rul_[0-9A-HJKMNP-TV-Z]{26}$")]
+    pub rule: Option<String>,
 }
 
 /// Query of `GET /api/admin/access-log/tail`.
@@ -90,6 +93,9 @@ pub struct TailQuery {
     pub ua_type: Option<String>,
     pub decision: Option<String>,
     pub status: Option<String>,
+    /// Gateway rule id (`rul_…`), exact.
+    #[param(pattern = "^rul_[0-9A-HJKMNP-TV-Z]{26}$")]
+    pub rule: Option<String>,
 }
 
 /// Query of `GET /api/admin/access-log/summary`.
@@ -155,6 +161,7 @@ async fn list_access_log(
         ua_type: q.ua_type,
         decision: q.decision,
         status: q.status,
+        rule: q.rule,
     })?;
     let request = PageRequest {
         limit,
@@ -216,6 +223,7 @@ async fn tail_access_log(
         ua_type: q.ua_type,
         decision: q.decision,
         status: q.status,
+        rule: q.rule,
     })?;
     let admin_config = &state.config().admin;
     let slot = slots

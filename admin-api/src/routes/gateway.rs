@@ -28,6 +28,7 @@ use crate::{
     auth::PlatformAdmin,
     error::{ApiError, ErrorEnvelope},
     extract::{Json, Query},
+    gateway_doc::{self, Published, GATEWAY_LOCK_KEY},
     models::col,
     state::AppState,
 };
@@ -38,8 +39,8 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_gateway_config_versions))
 }
 
-/// Advisory-lock key serialising gateway config writes ("gwconfig").
-const GATEWAY_LOCK_KEY: i64 = 0x6777_636f_6e66_6967;
+/// `change` of the versions a config `PUT` makes.
+const CHANGE_CONFIG_UPDATED: &str = "config updated";
 
 /// The gateway config as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -142,6 +143,11 @@ pub struct GatewayConfigVersion {
     /// RFC 3339.
     pub created_at: String,
     pub created_by: Option<String>,
+    /// What this version changed: `config updated` (a `PUT /gateway/config`), or
+    /// `rule rul_… created` / `updated` / `deleted`; null for versions stored before rules
+    /// existed. `config` is the gateway config of the version (rules are listed by
+    /// `GET /gateway/rules`).
+    pub change: Option<String>,
 }
 
 /// A page of the history, newest first.
@@ -174,6 +180,7 @@ struct Row {
     doc: GatewayConfigDoc,
     created_at: DateTime<Utc>,
     created_by: Option<String>,
+    change: Option<String>,
 }
 
 impl Row {
@@ -187,11 +194,12 @@ impl Row {
             doc,
             created_at: col(row, "created_at")?,
             created_by: col(row, "created_by")?,
+            change: col(row, "change")?,
         })
     }
 }
 
-const ROW_COLUMNS: &str = "version, config, created_at, created_by";
+const ROW_COLUMNS: &str = "version, config, created_at, created_by, change";
 
 async fn latest(client: &impl deadpool_postgres::GenericClient) -> Result<Option<Row>, ApiError> {
     client
@@ -279,8 +287,8 @@ async fn put_gateway_config(
     let tx = conn.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&GATEWAY_LOCK_KEY])
         .await?;
-    let previous = latest(&tx).await?;
-    let current_version = previous.as_ref().map_or(0, |r| r.version);
+    let previous = gateway_doc::load(&tx).await?;
+    let current_version = previous.as_ref().map_or(0, |p| p.version);
     if let Some(expected) = input.version {
         if expected != current_version {
             return Err(ApiError::conflict(format!(
@@ -303,13 +311,25 @@ async fn put_gateway_config(
     let doc = config.to_doc();
     let stored = serde_json::to_value(&doc).map_err(ApiError::internal)?;
     tx.execute(
-        "INSERT INTO gateway_config_versions (version, config, created_at, created_by) \
-         VALUES ($1, $2, $3, $4)",
-        &[&version, &stored, &created_at, &doc.updated_by],
+        "INSERT INTO gateway_config_versions (version, config, created_at, created_by, change) \
+         VALUES ($1, $2, $3, $4, $5)",
+        &[
+            &version,
+            &stored,
+            &created_at,
+            &doc.updated_by,
+            &CHANGE_CONFIG_UPDATED,
+        ],
     )
     .await?;
-    let before = GatewayConfigView::from(current_doc(previous.as_ref()));
+    let before = GatewayConfigView::from(
+        previous
+            .as_ref()
+            .map_or_else(|| GatewayConfig::default().to_doc(), |p| p.stored.clone()),
+    );
     let after = GatewayConfigView::from(doc.clone());
+    // The proxies get the new config with the live rules.
+    let next = Published::compose(doc.clone(), gateway_doc::live_rules(&tx).await?)?;
     audit::record(
         &tx,
         &admin.audit(),
@@ -320,52 +340,13 @@ async fn put_gateway_config(
     )
     .await?;
 
-    // Redis before the commit: if it fails, the transaction rolls back when `tx` drops.
-    let keys = state.keys();
-    let mut con = state.redis();
-    let published = state
-        .redis_timeout(
-            redis::pipe()
-                .atomic()
-                .set(keys.gateway_config(), config.to_json())
-                .ignore()
-                .publish(keys.gateway_config_changed(), doc.version)
-                .ignore()
-                .query_async::<()>(&mut con),
-        )
-        .await;
-    if let Err(e) = published {
-        restore_redis(&state, previous.as_ref()).await;
-        return Err(e);
-    }
-    if let Err(e) = tx.commit().await {
-        restore_redis(&state, previous.as_ref()).await;
-        return Err(e.into());
-    }
+    // Redis before the commit: if it fails, the transaction rolls back.
+    gateway_doc::publish_and_commit(&state, tx, previous.as_ref(), &next).await?;
     tracing::info!(
         gateway.version = doc.version,
         "gateway config: new version applied"
     );
     Ok(Json(after))
-}
-
-/// Best effort: put the previous document back into Redis (or remove the key when there was
-/// none) after a PUT failed half-way, and announce it.
-async fn restore_redis(state: &AppState, previous: Option<&Row>) {
-    let keys = state.keys();
-    let mut pipe = redis::pipe();
-    pipe.atomic();
-    match previous.map(|r| GatewayConfig::from_doc(&r.doc)) {
-        Some(Ok(c)) => pipe.set(keys.gateway_config(), c.to_json()).ignore(),
-        _ => pipe.del(keys.gateway_config()).ignore(),
-    };
-    let version = previous.map_or(0, |r| r.version);
-    pipe.publish(keys.gateway_config_changed(), version)
-        .ignore();
-    let mut con = state.redis();
-    if let Err(e) = state.redis_timeout(pipe.query_async::<()>(&mut con)).await {
-        tracing::warn!(error = %e, "gateway config: could not restore the previous version in Redis");
-    }
 }
 
 /// The history of the gateway config, newest first.
@@ -417,6 +398,7 @@ async fn list_gateway_config_versions(
                 config: r.doc.into(),
                 created_at: rfc3339(r.created_at),
                 created_by: r.created_by,
+                change: r.change,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -25,6 +25,7 @@ pub mod credits;
 pub mod email;
 pub mod gateway;
 pub mod gateway_risk;
+pub mod gateway_rules;
 pub mod groups;
 pub mod health;
 pub mod invitation_codes;
@@ -57,6 +58,7 @@ pub fn admin_routes() -> OpenApiRouter<AppState> {
         .merge(groups::routes())
         .merge(stats::routes())
         .merge(gateway::routes())
+        .merge(gateway_rules::routes())
         .merge(access_log::routes())
         .merge(email::routes())
         .merge(credits::routes())

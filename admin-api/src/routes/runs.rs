@@ -277,9 +277,15 @@ pub struct PatchRun {
 /// scopes do not cover `/api/runs`; this keeps the handler safe on its own.
 fn runs_scope_allows(principal: &Principal) -> Result<(), ApiError> {
     match &principal.scopes {
-        Some(scopes) if !scopes.iter().any(|s| s == crate::auth::principal::SCOPE_RUNS) => Err(
-            ApiError::forbidden("this API key's scopes do not cover /api/runs"),
-        ),
+        Some(scopes)
+            if !scopes
+                .iter()
+                .any(|s| s == crate::auth::principal::SCOPE_RUNS) =>
+        {
+            Err(ApiError::forbidden(
+                "this API key's scopes do not cover /api/runs",
+            ))
+        }
         _ => Ok(()),
     }
 }

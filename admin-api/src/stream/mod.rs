@@ -116,6 +116,7 @@ pub struct FilterParams {
     pub ua_type: Option<String>,
     pub decision: Option<String>,
     pub status: Option<String>,
+    pub rule: Option<String>,
 }
 
 /// Validated filters; an entry must match every one that is set.
@@ -134,6 +135,8 @@ pub struct Filters {
     pub ua_type: Option<UaType>,
     pub decision: Option<Decision>,
     pub status: Option<u16>,
+    /// The deciding (or tagging) gateway rule's id, exact.
+    pub rule: Option<String>,
 }
 
 impl Filters {
@@ -226,6 +229,15 @@ impl Filters {
                 }
             },
         };
+        let rule = match p.rule.as_deref() {
+            None => None,
+            Some(r) if watchpost_common::rules::is_rule_id(r) => Some(r.to_string()),
+            Some(r) => {
+                return Err(bad(format!(
+                    "rule must be a rule id (rul_ followed by 26 upper-case Crockford base-32 characters; got {r:?})"
+                )))
+            }
+        };
         Ok(Self {
             method,
             path,
@@ -235,6 +247,7 @@ impl Filters {
             ua_type,
             decision,
             status,
+            rule,
         })
     }
 
@@ -258,6 +271,7 @@ impl Filters {
             && self.ua_type.is_none_or(|t| e.ua_type == t.as_str())
             && self.decision.is_none_or(|d| e.decision == d)
             && self.status.is_none_or(|s| e.status == s)
+            && self.rule.as_deref().is_none_or(|r| e.rule == r)
     }
 }
 
@@ -390,6 +404,10 @@ impl Filters {
             && self
                 .status
                 .is_none_or(|s| num("status").is_some_and(|v| v == f64::from(s)))
+            && self
+                .rule
+                .as_deref()
+                .is_none_or(|r| raw_field(fields, "rule") == r)
     }
 }
 
@@ -502,6 +520,7 @@ mod tests {
             ua_type: Some("cli".into()),
             decision: Some("reject".into()),
             status: Some("403".into()),
+            rule: None,
         })
         .expect("valid");
         let mut e = AccessLogEntry {
@@ -524,6 +543,37 @@ mod tests {
         assert!(Filters::default().matches(&e));
         assert!(Filters::default().is_empty());
         assert!(!f.is_empty());
+    }
+
+    #[test]
+    fn rule_filter_takes_rule_ids_only_and_matches_exactly() {
+        let id = "rul_01JDX3Q7Z5R8KX4W2M9T6V1B0C";
+        let f = Filters::parse(&FilterParams {
+            rule: Some(id.into()),
+            ..Default::default()
+        })
+        .expect("a rule id");
+        let mut e = AccessLogEntry {
+            rule: id.into(),
+            ..Default::default()
+        };
+        assert!(f.matches(&e));
+        assert!(f.may_match(&[("rule".into(), id.into())]));
+        e.rule = String::new();
+        assert!(!f.matches(&e));
+        assert!(!f.may_match(&[]));
+        for bad in [
+            "",
+            "rul_",
+            "usr_01JDX3Q7Z5R8KX4W2M9T6V1B0C",
+            "rul_01jdx3q7z5r8kx4w2m9t6v1b0c",
+            "rul_01JDX3Q7Z5R8KX4W2M9T6V1B0C\0",
+        ] {
+            refused(FilterParams {
+                rule: Some(bad.into()),
+                ..Default::default()
+            });
+        }
     }
 
     #[test]
