@@ -36,6 +36,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(get_gateway_config, put_gateway_config))
         .routes(routes!(list_gateway_config_versions))
+        .merge(super::gateway_preview::routes())
 }
 
 /// Advisory-lock key serialising gateway config writes ("gwconfig").
