@@ -28,12 +28,11 @@ fn write_geo_db() -> std::path::PathBuf {
     path
 }
 
+/// A path and the headers it is sent with.
+type Request = (&'static str, Vec<(&'static str, &'static str)>);
+
 /// The traffic mix, each from its own client IP (forwarded by the trusted loopback peer).
-fn mix() -> Vec<(
-    &'static str,
-    &'static str,
-    Vec<(&'static str, &'static str)>,
-)> {
+fn mix() -> Vec<Request> {
     let browser = |ip| {
         vec![
             ("User-Agent", BROWSER_UA),
@@ -50,20 +49,15 @@ fn mix() -> Vec<(
         ]
     };
     vec![
-        ("/p/home", "198.51.100.1", browser("198.51.100.1")),
-        ("/p/curl", "198.51.100.2", ua("curl/8.5.0", "198.51.100.2")),
-        (
-            "/p/lib",
-            "198.51.100.3",
-            ua("python-requests/2.31.0", "198.51.100.3"),
-        ),
-        ("/p/bot", "198.51.100.4", ua(BOT_UA, "198.51.100.4")),
-        ("/.env", "198.51.100.5", browser("198.51.100.5")),
-        ("/.env", "198.51.100.6", ua("curl/8.5.0", "198.51.100.6")),
-        ("/p/gb", "81.2.69.10", browser("81.2.69.10")),
+        ("/p/home", browser("198.51.100.1")),
+        ("/p/curl", ua("curl/8.5.0", "198.51.100.2")),
+        ("/p/lib", ua("python-requests/2.31.0", "198.51.100.3")),
+        ("/p/bot", ua(BOT_UA, "198.51.100.4")),
+        ("/.env", browser("198.51.100.5")),
+        ("/.env", ua("curl/8.5.0", "198.51.100.6")),
+        ("/p/gb", browser("81.2.69.10")),
         (
             "/p/no-language",
-            "198.51.100.8",
             vec![
                 ("User-Agent", BROWSER_UA),
                 ("Accept", "text/html"),
@@ -76,7 +70,7 @@ fn mix() -> Vec<(
 /// Sends the mix through the proxy; returns how many were answered 403.
 async fn send_mix(http: &reqwest::Client, proxy: SocketAddr) -> u64 {
     let mut rejected = 0;
-    for (path, _, headers) in mix() {
+    for (path, headers) in mix() {
         let mut rb = http.get(format!("http://{proxy}{path}"));
         for (k, v) in headers {
             rb = rb.header(k, v);
