@@ -351,3 +351,108 @@ async fn preview_rejects_bad_input_and_changes_nothing() {
     assert_eq!(config["version"], 0, "{config}");
     assert!(app.audit_rows("gateway_config.updated").await.is_empty());
 }
+
+/// Entries written straight into the stream: more than one page of `XREVRANGE`.
+const SEEDED: usize = 2_500;
+/// How many of them the preview asks for.
+const PREVIEWED: usize = 2_100;
+
+#[tokio::test]
+async fn preview_reads_only_the_newest_entries_and_applies_published_rules() {
+    use watchpost_common::{AccessLogEntry, Decision, Keys};
+
+    let app = TestApp::spawn().await;
+    let admin = app.create_admin().await;
+    let keys = Keys::new(app.key_prefix.clone());
+    let mut con = redis::Client::open(app.config.redis.url.as_str())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis must be reachable");
+
+    // Published: an `allow` rule for /allowed and a `rate_limit` rule for /api.
+    let published = json!({
+        "ip_mode": "direct", "trusted_cidrs": [], "risk_reject_threshold": 0.8,
+        "risk_mode": "enforce", "version": 7,
+        "rules": [
+            {"id": "rul_01JDX3Q7Z5R8KX4W2M9T6V1B0B", "action": "allow",
+             "match": {"path_prefixes": ["/allowed"]}, "priority": 1, "reason": "partner"},
+            {"id": "rul_01JDX3Q7Z5R8KX4W2M9T6V1B0C", "action": "rate_limit",
+             "match": {"path_prefixes": ["/api"]}, "rate": {"requests": 5, "window_secs": 1},
+             "priority": 0, "reason": "api"}
+        ]
+    });
+    let _: () = redis::cmd("SET")
+        .arg(keys.gateway_config())
+        .arg(published.to_string())
+        .query_async(&mut con)
+        .await
+        .expect("SET");
+
+    // curl from distinct clients, scored 0.4 under the defaults; the newest two never
+    // reached scoring.
+    let mut pipe = redis::pipe();
+    for i in 0..SEEDED {
+        let path = match i % 10 {
+            0 => "/allowed/x",
+            1 => "/api/v1",
+            _ => "/x",
+        };
+        let mut e = AccessLogEntry {
+            ts: 1_700_000_000_000 + i as u64,
+            method: "GET".into(),
+            path: path.into(),
+            status: 200,
+            ip: format!("198.51.{}.{}", i / 256, i % 256),
+            risk: 0.4,
+            reasons: vec!["ua_cli".into()],
+            ua: "curl/8.5.0".into(),
+            ua_type: "cli".into(),
+            decision: Decision::Allow,
+            ..AccessLogEntry::default()
+        };
+        if i == SEEDED - 1 {
+            e.status = 431;
+            e.reasons.clear();
+            e.risk = 0.0;
+            e.ua_type = "unknown".into();
+            e.decision = Decision::Reject;
+        } else if i == SEEDED - 2 {
+            e.ua_type.clear();
+            e.reasons.clear();
+            e.status = 400;
+        }
+        let fields = e.to_fields();
+        pipe.cmd("XADD").arg(keys.access_stream()).arg("*");
+        for (name, value) in &fields {
+            pipe.arg(*name).arg(value.as_str());
+        }
+        pipe.ignore();
+    }
+    let _: () = pipe.query_async(&mut con).await.expect("XADD");
+
+    let (status, p) = preview(
+        &app,
+        &admin.key,
+        &json!({"ip_mode": "direct", "risk_reject_threshold": 0.3, "entries": PREVIEWED}),
+    )
+    .await;
+    assert_eq!(status, 200, "{p}");
+    let oldest = SEEDED - PREVIEWED;
+    let replayed: Vec<usize> = (oldest..SEEDED - 2).collect();
+    let allowed = replayed.iter().filter(|i| *i % 10 == 0).count() as u64;
+    let limited = replayed.iter().filter(|i| *i % 10 == 1).count() as u64;
+    assert_eq!(p["examined"], PREVIEWED as u64, "{p}");
+    assert_eq!(p["skipped"], 2, "{p}");
+    assert_eq!(p["would_allow"], allowed, "{p}");
+    assert_eq!(p["would_reject"], replayed.len() as u64 - allowed, "{p}");
+    assert_eq!(p["newly_rejected"], p["would_reject"], "{p}");
+    assert_eq!(p["rate_limit_rules_ignored"], limited, "{p}");
+    assert_eq!(p["oldest_ts"], 1_700_000_000_000 + oldest as u64, "{p}");
+    assert_eq!(p["newest_ts"], 1_700_000_000_000 + SEEDED as u64 - 1, "{p}");
+    assert_eq!(
+        count(&p["top_paths"], "/x"),
+        replayed.len() as u64 - allowed - limited
+    );
+    assert_eq!(count(&p["top_paths"], "/allowed/x"), 0, "{p}");
+}
