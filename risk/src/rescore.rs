@@ -81,7 +81,7 @@ impl RiskEngine {
     ///   count is then `rate_limit · (1 + s)` of the recorded engine and is re-read against
     ///   this engine's `rate_limit`.
     ///
-    /// Approximations, all documented in the preview's answer:
+    /// Approximations:
     /// - The score is logged with 3 decimals, so recovered intensities are only as exact as
     ///   that (re-scoring under `recorded_by` itself reproduces the logged score within
     ///   0.0005). A score logged as `1.000` hides how far past 1 the unknowns went; so does a

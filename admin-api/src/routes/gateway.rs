@@ -127,7 +127,7 @@ pub struct GatewayConfigInput {
 }
 
 /// `client_ip_header` in the OpenAPI document: one of the names the validation accepts.
-fn client_ip_header_schema() -> utoipa::openapi::Object {
+pub(super) fn client_ip_header_schema() -> utoipa::openapi::Object {
     utoipa::openapi::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
         .enum_values(Some(ClientIpHeader::ALL.map(ClientIpHeader::as_str)))

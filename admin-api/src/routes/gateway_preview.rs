@@ -25,6 +25,7 @@ use watchpost_common::{
 };
 use watchpost_risk::{Recorded, RiskConfig, RiskEngine};
 
+use super::gateway::client_ip_header_schema;
 use super::gateway_risk::{risk_mode_schema, RiskSettings};
 
 use crate::{
@@ -65,6 +66,7 @@ pub struct PreviewInput {
     /// Headers consulted in `cdn` mode; default `cf-connecting-ip`, `true-client-ip`.
     pub cdn_headers: Option<Vec<String>>,
     /// The forwarding header trusted hops set. Default `x-forwarded-for`.
+    #[schema(schema_with = client_ip_header_schema)]
     pub client_ip_header: Option<String>,
     /// `cdn` mode: the CDN's own ranges.
     #[serde(default)]

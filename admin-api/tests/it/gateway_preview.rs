@@ -336,6 +336,16 @@ async fn preview_rejects_bad_input_and_changes_nothing() {
     assert_eq!(props["entries"]["minimum"], 1.0, "{props}");
     assert_eq!(props["entries"]["maximum"], 100_000.0, "{props}");
     assert_eq!(props["risk_reject_threshold"]["maximum"], 1.0, "{props}");
+    assert_eq!(
+        props["client_ip_header"]["enum"],
+        json!(["x-forwarded-for", "forwarded", "x-real-ip"]),
+        "{props}"
+    );
+    assert_eq!(
+        props["risk_mode"]["enum"],
+        json!(["enforce", "log_only"]),
+        "{props}"
+    );
     assert!(doc["components"]["schemas"]["Preview"]["properties"]["would_reject"].is_object());
 
     // Nothing was written: still the default config, no version, no audit row.
