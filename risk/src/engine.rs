@@ -166,6 +166,25 @@ impl RiskEngine {
         let flag = |b: bool| f64::from(u8::from(b));
         let raw_ua = facts.user_agent.unwrap_or_default();
         Signals {
+            spoofed_forwarded: flag(facts.spoofed_forwarded),
+            malformed_forwarded: flag(facts.malformed_forwarded),
+            rate: self.rate_intensity(facts.recent_requests),
+            header_anomaly: header_anomaly(ua, raw_ua, facts),
+            ..self.field_signals(facts.ip, ua, facts.path, facts.country)
+        }
+    }
+
+    /// The signals that follow from the client IP, the UA class, the path and the country
+    /// alone (what an access-log entry records); the others are left at 0.
+    pub(crate) fn field_signals(
+        &self,
+        ip: IpAddr,
+        ua: UaClass,
+        path: &str,
+        country: &str,
+    ) -> Signals {
+        let flag = |b: bool| f64::from(u8::from(b));
+        Signals {
             ua_empty: flag(ua.ua_type == UaType::Empty),
             ua_cli: flag(ua.ua_type == UaType::Cli),
             ua_library: flag(ua.ua_type == UaType::Library),
@@ -174,19 +193,20 @@ impl RiskEngine {
                 UaType::Bot => 1.0,
                 _ => 0.0,
             },
-            spoofed_forwarded: flag(facts.spoofed_forwarded),
-            malformed_forwarded: flag(facts.malformed_forwarded),
-            rate: self.rate_intensity(facts.recent_requests),
-            path_probe: flag(self.is_probe(facts.path)),
-            header_anomaly: header_anomaly(ua, raw_ua, facts),
-            country: flag(self.country_listed(facts.country)),
-            denylist: flag(self.deny.contains(facts.ip)),
-            allowlisted: false,
+            path_probe: flag(self.is_probe(path)),
+            country: flag(self.country_listed(country)),
+            denylist: flag(self.deny.contains(ip)),
+            ..Signals::default()
         }
     }
 
+    /// Whether `ip` lies in the allowlist.
+    pub(crate) fn allowlists(&self, ip: IpAddr) -> bool {
+        self.allow.contains(ip)
+    }
+
     /// 0 up to the limit, then linear in the excess: 1 at twice the limit. NaN counts as 0.
-    fn rate_intensity(&self, recent: f64) -> f64 {
+    pub(crate) fn rate_intensity(&self, recent: f64) -> f64 {
         if recent > self.rate_limit {
             ((recent - self.rate_limit) / self.rate_limit).min(1.0)
         } else {

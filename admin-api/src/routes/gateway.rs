@@ -37,6 +37,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(get_gateway_config, put_gateway_config))
         .routes(routes!(list_gateway_config_versions))
+        .merge(super::gateway_preview::routes())
 }
 
 /// `change` of the versions a config `PUT` makes.
@@ -127,7 +128,7 @@ pub struct GatewayConfigInput {
 }
 
 /// `client_ip_header` in the OpenAPI document: one of the names the validation accepts.
-fn client_ip_header_schema() -> utoipa::openapi::Object {
+pub(super) fn client_ip_header_schema() -> utoipa::openapi::Object {
     utoipa::openapi::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
         .enum_values(Some(ClientIpHeader::ALL.map(ClientIpHeader::as_str)))

@@ -24,6 +24,7 @@ pub mod auth_config;
 pub mod credits;
 pub mod email;
 pub mod gateway;
+pub mod gateway_preview;
 pub mod gateway_risk;
 pub mod gateway_rules;
 pub mod groups;

@@ -46,13 +46,22 @@ fn free_port() -> u16 {
 /// Starts the proxy on the admin API's Redis and key prefix.
 /// (`work_stealing = true`: see `config_text` in the proxy's own test support.)
 pub(crate) async fn start_proxy(app: &TestApp, origin: SocketAddr) -> RunningProxy {
+    start_proxy_with(app, origin, "").await
+}
+
+/// [`start_proxy`] with more config sections appended (`[geo]`, …).
+pub(crate) async fn start_proxy_with(
+    app: &TestApp,
+    origin: SocketAddr,
+    extra: &str,
+) -> RunningProxy {
     let text = format!(
         "[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstreams = [\"{origin}\"]\n\
          health_listen = \"127.0.0.1:0\"\nproxy_id = \"e2e-proxy\"\nthreads = 1\n\
          work_stealing = true\n\
          grace_period_secs = 0\nshutdown_timeout_secs = 1\nconnect_timeout_ms = 1000\n\
          health_check_interval_ms = 200\n\
-         [redis]\nurl = \"{redis}\"\nkey_prefix = \"{prefix}\"\n",
+         [redis]\nurl = \"{redis}\"\nkey_prefix = \"{prefix}\"\n{extra}",
         port = free_port(),
         redis = app.config.redis.url,
         prefix = app.key_prefix,
@@ -66,7 +75,7 @@ pub(crate) async fn start_proxy(app: &TestApp, origin: SocketAddr) -> RunningPro
 }
 
 /// Polls until `f` returns `Some`, failing after `within`.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -146,7 +155,7 @@ async fn put_config(app: &TestApp, admin: &TestAdmin, body: Value) -> Value {
     body
 }
 
-async fn proxy_config_version(http: &reqwest::Client, health: SocketAddr) -> u64 {
+pub(crate) async fn proxy_config_version(http: &reqwest::Client, health: SocketAddr) -> u64 {
     let body: Value = http
         .get(format!("http://{health}/healthz"))
         .send()

@@ -15,6 +15,7 @@ mod end_to_end;
 mod errors;
 mod example_config;
 mod gateway;
+mod gateway_preview;
 mod gateway_rules;
 mod groups;
 mod identity;
