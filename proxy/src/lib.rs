@@ -11,6 +11,7 @@ pub mod health;
 pub mod live_config;
 pub mod metrics;
 pub mod redact;
+pub mod rules;
 pub mod server;
 
 pub use config::Settings;

@@ -36,6 +36,7 @@ use crate::gateway::Gateway;
 use crate::health::{self, HealthLimits, HealthState};
 use crate::live_config::{self, LiveConfig};
 use crate::metrics::Metrics;
+use crate::rules::{self, RuleRuntime};
 
 /// How often the gateway config is re-read even without an announcement (SPEC §4: a change
 /// applies within 1 s).
@@ -118,19 +119,21 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
         status.clone(),
     );
     let proxy_id: Arc<str> = Arc::from(settings.file.proxy.proxy_id.as_str());
+    let rule_runtime = Arc::new(RuleRuntime::default());
 
     // Control side.
     let (control_stop, control_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let control = {
         let settings = settings.clone();
-        let (metrics, log, status, upstreams, geo, proxy_id) = (
+        let (metrics, log, status, upstreams, geo, proxy_id, rule_runtime) = (
             metrics.clone(),
             log.clone(),
             status.clone(),
             upstreams.clone(),
             geo.clone(),
             proxy_id.clone(),
+            rule_runtime.clone(),
         );
         std::thread::Builder::new()
             .name("wp-control".into())
@@ -180,6 +183,13 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
                     .await;
                     let live = Arc::new(LiveConfig::new(initial, source, metrics.clone()));
                     let writer_task = tokio::spawn(writer.run(control_rx.clone()));
+                    let hits_task = tokio::spawn(rules::flush_hits(
+                        rule_runtime,
+                        url.clone(),
+                        keys.clone(),
+                        metrics.clone(),
+                        control_rx.clone(),
+                    ));
                     tokio::spawn(live_config::watch(
                         live.clone(),
                         url,
@@ -213,8 +223,10 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
                     if ready_tx.send(Ok((live, health_addr))).is_err() {
                         return;
                     }
-                    // The writer returns once shutdown is signalled and the buffer is flushed.
+                    // The writer returns once shutdown is signalled and the buffer is flushed;
+                    // the hit flusher once it wrote the last hits.
                     let _ = writer_task.await;
+                    let _ = hits_task.await;
                 });
             })
             .map_err(|source| ProxyError::Runtime {
@@ -246,7 +258,8 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
         settings.connect_timeout(),
         settings.read_timeout(),
     )
-    .with_max_header_bytes(settings.file.proxy.max_header_bytes);
+    .with_max_header_bytes(settings.file.proxy.max_header_bytes)
+    .with_rule_runtime(rule_runtime);
 
     // Pingora side.
     let (stop, stop_rx) = oneshot::channel();
