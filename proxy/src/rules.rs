@@ -24,6 +24,7 @@ use watchpost_common::rules::{CompiledRule, CompiledRules, RuleAction, RuleRate,
 use watchpost_common::Keys;
 
 use crate::access_log::{lazy_connection, wait_true};
+use crate::live_config::LiveConfig;
 use crate::metrics::Metrics;
 
 /// How often hit counts go to Redis.
@@ -335,8 +336,14 @@ impl RuleRuntime {
         self.state.load()
     }
 
+    /// Bring the state up to `rules` of config `version` now (the flush task does, so that
+    /// requests seldom have to, and so that a config without rules drops the old state).
+    pub fn sync(&self, rules: &Arc<CompiledRules>, version: u64) {
+        drop(self.state_for(rules, version));
+    }
+
     /// Take every rule's unflushed hits: (id, action, hits, latest hit in ms).
-    fn drain(&self) -> (Vec<(Arc<str>, RuleAction, u64, u64)>, HashSet<Arc<str>>) {
+    fn drain(&self) -> Vec<(Arc<str>, RuleAction, u64, u64)> {
         let state = self.state.load();
         let mut out = Vec::new();
         for s in &state.slots {
@@ -346,13 +353,20 @@ impl RuleRuntime {
                 out.push((s.hits.id.clone(), s.hits.action, n, last));
             }
         }
-        (out, state.by_id.keys().cloned().collect())
+        out
+    }
+
+    /// The ids of the rules in the state.
+    fn ids(&self) -> HashSet<Arc<str>> {
+        self.state.load().by_id.keys().cloned().collect()
     }
 }
 
-/// Flush hit counts to Redis every [`FLUSH_EVERY`] until shutdown, then once more.
+/// Flush hit counts to Redis every [`FLUSH_EVERY`] until shutdown, then once more; bring the
+/// rules' state up to the config in force each time.
 pub async fn flush_hits(
     runtime: Arc<RuleRuntime>,
+    live: Arc<LiveConfig>,
     redis_url: String,
     keys: Keys,
     metrics: Metrics,
@@ -376,7 +390,7 @@ pub async fn flush_hits(
             _ = wait_true(&mut shutdown) => true,
             _ = tokio::time::sleep(FLUSH_EVERY) => false,
         };
-        flusher.flush(&runtime, conn.as_mut()).await;
+        flusher.flush(&runtime, &live, conn.as_mut()).await;
         if stop {
             return;
         }
@@ -392,8 +406,16 @@ struct Flusher {
 }
 
 impl Flusher {
-    async fn flush(&mut self, runtime: &RuleRuntime, conn: Option<&mut ConnectionManager>) {
-        let (hits, live) = runtime.drain();
+    async fn flush(
+        &mut self,
+        runtime: &RuleRuntime,
+        config: &LiveConfig,
+        conn: Option<&mut ConnectionManager>,
+    ) {
+        let hits = runtime.drain();
+        let current = config.current();
+        runtime.sync(&current.compiled_rules, current.version);
+        let live = runtime.ids();
         for (id, action, n, _) in &hits {
             self.metrics
                 .rule_hits
@@ -539,12 +561,18 @@ mod tests {
             rt.evaluate(&rules, 1, &req("192.0.2.1"), now, 7),
             Verdict::None
         );
-        let (hits, live) = rt.drain();
-        let mut hits: Vec<_> = hits.into_iter().map(|(id, _, n, _)| (id, n)).collect();
+        let mut hits: Vec<_> = rt
+            .drain()
+            .into_iter()
+            .map(|(id, _, n, _)| (id, n))
+            .collect();
         hits.sort();
         assert_eq!(hits, vec![(A.into(), 1), (B.into(), 1), (C.into(), 1)]);
-        assert_eq!(live.len(), 3);
-        assert!(rt.drain().0.is_empty(), "drained hits are gone");
+        assert_eq!(rt.ids().len(), 3);
+        assert!(rt.drain().is_empty(), "drained hits are gone");
+        // A config without rules, applied by the flush task, drops the state.
+        rt.sync(&Arc::default(), 2);
+        assert!(rt.ids().is_empty());
     }
 
     #[test]
@@ -580,8 +608,7 @@ mod tests {
             Verdict::RateLimited(..)
         ));
         // Hits carried across versions: 2 under v2/v1 plus 1 under v3.
-        let (hits, _) = rt.drain();
-        assert_eq!(hits.iter().map(|h| h.2).sum::<u64>(), 3);
+        assert_eq!(rt.drain().iter().map(|h| h.2).sum::<u64>(), 3);
     }
 
     #[test]

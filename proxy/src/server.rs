@@ -185,6 +185,7 @@ pub fn start(settings: Settings, stop_on: StopOn) -> Result<RunningProxy, ProxyE
                     let writer_task = tokio::spawn(writer.run(control_rx.clone()));
                     let hits_task = tokio::spawn(rules::flush_hits(
                         rule_runtime,
+                        live.clone(),
                         url.clone(),
                         keys.clone(),
                         metrics.clone(),

@@ -11,5 +11,6 @@ mod live_config;
 mod metrics;
 mod reject;
 mod risk_runtime;
+mod rules;
 mod support;
 mod upstream;
