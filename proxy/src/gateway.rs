@@ -1,7 +1,9 @@
 //! The request lifecycle: one method per Pingora phase (see the phase chart in the README).
 //!
-//! - `request_filter`: take the gateway config for this request, decide the client IP, its
-//!   country and request rate, score the request with the risk engine of that config (its
+//! - `request_filter`: take the gateway config for this request, decide the client IP and its
+//!   country, apply the config's gateway rules (`block` answers 403, `rate_limit` past its
+//!   rate 429 with `Retry-After`, `allow` skips scoring, `log_only` only tags; see
+//!   [`crate::rules`]), then count the request rate, score the request with the risk engine of that config (its
 //!   `risk` settings, else the file's `[risk]`), and either answer 403 (the upstream is never
 //!   contacted) or let it through; with `risk_mode = log_only` a request that would be
 //!   rejected is let through and logged with `decision=flag`. Request header fields larger than `[proxy]
