@@ -260,7 +260,7 @@ impl RuleRuntime {
         now_ms: u64,
         rate_key: u128,
     ) -> Verdict {
-        let state = self.state_for(rules, version);
+        let state = self.state_for(rules, version, false);
         // A request still holding an older config than the state's (a config arrived while it
         // was on its way) finds its rules' state by id.
         let fresh = Arc::ptr_eq(&state.rules, rules);
@@ -315,20 +315,24 @@ impl RuleRuntime {
         }
     }
 
-    /// The state of `rules`, built from the current one when `rules` is newer.
+    /// The state of `rules`, built from the current one when `rules` is another config's
+    /// (unless that config is older than the state's and `always` is false: a request still
+    /// holding the previous config must not swap the state back).
     fn state_for(
         &self,
         rules: &Arc<CompiledRules>,
         version: u64,
+        always: bool,
     ) -> arc_swap::Guard<Arc<RuleState>> {
+        let keep = |s: &RuleState| Arc::ptr_eq(&s.rules, rules) || (!always && version < s.version);
         let state = self.state.load();
-        if Arc::ptr_eq(&state.rules, rules) || version < state.version {
+        if keep(&state) {
             return state;
         }
         drop(state);
         let _one = self.rebuild.lock().unwrap_or_else(PoisonError::into_inner);
         let state = self.state.load();
-        if Arc::ptr_eq(&state.rules, rules) || version < state.version {
+        if keep(&state) {
             return state;
         }
         let next = RuleState::build(rules.clone(), version, &state);
@@ -336,10 +340,11 @@ impl RuleRuntime {
         self.state.load()
     }
 
-    /// Bring the state up to `rules` of config `version` now (the flush task does, so that
-    /// requests seldom have to, and so that a config without rules drops the old state).
+    /// Make the state that of `rules` (config `version`, the one applied, even when its
+    /// version is lower than the state's). The flush task does this every second, so that
+    /// requests seldom have to and a config without rules drops the old state.
     pub fn sync(&self, rules: &Arc<CompiledRules>, version: u64) {
-        drop(self.state_for(rules, version));
+        drop(self.state_for(rules, version, true));
     }
 
     /// Take every rule's unflushed hits: (id, action, hits, latest hit in ms).
@@ -570,8 +575,9 @@ mod tests {
         assert_eq!(hits, vec![(A.into(), 1), (B.into(), 1), (C.into(), 1)]);
         assert_eq!(rt.ids().len(), 3);
         assert!(rt.drain().is_empty(), "drained hits are gone");
-        // A config without rules, applied by the flush task, drops the state.
-        rt.sync(&Arc::default(), 2);
+        // A config without rules, applied by the flush task, drops the state, even with a
+        // lower version (a config from the file after one from Redis).
+        rt.sync(&Arc::default(), 0);
         assert!(rt.ids().is_empty());
     }
 
