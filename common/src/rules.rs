@@ -15,6 +15,7 @@ use std::sync::Arc;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use prefix_trie::PrefixMap;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::gateway::parse_cidr;
 
@@ -685,9 +686,10 @@ impl CompiledRules {
             .filter(move |r| r.is_live(now_ms) && r.matches(req))
     }
 
-    /// Positions of the rules with a CIDR covering `ip`, ascending, without repeats.
-    fn covering(&self, ip: IpAddr) -> Vec<u32> {
-        let mut hits = Vec::new();
+    /// Positions of the rules with a CIDR covering `ip`, ascending, without repeats (on the
+    /// stack unless more than a few rules cover it).
+    fn covering(&self, ip: IpAddr) -> SmallVec<[u32; 8]> {
+        let mut hits = SmallVec::new();
         let mut lists = 0;
         let mut add = |ids: &Vec<u32>| {
             hits.extend_from_slice(ids);
