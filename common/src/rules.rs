@@ -12,8 +12,10 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use prefix_trie::PrefixMap;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::gateway::parse_cidr;
 
@@ -534,9 +536,37 @@ fn strip_port(host: &str) -> &str {
 }
 
 /// The enabled rules of a config, in the order they are tried (priority, then id).
-#[derive(Debug, Clone, Default, PartialEq)]
+///
+/// Rules with `cidrs` are found through a prefix trie per address family (every prefix
+/// covering the client IP, in one walk of at most 32 / 128 levels), so their number does not
+/// matter per request; rules without `cidrs` are checked one by one. Both are merged back into
+/// the order the rules are tried.
+#[derive(Clone, Default)]
 pub struct CompiledRules {
     rules: Vec<CompiledRule>,
+    /// Positions in `rules` of the rules without `cidrs`, ascending.
+    any_ip: Vec<u32>,
+    /// Every IPv4 CIDR of a rule → the positions of the rules naming it, ascending.
+    v4: PrefixMap<Ipv4Net, Vec<u32>>,
+    /// Every IPv6 CIDR of a rule → the positions of the rules naming it, ascending.
+    v6: PrefixMap<Ipv6Net, Vec<u32>>,
+}
+
+impl PartialEq for CompiledRules {
+    fn eq(&self, other: &Self) -> bool {
+        // The index is derived from the rules.
+        self.rules == other.rules
+    }
+}
+
+impl fmt::Debug for CompiledRules {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompiledRules")
+            .field("rules", &self.rules)
+            .field("v4_prefixes", &self.v4.len())
+            .field("v6_prefixes", &self.v6.len())
+            .finish()
+    }
 }
 
 impl CompiledRules {
@@ -579,7 +609,36 @@ impl CompiledRules {
             })
             .collect();
         rules.sort_by(|a, b| a.priority.cmp(&b.priority).then_with(|| a.id.cmp(&b.id)));
-        Self { rules }
+        // At most MAX_RULES rules are accepted, far below u32::MAX; a longer list (which
+        // validation refuses) is cut rather than mis-indexed.
+        rules.truncate(u32::MAX as usize);
+        let mut any_ip = Vec::new();
+        let mut v4: PrefixMap<Ipv4Net, Vec<u32>> = PrefixMap::new();
+        let mut v6: PrefixMap<Ipv6Net, Vec<u32>> = PrefixMap::new();
+        for (i, rule) in rules.iter().enumerate() {
+            let i = i as u32;
+            if rule.cidrs.is_empty() {
+                any_ip.push(i);
+                continue;
+            }
+            for net in &rule.cidrs {
+                // Positions are visited in ascending order, so every list stays sorted; a
+                // rule naming one network twice is listed once.
+                let list = match net.trunc() {
+                    IpNet::V4(n) => v4.entry(n).or_default(),
+                    IpNet::V6(n) => v6.entry(n).or_default(),
+                };
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+            }
+        }
+        Self {
+            rules,
+            any_ip,
+            v4,
+            v6,
+        }
     }
 
     /// Every rule, in the order they are tried.
@@ -597,9 +656,98 @@ impl CompiledRules {
         req: &'s RuleRequest<'s>,
         now_ms: u64,
     ) -> impl Iterator<Item = &'s CompiledRule> + 's {
+        self.matching_indexed(req, now_ms).map(|(_, r)| r)
+    }
+
+    /// [`Self::matching`] with each rule's position in [`Self::rules`] (for a caller keeping
+    /// per-rule state alongside).
+    pub fn matching_indexed<'s>(
+        &'s self,
+        req: &'s RuleRequest<'s>,
+        now_ms: u64,
+    ) -> impl Iterator<Item = (usize, &'s CompiledRule)> + 's {
+        let by_ip = self.covering(req.ip);
+        Merge::new(by_ip.into_iter(), self.any_ip.iter().copied()).filter_map(move |i| {
+            let i = i as usize;
+            let rule = self.rules.get(i)?;
+            (rule.is_live(now_ms) && rule.matches_except_ip(req)).then_some((i, rule))
+        })
+    }
+
+    /// The same as [`Self::matching`] by testing every rule in turn: the reference the trie
+    /// is checked (and benchmarked) against.
+    pub fn matching_linear<'s>(
+        &'s self,
+        req: &'s RuleRequest<'s>,
+        now_ms: u64,
+    ) -> impl Iterator<Item = &'s CompiledRule> + 's {
         self.rules
             .iter()
             .filter(move |r| r.is_live(now_ms) && r.matches(req))
+    }
+
+    /// Positions of the rules with a CIDR covering `ip`, ascending, without repeats (on the
+    /// stack unless more than a few rules cover it).
+    fn covering(&self, ip: IpAddr) -> SmallVec<[u32; 8]> {
+        let mut hits = SmallVec::new();
+        let mut lists = 0;
+        let mut add = |ids: &Vec<u32>| {
+            hits.extend_from_slice(ids);
+            lists += 1;
+        };
+        match ip {
+            IpAddr::V4(a) => {
+                if !self.v4.is_empty() {
+                    self.v4
+                        .cover(&Ipv4Net::from(a))
+                        .for_each(|(_, ids)| add(ids));
+                }
+            }
+            IpAddr::V6(a) => {
+                if !self.v6.is_empty() {
+                    self.v6
+                        .cover(&Ipv6Net::from(a))
+                        .for_each(|(_, ids)| add(ids));
+                }
+            }
+        }
+        if lists > 1 {
+            hits.sort_unstable();
+            hits.dedup();
+        }
+        hits
+    }
+}
+
+/// Two ascending sequences merged into one (a value in both is yielded once).
+struct Merge<A: Iterator<Item = u32>, B: Iterator<Item = u32>> {
+    a: std::iter::Peekable<A>,
+    b: std::iter::Peekable<B>,
+}
+
+impl<A: Iterator<Item = u32>, B: Iterator<Item = u32>> Merge<A, B> {
+    fn new(a: A, b: B) -> Self {
+        Self {
+            a: a.peekable(),
+            b: b.peekable(),
+        }
+    }
+}
+
+impl<A: Iterator<Item = u32>, B: Iterator<Item = u32>> Iterator for Merge<A, B> {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        match (self.a.peek().copied(), self.b.peek().copied()) {
+            (Some(x), Some(y)) if x < y => self.a.next(),
+            (Some(x), Some(y)) if y < x => self.b.next(),
+            (Some(_), Some(_)) => {
+                self.b.next();
+                self.a.next()
+            }
+            (Some(_), None) => self.a.next(),
+            (None, _) => self.b.next(),
+        }
     }
 }
 
@@ -786,6 +934,95 @@ mod tests {
             [ID, "rul_01JDX3Q7Z5R8KX4W2M9T6V1B0D"]
         );
         assert!(ids(&req("198.51.100.1", "shop.test", "GET"), 100).is_empty());
+    }
+
+    #[test]
+    fn the_trie_finds_what_the_linear_scan_finds() {
+        // A deterministic mix: nested and overlapping v4/v6 ranges, rules naming several
+        // ranges, rules without ranges, all priorities tied or not.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut docs = Vec::new();
+        for n in 0..600u32 {
+            let mut r = rule(["block", "allow", "log_only"][(next() % 3) as usize]);
+            r.id = format!("rul_{:026}", n);
+            r.priority = (next() % 7) as i32;
+            let mut cidrs = Vec::new();
+            for _ in 0..(next() % 3) {
+                let v = next();
+                cidrs.push(if v % 4 == 0 {
+                    format!("2001:db8:{:x}::/{}", v % 4, 32 + (v >> 8) % 33)
+                } else {
+                    format!(
+                        "10.{}.{}.0/{}",
+                        (v >> 8) % 4,
+                        (v >> 16) % 4,
+                        8 + (v >> 24) % 25
+                    )
+                });
+            }
+            r.match_.cidrs = cidrs;
+            if r.match_.cidrs.is_empty() || next() % 5 == 0 {
+                r.match_.methods = vec![["GET", "POST"][(next() % 2) as usize].into()];
+            }
+            if next() % 9 == 0 {
+                r.expires_at_ms = Some(50);
+            }
+            docs.push(r);
+        }
+        assert_eq!(normalize_rules(&mut docs), Vec::<String>::new());
+        let compiled = CompiledRules::compile(&docs);
+        let mut checked = 0;
+        for _ in 0..2_000 {
+            let v = next();
+            let ip: IpAddr = if v % 4 == 0 {
+                format!("2001:db8:{:x}::{:x}", v % 4, (v >> 40) & 0xffff)
+                    .parse()
+                    .expect("v6")
+            } else {
+                format!("10.{}.{}.{}", (v >> 8) % 4, (v >> 16) % 4, (v >> 24) % 256)
+                    .parse()
+                    .expect("v4")
+            };
+            let req = RuleRequest {
+                ip,
+                country: "",
+                path: "/",
+                host: "",
+                method: ["GET", "POST"][(v >> 32) as usize % 2],
+                ua_type: "browser",
+            };
+            let now = [0, 100][(v >> 33) as usize % 2];
+            let trie: Vec<&Arc<str>> = compiled.matching(&req, now).map(|r| &r.id).collect();
+            let linear: Vec<&Arc<str>> =
+                compiled.matching_linear(&req, now).map(|r| &r.id).collect();
+            assert_eq!(trie, linear, "{ip}");
+            checked += trie.len();
+        }
+        assert!(checked > 1_000, "the mix should match often: {checked}");
+        let indexed: Vec<usize> = compiled
+            .matching_indexed(
+                &RuleRequest {
+                    ip: "10.1.1.1".parse().expect("ip"),
+                    country: "",
+                    path: "/",
+                    host: "",
+                    method: "GET",
+                    ua_type: "",
+                },
+                0,
+            )
+            .map(|(i, r)| {
+                assert_eq!(&compiled.rules()[i], r);
+                i
+            })
+            .collect();
+        assert!(indexed.windows(2).all(|w| w[0] < w[1]), "{indexed:?}");
     }
 
     #[test]

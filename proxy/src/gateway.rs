@@ -1,7 +1,9 @@
 //! The request lifecycle: one method per Pingora phase (see the phase chart in the README).
 //!
-//! - `request_filter`: take the gateway config for this request, decide the client IP, its
-//!   country and request rate, score the request with the risk engine of that config (its
+//! - `request_filter`: take the gateway config for this request, decide the client IP and its
+//!   country, apply the config's gateway rules (`block` answers 403, `rate_limit` past its
+//!   rate 429 with `Retry-After`, `allow` skips scoring, `log_only` only tags; see
+//!   [`crate::rules`]), then count the request rate, score the request with the risk engine of that config (its
 //!   `risk` settings, else the file's `[risk]`), and either answer 403 (the upstream is never
 //!   contacted) or let it through; with `risk_mode = log_only` a request that would be
 //!   rejected is let through and logged with `decision=flag`. Request header fields larger than `[proxy]
@@ -37,14 +39,16 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 use pingora_limits::rate::Rate;
 use watchpost_common::client_ip::{normalize_ip, resolve_with_forwarded_for};
+use watchpost_common::rules::RuleRequest;
 use watchpost_common::{AccessLogEntry, ClientIp, Decision, GatewayConfig, IpSource, RiskMode};
 use watchpost_geo::GeoDb;
-use watchpost_risk::{RequestFacts, RiskEngine, UaType};
+use watchpost_risk::{classify_ua_bytes, RequestFacts, RiskEngine, UaType};
 
 use crate::access_log::LogSink;
 use crate::headers::{self, plan_connection, plan_forwarding};
 use crate::live_config::LiveConfig;
 use crate::metrics::Metrics;
+use crate::rules::{client_key, RuleRuntime, Verdict};
 
 /// Longest `path` and `query` kept in an access-log entry.
 const MAX_PATH_BYTES: usize = 2048;
@@ -75,6 +79,8 @@ pub struct Gateway {
     /// Held only while a new rate window is built.
     rate_swap: std::sync::Mutex<()>,
     max_header_bytes: usize,
+    /// The gateway rules' state (rate windows, hit counts), shared with the hit flusher.
+    rules: Arc<RuleRuntime>,
     upstream_tls: Option<Arc<UpstreamTls>>,
     max_body_bytes: Option<u64>,
 }
@@ -135,6 +141,7 @@ impl Gateway {
             rate: ArcSwap::from_pointee(window),
             rate_swap: std::sync::Mutex::new(()),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            rules: Arc::default(),
             upstream_tls: None,
             max_body_bytes: None,
         }
@@ -149,6 +156,13 @@ impl Gateway {
     /// Answer 413 to request bodies larger than `max` bytes (`[proxy] max_body_bytes`).
     pub fn with_max_body_bytes(mut self, max: Option<u64>) -> Self {
         self.max_body_bytes = max;
+        self
+    }
+
+    /// Keep the gateway rules' state in `rules` (whose hit counts a
+    /// [`crate::rules::flush_hits`] task writes to Redis).
+    pub fn with_rule_runtime(mut self, rules: Arc<RuleRuntime>) -> Self {
+        self.rules = rules;
         self
     }
 
@@ -221,6 +235,7 @@ impl Gateway {
             reasons: Vec::new(),
             ua_type: UaType::Unknown.as_str(),
             decision: Decision::Reject,
+            rule: None,
         });
         // A client sending this much is not one whose next request we want to parse.
         session.set_keepalive(None);
@@ -264,6 +279,8 @@ struct Decided {
     reasons: Vec<String>,
     ua_type: &'static str,
     decision: Decision,
+    /// The rule that decided the request, else the first `log_only` rule it matched.
+    rule: Option<Arc<str>>,
 }
 
 impl RequestCtx {
@@ -346,7 +363,21 @@ async fn respond_json(
     body: Bytes,
     request_id: &str,
 ) -> pingora::Result<()> {
-    let mut resp = pingora::http::ResponseHeader::build(status, Some(4))?;
+    respond_json_with(session, status, body, request_id, None).await
+}
+
+/// [`respond_json`] with a `Retry-After` of `retry_after` seconds, when given.
+async fn respond_json_with(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    request_id: &str,
+    retry_after: Option<u64>,
+) -> pingora::Result<()> {
+    let mut resp = pingora::http::ResponseHeader::build(status, Some(5))?;
+    if let Some(secs) = retry_after {
+        resp.insert_header(header::RETRY_AFTER, secs.to_string())?;
+    }
     resp.insert_header(header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
@@ -395,28 +426,78 @@ impl ProxyHttp for Gateway {
         let (client, forwarded_for) = resolve_with_forwarded_for(peer, &req.headers, &gateway);
         let country = self.geo.lookup_country(client.ip);
         let country = country.as_ref().map(|c| c.as_str()).unwrap_or("");
-        let file_risk = self.risk.load();
-        let engine = gateway.risk_engine(&file_risk);
-        let recent_requests = self.observe_rate(client.ip, engine.rate_window_secs());
-        let facts = RequestFacts {
-            ip: client.ip,
-            user_agent: req.headers.get(header::USER_AGENT).map(|v| v.as_bytes()),
-            path: req.uri.path(),
-            has_accept: req.headers.contains_key(header::ACCEPT),
-            has_accept_language: req.headers.contains_key(header::ACCEPT_LANGUAGE),
-            spoofed_forwarded: client.spoofed_forwarded,
-            malformed_forwarded: client.malformed_forwarded,
-            country,
-            recent_requests,
+        let user_agent = req.headers.get(header::USER_AGENT).map(|v| v.as_bytes());
+        // Classified once, for the rules and the risk engine.
+        let ua = classify_ua_bytes(user_agent.unwrap_or_default());
+
+        // The gateway rules first (a config without rules costs this one check).
+        let verdict = if gateway.compiled_rules.is_empty() {
+            Verdict::None
+        } else {
+            let host = req
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.host())
+                .unwrap_or("");
+            let rule_req = RuleRequest {
+                ip: client.ip,
+                country,
+                path: req.uri.path(),
+                host,
+                method: req.method.as_str(),
+                ua_type: ua.ua_type.as_str(),
+            };
+            self.rules.evaluate(
+                &gateway.compiled_rules,
+                gateway.version,
+                &rule_req,
+                ctx.ts_ms,
+                client_key(client.ip),
+            )
         };
-        let eval = engine.evaluate(&facts);
-        let score = eval.assessment.score;
-        let decision = match (score >= gateway.risk_reject_threshold, gateway.risk_mode) {
-            (false, _) => Decision::Allow,
-            (true, RiskMode::Enforce) => Decision::Reject,
-            (true, RiskMode::LogOnly) => Decision::Flag,
+        // What the client is answered when the request stops here.
+        let mut refusal: Option<(u16, &str, &str, Option<u64>)> = None;
+        let (score, reasons, decision) = match &verdict {
+            Verdict::Block(_) => {
+                // Never the rule's reason: that is for operators.
+                refusal = Some((403, "BLOCKED", "request blocked", None));
+                (0.0, Vec::new(), Decision::Reject)
+            }
+            Verdict::RateLimited(_, retry_after) => {
+                refusal = Some((429, "RATE_LIMITED", "too many requests", Some(*retry_after)));
+                (0.0, Vec::new(), Decision::Reject)
+            }
+            Verdict::Allow(_) => (0.0, Vec::new(), Decision::Allow),
+            Verdict::None | Verdict::Tagged(_) => {
+                let file_risk = self.risk.load();
+                let engine = gateway.risk_engine(&file_risk);
+                let recent_requests = self.observe_rate(client.ip, engine.rate_window_secs());
+                let facts = RequestFacts {
+                    ip: client.ip,
+                    user_agent,
+                    path: req.uri.path(),
+                    has_accept: req.headers.contains_key(header::ACCEPT),
+                    has_accept_language: req.headers.contains_key(header::ACCEPT_LANGUAGE),
+                    spoofed_forwarded: client.spoofed_forwarded,
+                    malformed_forwarded: client.malformed_forwarded,
+                    country,
+                    recent_requests,
+                };
+                let eval = engine.evaluate_classified(&facts, ua);
+                let score = eval.assessment.score;
+                let decision = match (score >= gateway.risk_reject_threshold, gateway.risk_mode) {
+                    (false, _) => Decision::Allow,
+                    (true, RiskMode::Enforce) => Decision::Reject,
+                    (true, RiskMode::LogOnly) => Decision::Flag,
+                };
+                if decision == Decision::Reject {
+                    refusal = Some((403, "FORBIDDEN", "request rejected", None));
+                }
+                let reasons = eval.assessment.reason_names().map(str::to_string).collect();
+                (score, reasons, decision)
+            }
         };
-        let reasons = eval.assessment.reason_names().map(str::to_string).collect();
 
         // Rewrite `Connection` before Pingora derives the upstream request from it.
         let plan = plan_connection(&req.headers, &gateway.cdn_headers);
@@ -439,18 +520,19 @@ impl ProxyHttp for Gateway {
             country: country.to_string(),
             score,
             reasons,
-            ua_type: eval.ua_type.as_str(),
+            ua_type: ua.ua_type.as_str(),
             decision,
+            rule: verdict.rule().cloned(),
         });
-        if decision == Decision::Reject {
+        if let Some((status, code, message, retry_after)) = refusal {
             if !session.is_body_empty() {
                 // Keeping the connection would mean reading the rejected body to its end;
                 // closing is cheaper and gives a hostile client nothing to hold open.
                 session.set_keepalive(None);
             }
-            let body = error_body("FORBIDDEN", "request rejected", &ctx.request_id);
+            let body = error_body(code, message, &ctx.request_id);
             // A client that went away while we answered is not our failure to report.
-            let _ = respond_json(session, 403, body, &ctx.request_id).await;
+            let _ = respond_json_with(session, status, body, &ctx.request_id, retry_after).await;
             return Ok(true);
         }
         if declared_too_large {
@@ -671,6 +753,9 @@ impl ProxyHttp for Gateway {
                 entry.reasons = d.reasons;
                 entry.ua_type = d.ua_type.to_string();
                 entry.decision = d.decision;
+                if let Some(rule) = d.rule {
+                    entry.rule = rule.to_string();
+                }
                 self.metrics.risk_score.observe(d.score);
             }
             None => {

@@ -12,6 +12,7 @@ pub mod live_config;
 pub mod metrics;
 pub mod redact;
 pub mod reload;
+pub mod rules;
 pub mod server;
 pub mod tls;
 

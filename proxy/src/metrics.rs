@@ -50,6 +50,12 @@ pub struct Metrics {
     /// `tls_cert_reload_failures_total`: replaced certificate files refused as invalid (the
     /// previous pair kept serving).
     pub tls_reload_failures: IntCounter,
+    /// `rule_hits_total{rule, action}`: requests a gateway rule decided or tagged (counted
+    /// when the hits are flushed, every second; series of rules gone from the config are
+    /// dropped).
+    pub rule_hits: IntCounterVec,
+    /// `rule_hits_flush_errors_total`: failed writes of rule hit counts to Redis.
+    pub rule_hits_flush_errors: IntCounter,
     /// The children of `requests_total` and `request_duration_seconds`, resolved once.
     outcomes: Arc<Outcomes>,
 }
@@ -164,7 +170,20 @@ impl Metrics {
             ),
             &["source"],
         )?;
+        let rule_hits = IntCounterVec::new(
+            Opts::new(
+                "rule_hits_total",
+                "Requests a gateway rule decided or tagged, by rule id and action",
+            ),
+            &["rule", "action"],
+        )?;
+        let rule_hits_flush_errors = IntCounter::new(
+            "rule_hits_flush_errors_total",
+            "Failed writes of gateway rule hit counts to Redis",
+        )?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(rule_hits.clone()))?;
+        registry.register(Box::new(rule_hits_flush_errors.clone()))?;
         registry.register(Box::new(risk_score.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(log_written.clone()))?;
@@ -222,6 +241,8 @@ impl Metrics {
             config_source,
             tls_cert_expiry,
             tls_reload_failures,
+            rule_hits,
+            rule_hits_flush_errors,
             outcomes,
         })
     }

@@ -37,6 +37,7 @@ use crate::health::{self, HealthLimits, HealthState};
 use crate::live_config::{self, LiveConfig};
 use crate::metrics::Metrics;
 use crate::reload::{Reloader, SharedList, UpstreamList};
+use crate::rules::{self, RuleRuntime};
 use crate::tls::CertStore;
 use arc_swap::ArcSwap;
 use futures::FutureExt as _;
@@ -156,6 +157,7 @@ pub fn start_with(
         status.clone(),
     );
     let proxy_id: Arc<str> = Arc::from(settings.file.proxy.proxy_id.as_str());
+    let rule_runtime = Arc::new(RuleRuntime::default());
 
     // Control side.
     let (control_stop, control_rx) = watch::channel(false);
@@ -163,13 +165,14 @@ pub fn start_with(
     let control = {
         let settings = settings.clone();
         let certs = certs.clone();
-        let (metrics, log, status, upstreams, geo, proxy_id) = (
+        let (metrics, log, status, upstreams, geo, proxy_id, rule_runtime) = (
             metrics.clone(),
             log.clone(),
             status.clone(),
             upstreams.clone(),
             geo.clone(),
             proxy_id.clone(),
+            rule_runtime.clone(),
         );
         std::thread::Builder::new()
             .name("wp-control".into())
@@ -219,6 +222,14 @@ pub fn start_with(
                     .await;
                     let live = Arc::new(LiveConfig::new(initial, source, metrics.clone()));
                     let writer_task = tokio::spawn(writer.run(control_rx.clone()));
+                    let hits_task = tokio::spawn(rules::flush_hits(
+                        rule_runtime,
+                        live.clone(),
+                        url.clone(),
+                        keys.clone(),
+                        metrics.clone(),
+                        control_rx.clone(),
+                    ));
                     tokio::spawn(live_config::watch(
                         live.clone(),
                         url,
@@ -259,8 +270,10 @@ pub fn start_with(
                     if ready_tx.send(Ok((live, health_addr))).is_err() {
                         return;
                     }
-                    // The writer returns once shutdown is signalled and the buffer is flushed.
+                    // The writer returns once shutdown is signalled and the buffer is flushed;
+                    // the hit flusher once it wrote the last hits.
                     let _ = writer_task.await;
+                    let _ = hits_task.await;
                 });
             })
             .map_err(|source| ProxyError::Runtime {
@@ -302,7 +315,8 @@ pub fn start_with(
     )
     .with_max_header_bytes(settings.file.proxy.max_header_bytes)
     .with_upstream_tls(upstream_tls)
-    .with_max_body_bytes(settings.file.proxy.max_body_bytes);
+    .with_max_body_bytes(settings.file.proxy.max_body_bytes)
+    .with_rule_runtime(rule_runtime);
 
     // Pingora side.
     let (stop, stop_rx) = oneshot::channel();

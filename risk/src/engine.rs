@@ -138,6 +138,12 @@ impl RiskEngine {
     /// Score one request. Allocates only the reasons list, and only when a signal fired.
     pub fn evaluate(&self, facts: &RequestFacts<'_>) -> Evaluation {
         let ua = classify_ua_bytes(facts.user_agent.unwrap_or_default());
+        self.evaluate_classified(facts, ua)
+    }
+
+    /// [`Self::evaluate`] for a caller that classified `facts.user_agent` already (with
+    /// [`classify_ua_bytes`]), so that it is not classified twice.
+    pub fn evaluate_classified(&self, facts: &RequestFacts<'_>, ua: UaClass) -> Evaluation {
         // The allowlist short-circuits: nothing else needs computing.
         let signals = if self.allow.contains(facts.ip) {
             Signals {

@@ -14,6 +14,7 @@ mod metrics;
 mod reject;
 mod reload;
 mod risk_runtime;
+mod rules;
 mod support;
 mod tls;
 mod upgrade;
