@@ -963,6 +963,16 @@ async fn delete_rule(
     )
     .await?;
     gateway_doc::publish_and_commit(&state, tx, Some(&previous), &next).await?;
+    // The per-minute hit counters expire on their own; the last-hit time would not. Best
+    // effort: the rule is gone either way, and a stale key only costs a few bytes.
+    let mut con = state.redis();
+    let last_hit = state.keys().rule_last_hit(&id);
+    if let Err(e) = state
+        .redis_timeout(redis::cmd("DEL").arg(&last_hit).query_async::<()>(&mut con))
+        .await
+    {
+        tracing::warn!(error = %e, rule.id = %id, "gateway rule deleted: its last-hit key stays");
+    }
     tracing::info!(gateway.version = next.version, rule.id = %id, "gateway rule deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -331,7 +331,14 @@ async fn rules_are_versioned_with_the_config_audited_and_published() {
     assert_eq!(doc.risk_reject_threshold, 0.9);
     assert_eq!(rule_ids(&doc), vec![block_id.clone(), limit_id.clone()]);
 
-    // Delete: 204, gone from the document and the API, audited, in the history.
+    // Delete: 204, gone from the document and the API, audited, in the history; its
+    // last-hit key (which has no TTL) goes with it.
+    let () = redis::cmd("SET")
+        .arg(k.rule_last_hit(&limit_id))
+        .arg(last_hit)
+        .query_async(&mut con)
+        .await
+        .expect("write last hit");
     let response = app
         .delete(&format!("/api/admin/gateway/rules/{limit_id}"))
         .bearer_auth(&admin.key)
@@ -341,6 +348,12 @@ async fn rules_are_versioned_with_the_config_audited_and_published() {
     assert_eq!(response.status().as_u16(), 204);
     let doc = applied(&app).await;
     assert_eq!(rule_ids(&doc), vec![block_id.clone()]);
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(k.rule_last_hit(&limit_id))
+        .query_async(&mut con)
+        .await
+        .expect("exists");
+    assert!(!exists, "the deleted rule's last-hit key is removed");
     let (status, body) = call(
         &admin,
         app.get(&format!("/api/admin/gateway/rules/{limit_id}")),
