@@ -127,6 +127,31 @@ pub struct GatewayConfigInput {
     pub version: Option<u64>,
 }
 
+impl GatewayConfigInput {
+    /// The wire document this input describes, defaults filled in (not yet validated; no
+    /// version, no rules).
+    pub(super) fn into_doc(self) -> GatewayConfigDoc {
+        GatewayConfigDoc {
+            ip_mode: self.ip_mode,
+            trusted_cidrs: self.trusted_cidrs,
+            risk_reject_threshold: self.risk_reject_threshold,
+            cdn_headers: self.cdn_headers,
+            client_ip_header: self
+                .client_ip_header
+                .unwrap_or_else(|| ClientIpHeader::default().as_str().to_string()),
+            cdn_cidrs: self.cdn_cidrs,
+            risk: self.risk.map(Into::into),
+            risk_mode: self
+                .risk_mode
+                .unwrap_or_else(|| RiskMode::default().as_str().to_string()),
+            rules: Vec::new(),
+            version: 0,
+            updated_at: None,
+            updated_by: None,
+        }
+    }
+}
+
 /// `client_ip_header` in the OpenAPI document: one of the names the validation accepts.
 pub(super) fn client_ip_header_schema() -> utoipa::openapi::Object {
     utoipa::openapi::ObjectBuilder::new()
@@ -264,24 +289,8 @@ async fn put_gateway_config(
     admin: PlatformAdmin,
     Json(input): Json<GatewayConfigInput>,
 ) -> Result<Json<GatewayConfigView>, ApiError> {
-    let mut doc = GatewayConfigDoc {
-        ip_mode: input.ip_mode,
-        trusted_cidrs: input.trusted_cidrs,
-        risk_reject_threshold: input.risk_reject_threshold,
-        cdn_headers: input.cdn_headers,
-        client_ip_header: input
-            .client_ip_header
-            .unwrap_or_else(|| ClientIpHeader::default().as_str().to_string()),
-        cdn_cidrs: input.cdn_cidrs,
-        risk: input.risk.map(Into::into),
-        risk_mode: input
-            .risk_mode
-            .unwrap_or_else(|| RiskMode::default().as_str().to_string()),
-        rules: Vec::new(),
-        version: 0,
-        updated_at: None,
-        updated_by: None,
-    };
+    let expected_version = input.version;
+    let mut doc = input.into_doc();
     GatewayConfig::from_doc(&doc).map_err(|e| ApiError::bad_request(e.to_string()))?;
 
     let mut conn = state.db().await?;
@@ -290,7 +299,7 @@ async fn put_gateway_config(
         .await?;
     let previous = gateway_doc::load(&tx).await?;
     let current_version = previous.as_ref().map_or(0, |p| p.version);
-    if let Some(expected) = input.version {
+    if let Some(expected) = expected_version {
         if expected != current_version {
             return Err(ApiError::conflict(format!(
                 "gateway config is at version {current_version}, not {expected}"

@@ -18,14 +18,11 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
-use watchpost_common::gateway::GatewayConfigDoc;
 use watchpost_common::rules::{RuleAction, RuleRequest};
-use watchpost_common::{
-    AccessLogEntry, ClientIpHeader, Decision, GatewayConfig, GatewayConfigError, RiskMode,
-};
+use watchpost_common::{AccessLogEntry, Decision, GatewayConfig, GatewayConfigError, RiskMode};
 use watchpost_risk::{Recorded, RiskConfig, RiskEngine};
 
-use super::gateway::client_ip_header_schema;
+use super::gateway::{client_ip_header_schema, GatewayConfigInput};
 use super::gateway_risk::{risk_mode_schema, RiskSettings};
 
 use crate::{
@@ -87,25 +84,21 @@ pub struct PreviewInput {
 impl PreviewInput {
     /// The wire document of the candidate, and the entry count (or every problem of both).
     fn into_parts(self) -> Result<(GatewayConfig, u32), ApiError> {
-        let doc = GatewayConfigDoc {
+        let entries = self.entries;
+        // The candidate is read exactly as the PUT body is.
+        let doc = GatewayConfigInput {
             ip_mode: self.ip_mode,
             trusted_cidrs: self.trusted_cidrs,
             risk_reject_threshold: self.risk_reject_threshold,
             cdn_headers: self.cdn_headers,
-            client_ip_header: self
-                .client_ip_header
-                .unwrap_or_else(|| ClientIpHeader::default().as_str().to_string()),
+            client_ip_header: self.client_ip_header,
             cdn_cidrs: self.cdn_cidrs,
-            risk: self.risk.map(Into::into),
-            risk_mode: self
-                .risk_mode
-                .unwrap_or_else(|| RiskMode::default().as_str().to_string()),
-            rules: Vec::new(),
-            version: 0,
-            updated_at: None,
-            updated_by: None,
-        };
-        let entries = self.entries.unwrap_or(DEFAULT_ENTRIES);
+            risk: self.risk,
+            risk_mode: self.risk_mode,
+            version: self.version,
+        }
+        .into_doc();
+        let entries = entries.unwrap_or(DEFAULT_ENTRIES);
         let entries_problem = (!(1..=MAX_ENTRIES).contains(&entries))
             .then(|| format!("entries {entries} is outside 1..={MAX_ENTRIES}"));
         match (GatewayConfig::from_doc(&doc), entries_problem) {
