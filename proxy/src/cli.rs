@@ -1,5 +1,6 @@
 //! The command line of `watchpost-proxy`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
@@ -7,6 +8,7 @@ use tracing_log::AsLog as _;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::Settings;
+use crate::daemon::{self, Ready, Role};
 use crate::server::{self, StopOn};
 
 /// Watchpost's gateway: decides each request's client IP, country and risk score, rejects
@@ -23,6 +25,9 @@ use crate::server::{self, StopOn};
 /// SIGINT stops at once (the access log is still flushed), SIGHUP reloads the upstream list
 /// and the [risk] settings from the file (an invalid file is refused and logged), SIGQUIT
 /// hands the listening sockets to a new binary started with --upgrade, then drains and exits.
+///
+/// Under systemd (`deploy/systemd/watchpost-proxy.service`): `--daemon --pid-file`, and
+/// `systemctl reload` performs the --upgrade.
 #[derive(Debug, Parser)]
 #[command(name = "watchpost-proxy", version)]
 pub struct Cli {
@@ -38,6 +43,16 @@ pub struct Cli {
     /// and exits, while this one serves.
     #[arg(long)]
     pub upgrade: bool,
+    /// Run in the background (a service manager's forking daemon, systemd `Type=forking`):
+    /// the command returns once the proxy serves (exit 0) or failed to start (exit 1; an
+    /// invalid configuration still exits 2 before forking). Needs --pid-file.
+    #[arg(long, requires = "pid_file")]
+    pub daemon: bool,
+    /// Write the id of the serving process to FILE once it accepts connections (replaced
+    /// atomically: during an --upgrade it names the new process once that one has the
+    /// listening sockets); removed at exit if it still names this process.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
     /// Log format on standard error; the level comes from RUST_LOG (default "info").
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -95,10 +110,45 @@ pub fn run(cli: Cli, env: &[(String, String)]) -> ExitCode {
         println!("watchpost-proxy: configuration is valid");
         return ExitCode::SUCCESS;
     }
+    if let Some(path) = &cli.pid_file {
+        if let Err(e) = daemon::check_pid_file(path) {
+            eprintln!("watchpost-proxy: --pid-file {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    let mut ready = Ready::none();
+    if cli.daemon {
+        // A configuration error is reported (exit 2) by the command itself, not by a
+        // background process; then fork while there is still a single thread.
+        if let Err(e) = server::check(&settings).and_then(|_| server::check_tls(&settings, None)) {
+            eprintln!("watchpost-proxy: {e}");
+            return ExitCode::from(2);
+        }
+        match daemon::daemonize() {
+            Ok(Role::Foreground(code)) => return code,
+            Ok(Role::Background(r)) => ready = r,
+            Err(e) => {
+                eprintln!("watchpost-proxy: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     match server::start_with(settings, StopOn::Signals, cli.upgrade) {
         Ok(running) => {
+            if let Some(path) = &cli.pid_file {
+                if let Err(e) = daemon::write_pid_file(path) {
+                    // Checked writable before start, so rare; without the file a service
+                    // manager cannot track the process: stop now (the runtimes stop with it).
+                    tracing::error!(path = %path.display(), error = %e, "cannot write the PID file; exiting");
+                    std::process::exit(1);
+                }
+            }
+            ready.notify();
             crate::reload::on_sighup(running.reloader(), cli.config.clone(), env.to_vec());
             running.wait();
+            if let Some(path) = &cli.pid_file {
+                daemon::remove_pid_file(path);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

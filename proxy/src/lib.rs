@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod gateway;
 pub mod headers;

@@ -349,6 +349,7 @@ pub fn start_with(
         }
         None => None,
     };
+    let (bootstrapped_tx, bootstrapped_rx) = std::sync::mpsc::channel();
     let pingora = std::thread::Builder::new()
         .name("wp-pingora".into())
         .spawn(move || {
@@ -357,7 +358,10 @@ pub fn start_with(
                 ..Default::default()
             });
             let mut server = Server::new_with_opt_and_conf(opt, conf);
+            // With `upgrade`, this returns once the running process handed its listening
+            // sockets over (Pingora exits the process when none arrive).
             server.bootstrap();
+            let _ = bootstrapped_tx.send(());
             let mut proxy = pingora::proxy::http_proxy_service_with_name(
                 &server.configuration,
                 gateway,
@@ -403,6 +407,13 @@ pub fn start_with(
         control_stop,
         control: Some(control),
     };
+    // An upgrade is ready once it holds the sockets (the old process accepts on them too, so
+    // the probe alone would pass before the hand-over).
+    if bootstrapped_rx.recv().is_err() {
+        return Err(ProxyError::Start(
+            "the proxy thread exited during bootstrap".into(),
+        ));
+    }
     let stopped = || running.pingora.as_ref().is_none_or(|h| h.is_finished());
     if wait_accepting(probe, stopped)? == Readiness::StoppedFirst {
         // A signal that arrives while we are still probing our own listener is an ordinary

@@ -170,8 +170,8 @@ fn unit_command_lines_are_ones_the_binaries_accept() {
     assert!(!lines.is_empty(), "the proxy unit starts nothing");
     for argv in lines {
         if argv[0] == "/bin/kill" {
-            // ExecReload: SIGHUP reloads the upstream list, risk settings and certificates.
-            assert_eq!(argv, ["/bin/kill", "-HUP", "$MAINPID"]);
+            // ExecReload: SIGQUIT hands the listening sockets to the `--upgrade` binary.
+            assert_eq!(argv, ["/bin/kill", "-QUIT", "$MAINPID"]);
             continue;
         }
         assert_eq!(argv[0], "/usr/local/bin/watchpost-proxy", "{argv:?}");
@@ -186,7 +186,9 @@ fn unit_command_lines_are_ones_the_binaries_accept() {
         args[at] = repo_path("deploy/watchpost.example.toml")
             .display()
             .to_string();
-        args.push("--check".into());
+        if !cli.check {
+            args.push("--check".into());
+        }
         let out = Command::new(PROXY_BIN)
             .args(&args)
             .env_clear() // no WATCHPOST_* overrides from the environment running the tests
@@ -213,8 +215,14 @@ fn units_run_sandboxed_as_watchpost_with_secrets_outside_the_unit() {
     let settings = example_settings();
     for unit in [proxy_unit(), admin_unit()] {
         let n = &unit.name;
+        // The proxy forks (see `systemd_reload_upgrades_the_binary_under_load`).
+        let kind = if n.contains("proxy") {
+            "forking"
+        } else {
+            "exec"
+        };
+        assert_eq!(unit.one("Service", "Type"), kind, "{n}: Type");
         for (key, want) in [
-            ("Type", "exec"),
             ("User", "watchpost"),
             ("Group", "watchpost"),
             ("EnvironmentFile", "-/etc/watchpost/watchpost.env"),
@@ -324,6 +332,305 @@ fn unit_stop_timeouts_cover_the_graceful_stop() {
         timeout > admin_config.request_timeout(),
         "admin TimeoutStopSec {timeout:?} must exceed request_timeout_ms"
     );
+}
+
+// ------------------------------------------------------------- systemd: reload = upgrade ----
+
+/// A free local port (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Whether a process is still running (a zombie, exited but not yet reaped by whoever
+/// adopted the daemon, counts as gone).
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S ...`: the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+#[track_caller]
+fn read_pid(path: &Path) -> u32 {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {text:?}: {e}", path.display()))
+}
+
+/// Poll `cond` until it holds; panics with `what` after `limit`.
+#[track_caller]
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One request on a fresh connection; true when it was answered 200 by the upstream.
+fn one_request(port: u16) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+    let req = "GET /load HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\
+               User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36\r\n\
+               Accept: text/html\r\nAccept-Language: en\r\n\r\n";
+    if c.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    c.read_to_end(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200")
+}
+
+/// The processes a test started: killed if the test fails half-way.
+#[derive(Default)]
+struct Reaper {
+    pids: Vec<u32>,
+    children: Vec<std::process::Child>,
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            if running(*pid) {
+                let _ = Command::new("/bin/kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The proxy unit's command lines, run the way systemd runs them (`Type=forking`: ExecStart
+/// returns once the daemon serves and systemd reads `PIDFile=`; `systemctl reload` runs the
+/// ExecReload lines in order, stops at the first that fails, then re-reads `PIDFile=`), with
+/// the unit's paths replaced by the test binary, a test config and a temporary PID file.
+/// While four clients send requests on new connections: the reload replaces the serving
+/// process with no failed request, the PID file names the new process, and the old one exits.
+/// A reload with an invalid file stops at `--check` and leaves the running process alone.
+#[test]
+fn systemd_reload_upgrades_the_binary_under_load() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let unit = proxy_unit();
+    assert_eq!(unit.one("Service", "Type"), "forking");
+    let unit_pid_file = unit.one("Service", "PIDFile");
+    // The PID file lives in the directory systemd creates for the service (writable by its
+    // user under ProtectSystem=strict).
+    let runtime_dir = Path::new("/run").join(unit.one("Service", "RuntimeDirectory"));
+    assert_eq!(
+        Path::new(unit_pid_file).parent(),
+        Some(runtime_dir.as_path())
+    );
+
+    let mut reaper = Reaper::default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_path = dir.path().join("proxy.log");
+    let log = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log file")
+    };
+    let logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    // The upstream: the demo upstream binary.
+    let upstream_port = free_port();
+    reaper.children.push(
+        Command::new(DEMO_BIN)
+            .env_clear()
+            .args(["--listen", &format!("127.0.0.1:{upstream_port}")])
+            .stdout(log())
+            .stderr(log())
+            .spawn()
+            .expect("spawn the demo upstream"),
+    );
+    wait_for("the upstream to listen", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", upstream_port)).is_ok()
+    });
+
+    // The proxy's config: no Redis needed (the access log retries in the background), no
+    // rate limit the load could reach.
+    let port = free_port();
+    let config_path = dir.path().join("watchpost.toml");
+    let pid_path = dir.path().join("watchpost-proxy.pid");
+    let config = format!(
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstreams = [\"127.0.0.1:{upstream_port}\"]\n\
+         health_listen = \"127.0.0.1:0\"\nthreads = 1\ngrace_period_secs = 1\n\
+         shutdown_timeout_secs = 1\nupgrade_sock = \"{sock}\"\n\
+         [redis]\nurl = \"redis://127.0.0.1:1/\"\n[access_log]\nshutdown_flush_ms = 100\n\
+         [risk]\nrate_limit = 1e12\n",
+        sock = dir.path().join("upgrade.sock").display(),
+    );
+    std::fs::write(&config_path, &config).expect("write config");
+    let env: Vec<(String, String)> = unit
+        .all("Service", "Environment")
+        .iter()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+
+    // A unit command line with the paths of this test; `$MAINPID` as systemd fills it in.
+    let run = |argv: &[&str], main_pid: Option<u32>| -> std::process::ExitStatus {
+        let args: Vec<String> = argv
+            .iter()
+            .map(|a| match *a {
+                "/usr/local/bin/watchpost-proxy" => PROXY_BIN.to_string(),
+                ETC_CONFIG => config_path.display().to_string(),
+                p if p == unit_pid_file => pid_path.display().to_string(),
+                "$MAINPID" => main_pid.expect("a main PID").to_string(),
+                other => other.to_string(),
+            })
+            .collect();
+        // Output to a file: the daemon inherits it (a pipe would stay open while it runs).
+        Command::new(&args[0])
+            .args(&args[1..])
+            .env_clear()
+            .envs(env.iter().cloned())
+            .stdin(std::process::Stdio::null())
+            .stdout(log())
+            .stderr(log())
+            .status()
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    };
+    let exec = |key: &str| -> Vec<Vec<&str>> {
+        unit.all("Service", key)
+            .into_iter()
+            .map(|v| {
+                v.trim_start_matches(['-', '+', '!', '@', ':'])
+                    .split_whitespace()
+                    .collect()
+            })
+            .collect()
+    };
+    let start = exec("ExecStart");
+    assert_eq!(start.len(), 1, "one ExecStart");
+    let reload = exec("ExecReload");
+    assert!(!reload.is_empty(), "an ExecReload");
+
+    // systemctl start: the command returns once the daemon serves; the PID file names it.
+    let status = run(&start[0], None);
+    assert!(status.success(), "ExecStart: {status:?}\n{}", logs());
+    assert!(
+        pid_path.exists(),
+        "ExecStart returned without a PID file\n{}",
+        logs()
+    );
+    let old = read_pid(&pid_path);
+    reaper.pids.push(old);
+    assert!(running(old), "the PID file names a running process");
+    assert!(
+        one_request(port),
+        "the daemon serves once ExecStart returned\n{}",
+        logs()
+    );
+
+    // Continuous load: four clients, a new connection per request.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let counter = if one_request(port) { &ok } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    wait_for("load to flow", Duration::from_secs(20), || {
+        ok.load(Ordering::Relaxed) > 20
+    });
+
+    // systemctl reload with an invalid file: the first failing line ends the reload.
+    std::fs::write(&config_path, format!("{config}\n[proxy.bogus]\n")).expect("write");
+    let mut failed_at = None;
+    for (i, argv) in reload.iter().enumerate() {
+        if !run(argv, Some(old)).success() {
+            failed_at = Some(i);
+            break;
+        }
+    }
+    assert_eq!(
+        failed_at,
+        Some(0),
+        "the --check line refuses the file first\n{}",
+        logs()
+    );
+    assert_eq!(read_pid(&pid_path), old);
+    assert!(running(old), "the running proxy is left alone");
+    std::fs::write(&config_path, &config).expect("write");
+
+    // systemctl reload: every line succeeds, $MAINPID being the PID file's process.
+    let before = ok.load(Ordering::Relaxed);
+    for argv in &reload {
+        let status = run(argv, Some(old));
+        assert!(
+            status.success(),
+            "ExecReload {argv:?}: {status:?}\n{}",
+            logs()
+        );
+    }
+    // ... then systemd re-reads the PID file: it names the new, serving process.
+    let new = read_pid(&pid_path);
+    reaper.pids.push(new);
+    assert_ne!(new, old, "the PID file names the new process\n{}", logs());
+    assert!(running(new), "the new process runs\n{}", logs());
+    wait_for("the old process to exit", Duration::from_secs(60), || {
+        !running(old)
+    });
+    // Requests after the old process is gone are the new one's.
+    let after = ok.load(Ordering::Relaxed);
+    wait_for(
+        "requests served by the new process",
+        Duration::from_secs(20),
+        || ok.load(Ordering::Relaxed) > after + 20,
+    );
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    assert!(ok.load(Ordering::Relaxed) > before);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{} requests succeeded\n{}",
+        ok.load(Ordering::Relaxed),
+        logs()
+    );
+    assert!(running(new), "the new process kept running\n{}", logs());
+
+    // systemctl stop: KillSignal to the main process; it exits and removes its PID file.
+    let signal = unit.one("Service", "KillSignal").trim_start_matches("SIG");
+    let status = Command::new("/bin/kill")
+        .args([format!("-{signal}"), new.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    wait_for("the new process to stop", Duration::from_secs(30), || {
+        !running(new)
+    });
+    assert!(!pid_path.exists(), "the PID file is removed at exit");
 }
 
 /// `NAME=value` of every commented-out assignment in the environment example.
