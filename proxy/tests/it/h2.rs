@@ -244,3 +244,113 @@ async fn concurrent_streams_are_bounded_in_settings() {
     );
     p.cleanup().await;
 }
+
+/// How a flood of one frame, sent without ever reading, ended.
+#[derive(Debug)]
+enum FloodEnd {
+    /// The proxy stopped reading: a write made no progress for a few seconds, after `sent`
+    /// bytes.
+    Stalled { sent: usize },
+    /// The proxy closed the connection after `sent` bytes.
+    Closed { sent: usize },
+    /// Everything was written: the proxy read the whole flood.
+    Unbounded,
+}
+
+/// Upper bound of a flood: more than all the kernel buffers on both sides can hold
+/// (`tcp_rmem` max here is 32 MiB), so that reaching it means the proxy kept reading.
+const FLOOD_BYTES: usize = 256 << 20;
+
+/// Send `unit` (one frame) over and over on a prior-knowledge HTTP/2 connection whose
+/// receive buffer is tiny, never reading what the proxy answers.
+async fn flood(addr: std::net::SocketAddr, unit: &[u8]) -> (TcpStream, FloodEnd) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    // The smallest buffers the kernel allows: the proxy's answers back up at once.
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.set_send_buffer_size(4096).expect("SO_SNDBUF");
+    let mut s = socket.connect(addr).await.expect("connect");
+    s.write_all(PREFACE).await.expect("preface");
+    s.write_all(&frame(0x4, 0, 0, &[])).await.expect("settings");
+    let chunk: Vec<u8> = unit.repeat((64 << 10) / unit.len());
+    let mut sent = 0;
+    while sent < FLOOD_BYTES {
+        match tokio::time::timeout(Duration::from_secs(3), s.write_all(&chunk)).await {
+            Ok(Ok(())) => sent += chunk.len(),
+            Ok(Err(_)) => return (s, FloodEnd::Closed { sent }),
+            // Part of the chunk may be written: `sent` is a lower bound, which is all the
+            // assertion needs.
+            Err(_) => return (s, FloodEnd::Stalled { sent }),
+        }
+    }
+    (s, FloodEnd::Unbounded)
+}
+
+/// The frames the proxy sent on a flooded connection: the answers to the flood only.
+async fn answers(s: &mut TcpStream, want: u8, count: usize) {
+    let mut seen = 0;
+    let read = async {
+        while seen < count {
+            let mut head = [0u8; 9];
+            s.read_exact(&mut head).await.expect("a frame");
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).await.expect("payload");
+            match (head[3], head[4] & 0x1) {
+                // The server's own SETTINGS, and WINDOW_UPDATE.
+                (0x4, 0) | (0x8, _) => {}
+                (kind, 0x1) if kind == want => seen += 1,
+                // A SETTINGS ACK for our first SETTINGS, in a PING flood.
+                (0x4, 0x1) => {}
+                other => panic!("unexpected frame {other:?} during the flood"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the flood's answers in time");
+}
+
+/// SETTINGS and PING floods (CVE-2019-9515, CVE-2019-9512): the client sends frames that
+/// each need an acknowledgement and never reads them. The h2 crate keeps one acknowledgement
+/// pending at most and reads no further frame until it is written, so the proxy stops
+/// reading the connection (or closes it) long before the flood ends, holds no growing queue,
+/// and keeps answering other connections meanwhile.
+async fn flood_is_bounded(name: &str, unit: Vec<u8>, ack_kind: u8) {
+    let origin = Origin::start().await;
+    let mut p = TestProxy::start_with(name, &[origin.addr], &redis_url(), "h2c = true\n", "").await;
+    let (mut s, end) = flood(p.addr, &unit).await;
+    let sent = match end {
+        FloodEnd::Stalled { sent } | FloodEnd::Closed { sent } => sent,
+        FloodEnd::Unbounded => panic!("the proxy read {FLOOD_BYTES} bytes of flood"),
+    };
+    // Whatever the kernel buffers held, far below the flood.
+    assert!(sent < FLOOD_BYTES / 4, "{end:?}");
+
+    // Another client is served while the flooding connection is stuck.
+    let tcp = TcpStream::connect(p.addr).await.expect("connect");
+    let (status, _, body) = h2_get(tcp, "http", "/during-flood").await;
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], b"origin ok");
+
+    // The flood was answered, one acknowledgement per frame read (not dropped, not an error).
+    if let FloodEnd::Stalled { .. } = end {
+        answers(&mut s, ack_kind, 1000).await;
+    }
+    p.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_flood_without_reading_is_bounded() {
+    flood_is_bounded("h2_ping_flood", frame(0x6, 0, 0, b"floodfld"), 0x6).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_flood_without_reading_is_bounded() {
+    // SETTINGS_ENABLE_PUSH = 0: valid from a client, each frame needs an ACK.
+    flood_is_bounded(
+        "h2_settings_flood",
+        frame(0x4, 0, 0, &[0, 0x2, 0, 0, 0, 0]),
+        0x4,
+    )
+    .await;
+}
