@@ -303,6 +303,96 @@ async fn tls12_is_ecdhe_with_aead_and_tls11_is_refused() {
     p.cleanup().await;
 }
 
+/// A TLS 1.2 ClientHello for `sni` offering only `suites`, with the extensions an ECDHE
+/// handshake needs (groups X25519 and P-256, uncompressed points, ECDSA/RSA signatures).
+fn tls12_client_hello(sni: &str, suites: &[u16]) -> Vec<u8> {
+    fn ext(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
+        out.extend_from_slice(&kind.to_be_bytes());
+        out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        out.extend_from_slice(data);
+    }
+    let mut exts = Vec::new();
+    let name = sni.as_bytes();
+    let mut server_name = ((name.len() + 3) as u16).to_be_bytes().to_vec();
+    server_name.push(0); // host_name
+    server_name.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    server_name.extend_from_slice(name);
+    ext(&mut exts, 0x0000, &server_name);
+    ext(&mut exts, 0x000a, &[0x00, 0x04, 0x00, 0x1d, 0x00, 0x17]); // x25519, secp256r1
+    ext(&mut exts, 0x000b, &[0x01, 0x00]); // uncompressed points
+                                           // ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256, rsa_pkcs1_sha256
+    ext(
+        &mut exts,
+        0x000d,
+        &[0x00, 0x06, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01],
+    );
+    ext(&mut exts, 0x0017, &[]); // extended_master_secret
+    ext(&mut exts, 0xff01, &[0x00]); // renegotiation_info
+
+    let mut body = vec![0x03, 0x03]; // client_version TLS 1.2
+    body.extend_from_slice(&[9u8; 32]); // random
+    body.push(0); // session id
+    body.extend_from_slice(&((suites.len() * 2) as u16).to_be_bytes());
+    for s in suites {
+        body.extend_from_slice(&s.to_be_bytes());
+    }
+    body.extend_from_slice(&[0x01, 0x00]); // compression: null
+    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    body.extend_from_slice(&exts);
+    let mut hs = vec![0x01];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x01];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+/// Send a ClientHello; true when the server answers with a ServerHello.
+async fn server_hello(addr: SocketAddr, hello: &[u8]) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(hello).await.expect("write hello");
+    let mut head = [0u8; 6];
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut head))
+        .await
+        .expect("an answer or a close");
+    // A handshake record whose first message is ServerHello (2); else an alert or a close.
+    read.is_ok() && head[0] == 0x16 && head[5] == 0x02
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_refuses_suites_without_ecdhe_or_aead() {
+    let origin = Origin::start().await;
+    let pki = Pki::new("suites");
+    let files = pki.install("c", &pki.issue(&["suites.test"]));
+    let keys = tls_keys(free_port(), &files, &[]);
+    let mut p = TestProxy::start_with("tls_suites", &[origin.addr], &redis_url(), &keys, "").await;
+    let addr = tls_addr(&p);
+    // The same hello with ECDHE + AES-GCM (ECDSA and RSA certificates) is answered, so a
+    // refusal below is about the suites, not the hello.
+    assert!(
+        server_hello(addr, &tls12_client_hello("suites.test", &[0xc02b, 0xc02f])).await,
+        "ECDHE with AES-GCM is accepted"
+    );
+    for (what, suites) in [
+        // TLS_RSA_WITH_AES_128_GCM_SHA256, TLS_RSA_WITH_AES_256_GCM_SHA384,
+        // TLS_DHE_RSA_WITH_AES_128_GCM_SHA256: AEAD, but no ECDHE (no forward secrecy or
+        // finite-field DH).
+        ("AEAD without ECDHE", &[0x009c, 0x009d, 0x009e][..]),
+        // TLS_ECDHE_{ECDSA,RSA}_WITH_AES_128_CBC_SHA(256): ECDHE, but CBC.
+        ("ECDHE with CBC", &[0xc009, 0xc013, 0xc023, 0xc027][..]),
+        // TLS_RSA_WITH_AES_128_CBC_SHA, TLS_RSA_WITH_3DES_EDE_CBC_SHA, TLS_RSA_WITH_RC4_128_SHA.
+        ("legacy", &[0x002f, 0x000a, 0x0005][..]),
+    ] {
+        assert!(
+            !server_hello(addr, &tls12_client_hello("suites.test", suites)).await,
+            "{what} is refused"
+        );
+    }
+    p.cleanup().await;
+}
+
 /// A minimal TLS 1.1 ClientHello offering only CBC suites.
 fn tls11_client_hello() -> Vec<u8> {
     let mut body = vec![0x03, 0x02]; // client_version TLS 1.1
