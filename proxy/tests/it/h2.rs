@@ -354,3 +354,85 @@ async fn settings_flood_without_reading_is_bounded() {
     )
     .await;
 }
+
+/// Streams past `h2_max_concurrent_streams` are refused (RST_STREAM REFUSED_STREAM), not
+/// queued: with an upstream that never answers, seven requests stay in flight and the eighth,
+/// sent in the same write, is refused while the others are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_past_max_concurrent_streams_is_refused() {
+    // An upstream that accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    let mut p = TestProxy::start_with(
+        "h2_refused",
+        &[silent_addr],
+        &redis_url(),
+        "h2c = true\nh2_max_concurrent_streams = 7\n",
+        "",
+    )
+    .await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(PREFACE).await.expect("preface");
+    s.write_all(&frame(0x4, 0, 0, &[])).await.expect("settings");
+    // The server's SETTINGS, acknowledged before the requests.
+    let read_settings = async {
+        loop {
+            let (kind, flags, _, _) = read_frame(&mut s).await;
+            if kind == 0x4 && flags & 0x1 == 0 {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_settings)
+        .await
+        .expect("the server's SETTINGS");
+    let mut burst = frame(0x4, 0x1, 0, &[]);
+    for i in 0..8u32 {
+        // HEADERS with END_HEADERS and END_STREAM: a complete GET.
+        burst.extend(frame(0x1, 0x5, 2 * i + 1, &request_block()));
+    }
+    s.write_all(&burst).await.expect("requests");
+    let refused = async {
+        loop {
+            let (kind, _, stream, payload) = read_frame(&mut s).await;
+            match kind {
+                0x3 => {
+                    let code = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                    return (stream, code);
+                }
+                0x7 => panic!("GOAWAY instead of a refused stream: {payload:?}"),
+                _ => {}
+            }
+        }
+    };
+    let (stream, code) = tokio::time::timeout(Duration::from_secs(15), refused)
+        .await
+        .expect("a RST_STREAM in time");
+    const REFUSED_STREAM: u32 = 0x7;
+    assert_eq!(
+        (stream, code),
+        (15, REFUSED_STREAM),
+        "the eighth stream is refused"
+    );
+    p.cleanup().await;
+    holder.abort();
+}
+
+/// One frame: type, flags, stream id, payload.
+async fn read_frame(s: &mut TcpStream) -> (u8, u8, u32, Vec<u8>) {
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await.expect("a frame");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.expect("payload");
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    (head[3], head[4], stream, payload)
+}
