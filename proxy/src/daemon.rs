@@ -11,6 +11,7 @@
 //! upgrade it names the old process until the new one has taken the listening sockets over.
 
 use std::io::{ErrorKind, Read as _, Write as _};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -24,8 +25,8 @@ pub enum Role {
     Background(Ready),
 }
 
-/// The background process's end of the readiness pipe.
-pub struct Ready(Option<std::io::PipeWriter>);
+/// The background process's end of the readiness channel.
+pub struct Ready(Option<UnixStream>);
 
 impl Ready {
     /// A handle that notifies nobody (the proxy runs in the foreground).
@@ -48,8 +49,10 @@ impl Ready {
 /// (the journal under systemd), the working directory kept (relative paths in the config keep
 /// their meaning), a new session. Must run before any thread is started.
 pub fn daemonize() -> Result<Role, String> {
+    // A connected socket pair as the readiness pipe: the foreground end reads one byte, or
+    // end-of-file once every copy of the background end is closed (the process died).
     let (mut reader, writer) =
-        std::io::pipe().map_err(|e| format!("daemon: cannot create a pipe: {e}"))?;
+        UnixStream::pair().map_err(|e| format!("daemon: cannot create a socket pair: {e}"))?;
     let cwd = std::env::current_dir()
         .map_err(|e| format!("daemon: cannot read the working directory: {e}"))?;
     let outcome = Daemonize::new()
