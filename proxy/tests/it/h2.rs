@@ -334,7 +334,7 @@ async fn flood_is_bounded(name: &str, unit: Vec<u8>, ack_kind: u8) {
 
     // The flood was answered, one acknowledgement per frame read (not dropped, not an error).
     if let FloodEnd::Stalled { .. } = end {
-        answers(&mut s, ack_kind, 1000).await;
+        answers(&mut s, ack_kind, 100).await;
     }
     p.cleanup().await;
 }
