@@ -426,6 +426,28 @@ mod tests {
     }
 
     #[test]
+    fn rows_without_an_api_key_hash_as_before_the_column_existed() {
+        let e = entry();
+        let legacy = Value::Array(vec![
+            json!("aud_01"),
+            json!(e.created_at.to_rfc3339_opts(SecondsFormat::Micros, true)),
+            json!("usr_1"),
+            Value::Null,
+            json!("user.updated"),
+            json!("user"),
+            json!("usr_2"),
+            e.changes.clone(),
+            json!("10.0.0.1"),
+            json!("curl/8"),
+            json!("req-1"),
+        ]);
+        assert_eq!(
+            e.compute_hash(),
+            chain_hash(GENESIS_HASH, &canonical_json(&legacy))
+        );
+    }
+
+    #[test]
     fn diff_lists_only_changed_fields() {
         let before = json!({"status": "active", "email": "a@x", "name": null});
         let after = json!({"status": "disabled", "email": "a@x", "name": "A"});
