@@ -3,3 +3,6 @@
 -- NULL for sessions, the command line and every row written before this column existed
 -- (those rows keep verifying: the chain covers this column only when it is set).
 ALTER TABLE audit_log ADD COLUMN actor_api_key_id text;
+-- `GET /audit-logs?actor_id=key_…` lists what one key did, newest first.
+CREATE INDEX audit_log_actor_api_key_idx ON audit_log (actor_api_key_id, created_at DESC, id DESC)
+    WHERE actor_api_key_id IS NOT NULL;

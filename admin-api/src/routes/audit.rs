@@ -11,6 +11,7 @@ use crate::{
     auth::PlatformAdmin,
     error::{ApiError, ErrorEnvelope},
     extract::{Json, Query},
+    ids::IdKind,
     models::{col, shown_email_sql, PersonRef},
     pagination::{Cursor, Page, PageRequest},
     state::AppState,
@@ -27,7 +28,9 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
-    /// Only entries by this actor.
+    /// Only entries by this actor: a user id (`usr_…`, every entry the user made, with a
+    /// session or any of their keys) or an API key id (`key_…`, the entries made with that
+    /// key), i.e. any `actor.id` of a listed item.
     pub actor_id: Option<String>,
     /// Only this action, e.g. `user.updated`.
     pub action: Option<String>,
@@ -168,6 +171,11 @@ async fn list_audit_logs(
     let page = PageRequest::with_bounds(q.limit, q.cursor.as_deref(), 50, 500)?;
     let from = parse_time("from", q.from.as_deref())?;
     let to = parse_time("to", q.to.as_deref())?;
+    // An actor id names a user or a key; each has its own column (and index).
+    let (actor_user, actor_key) = match q.actor_id {
+        Some(id) if IdKind::ApiKey.matches(&id) => (None, Some(id)),
+        other => (other, None),
+    };
     let conn = state.db().await?;
     let rows = conn
         .query(
@@ -178,6 +186,7 @@ async fn list_audit_logs(
                         {impersonator_email} AS impersonator_email \
                  FROM (SELECT {columns} FROM audit_log \
                  WHERE ($1::text IS NULL OR actor_id = $1) \
+                   AND ($9::text IS NULL OR actor_api_key_id = $9) \
                    AND ($2::text IS NULL OR action = $2) \
                    AND ($3::text IS NULL OR resource_type = $3) \
                    AND ($4::timestamptz IS NULL OR created_at >= $4) \
@@ -192,7 +201,7 @@ async fn list_audit_logs(
                 impersonator_email = shown_email_sql("iu"),
             ),
             &[
-                &q.actor_id,
+                &actor_user,
                 &q.action,
                 &q.resource_type,
                 &from,
@@ -200,6 +209,7 @@ async fn list_audit_logs(
                 &page.after_time(),
                 &page.after_id(),
                 &page.fetch_limit(),
+                &actor_key,
             ],
         )
         .await?;

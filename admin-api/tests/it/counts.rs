@@ -364,6 +364,20 @@ async fn audit_items_name_the_actor_the_resource_and_the_impersonator() {
     assert_eq!(item["actor_id"], admin.id.as_str());
     assert_eq!(item["actor_api_key_id"], key_id.as_str());
     assert_eq!(item["resource_type"], "organization");
+    // `actor.id` works as the `actor_id` filter: a key's entries alone.
+    let (s, by_key) = send(
+        &app,
+        "GET",
+        &format!("/audit-logs?actor_id={key_id}"),
+        &admin.key,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{by_key}");
+    let by_key = by_key["items"].as_array().expect("items").clone();
+    assert!(!by_key.is_empty());
+    assert!(by_key.iter().all(|i| i["actor"]["id"] == key_id.as_str()));
+    assert!(!by_key.iter().any(|i| i["action"] == "api_key.created"));
 
     // A user acting with a session.
     let user = app.create_user().await;
