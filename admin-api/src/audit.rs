@@ -41,6 +41,9 @@ pub struct AuditCtx {
     pub actor_id: Option<String>,
     /// The admin behind an impersonation token.
     pub impersonator_id: Option<String>,
+    /// The API key the actor authenticated with (`key_…`); None for a session or the command
+    /// line.
+    pub api_key_id: Option<String>,
     pub ip: Option<IpAddr>,
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
@@ -52,10 +55,17 @@ impl AuditCtx {
         Self {
             actor_id: Some(actor_id.to_string()),
             impersonator_id: impersonator_id.map(str::to_string),
+            api_key_id: None,
             ip: meta.ip,
             user_agent: meta.user_agent.clone(),
             request_id: (!meta.request_id.is_empty()).then(|| meta.request_id.clone()),
         }
+    }
+
+    /// The same context, naming the API key the actor authenticated with.
+    pub fn with_api_key(mut self, api_key_id: Option<&str>) -> Self {
+        self.api_key_id = api_key_id.map(str::to_string);
+        self
     }
 
     /// The command line (no actor, no request).
@@ -111,6 +121,8 @@ pub struct AuditEntry {
     pub created_at: DateTime<Utc>,
     pub actor_id: Option<String>,
     pub impersonator_id: Option<String>,
+    /// The API key the actor used (`key_…`); null for a session or the command line.
+    pub actor_api_key_id: Option<String>,
     /// e.g. `user.updated`.
     pub action: String,
     pub resource_type: String,
@@ -129,7 +141,8 @@ pub struct AuditEntry {
 impl AuditEntry {
     /// Columns for `SELECT {AuditEntry::COLUMNS} FROM audit_log`.
     pub const COLUMNS: &'static str = "id, created_at, actor_id, impersonator_id, action, \
-         resource_type, resource_id, changes, ip, user_agent, request_id, prev_hash, hash";
+         resource_type, resource_id, changes, ip, user_agent, request_id, prev_hash, hash, \
+         actor_api_key_id";
 
     /// Builds an entry from a row selected with [`AuditEntry::COLUMNS`].
     pub fn from_row(row: &tokio_postgres::Row) -> Result<Self, ApiError> {
@@ -138,6 +151,7 @@ impl AuditEntry {
             created_at: col(row, "created_at")?,
             actor_id: col(row, "actor_id")?,
             impersonator_id: col(row, "impersonator_id")?,
+            actor_api_key_id: col(row, "actor_api_key_id")?,
             action: col(row, "action")?,
             resource_type: col(row, "resource_type")?,
             resource_id: col(row, "resource_id")?,
@@ -152,7 +166,7 @@ impl AuditEntry {
 
     /// The hash this row must carry given its `prev_hash`.
     pub fn compute_hash(&self) -> String {
-        let content = Value::Array(vec![
+        let mut content = vec![
             Value::from(self.id.as_str()),
             Value::from(self.created_at.to_rfc3339_opts(SecondsFormat::Micros, true)),
             opt(&self.actor_id),
@@ -165,8 +179,12 @@ impl AuditEntry {
                 .map_or(Value::Null, |ip| Value::from(ip.to_string())),
             opt(&self.user_agent),
             opt(&self.request_id),
-        ]);
-        chain_hash(&self.prev_hash, &canonical_json(&content))
+        ];
+        // Appended only when set, so rows written before the column existed hash as they did.
+        if let Some(key) = &self.actor_api_key_id {
+            content.push(serde_json::json!({ "actor_api_key_id": key }));
+        }
+        chain_hash(&self.prev_hash, &canonical_json(&Value::Array(content)))
     }
 }
 
@@ -257,6 +275,7 @@ pub async fn record(
         created_at,
         actor_id: ctx.actor_id.clone(),
         impersonator_id: ctx.impersonator_id.clone(),
+        actor_api_key_id: ctx.api_key_id.clone(),
         action: action.to_string(),
         resource_type: resource_type.to_string(),
         resource_id: (!resource_id.is_empty()).then(|| resource_id.to_string()),
@@ -270,8 +289,9 @@ pub async fn record(
     entry.hash = entry.compute_hash();
     tx.execute(
         "INSERT INTO audit_log (id, created_at, actor_id, impersonator_id, action, \
-         resource_type, resource_id, changes, ip, user_agent, request_id, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+         resource_type, resource_id, changes, ip, user_agent, request_id, prev_hash, hash, \
+         actor_api_key_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         &[
             &entry.id,
             &entry.created_at,
@@ -286,6 +306,7 @@ pub async fn record(
             &entry.request_id,
             &entry.prev_hash,
             &entry.hash,
+            &entry.actor_api_key_id,
         ],
     )
     .await?;
@@ -354,6 +375,7 @@ mod tests {
             created_at: DateTime::from_timestamp_micros(1_732_000_000_123_456).expect("time"),
             actor_id: Some("usr_1".into()),
             impersonator_id: None,
+            actor_api_key_id: None,
             action: "user.updated".into(),
             resource_type: "user".into(),
             resource_id: Some("usr_2".into()),
@@ -386,6 +408,7 @@ mod tests {
             Box::new(|e| e.created_at += chrono::Duration::microseconds(1)),
             Box::new(|e| e.actor_id = None),
             Box::new(|e| e.impersonator_id = Some("usr_9".into())),
+            Box::new(|e| e.actor_api_key_id = Some("key_1".into())),
             Box::new(|e| e.action = "user.deleted".into()),
             Box::new(|e| e.resource_type = "org".into()),
             Box::new(|e| e.resource_id = Some("usr_3".into())),
@@ -400,6 +423,28 @@ mod tests {
             mutate(&mut e);
             assert_ne!(e.compute_hash(), h, "mutation {i} not covered");
         }
+    }
+
+    #[test]
+    fn rows_without_an_api_key_hash_as_before_the_column_existed() {
+        let e = entry();
+        let legacy = Value::Array(vec![
+            json!("aud_01"),
+            json!(e.created_at.to_rfc3339_opts(SecondsFormat::Micros, true)),
+            json!("usr_1"),
+            Value::Null,
+            json!("user.updated"),
+            json!("user"),
+            json!("usr_2"),
+            e.changes.clone(),
+            json!("10.0.0.1"),
+            json!("curl/8"),
+            json!("req-1"),
+        ]);
+        assert_eq!(
+            e.compute_hash(),
+            chain_hash(GENESIS_HASH, &canonical_json(&legacy))
+        );
     }
 
     #[test]

@@ -182,3 +182,45 @@ impl UserOrganization {
             .collect()
     }
 }
+
+/// A person named beside an id in an answer (`impersonated_by`, an audit `actor`): the email
+/// is read from `users` when answering, never copied, so it is null once the account is gone
+/// or erased.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct PersonRef {
+    /// `usr_…`.
+    pub id: String,
+    /// Null when the account no longer exists or was deleted (anonymised).
+    pub email: Option<String>,
+}
+
+/// SQL for the email of the `users` row aliased `alias`, as answers show it: NULL for a
+/// deleted (anonymised) account, and NULL through a LEFT JOIN that found no row.
+pub fn shown_email_sql(alias: &str) -> String {
+    format!("CASE WHEN {alias}.status = 'deleted' THEN NULL ELSE {alias}.email END")
+}
+
+impl PersonRef {
+    /// The user `id` as answers show it (email null when the account is gone or deleted).
+    pub async fn load(
+        client: &impl deadpool_postgres::GenericClient,
+        id: &str,
+    ) -> Result<Self, ApiError> {
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT {} AS email FROM users u WHERE u.id = $1",
+                    shown_email_sql("u")
+                ),
+                &[&id],
+            )
+            .await?;
+        Ok(Self {
+            id: id.to_string(),
+            email: match row {
+                Some(row) => col(&row, "email")?,
+                None => None,
+            },
+        })
+    }
+}

@@ -41,6 +41,7 @@ impl Principal {
     /// Audit context for mutations made by this caller.
     pub fn audit(&self) -> AuditCtx {
         AuditCtx::new(&self.user_id, self.impersonator_id.as_deref(), &self.meta)
+            .with_api_key(self.api_key_id.as_deref())
     }
 
     /// Whether the caller is a platform admin.

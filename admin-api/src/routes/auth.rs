@@ -21,7 +21,7 @@ use crate::{
     extract::{Json, RequestMeta},
     ids::IdKind,
     invitations,
-    models::{col, User, UserOrganization},
+    models::{col, PersonRef, User, UserOrganization},
     rate_limit::{self, Throttle},
     state::AppState,
     validate,
@@ -86,9 +86,9 @@ pub struct Me {
     #[serde(flatten)]
     pub user: User,
     pub organizations: Vec<UserOrganization>,
-    /// The admin who obtained this impersonation token; absent otherwise.
+    /// The admin who obtained this impersonation token ({id, email}); absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub impersonated_by: Option<String>,
+    pub impersonated_by: Option<PersonRef>,
 }
 
 /// Creates an account and signs it in.
@@ -422,9 +422,13 @@ async fn me(
         .ok_or_else(|| ApiError::unauthorized("invalid or expired token"))?;
     let user = User::from_row(&row)?;
     let organizations = UserOrganization::for_user(&conn, &user.id).await?;
+    let impersonated_by = match principal.impersonator_id.as_deref() {
+        Some(id) => Some(PersonRef::load(&conn, id).await?),
+        None => None,
+    };
     Ok(Json(Me {
         user,
         organizations,
-        impersonated_by: principal.impersonator_id,
+        impersonated_by,
     }))
 }

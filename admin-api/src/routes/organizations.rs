@@ -65,6 +65,39 @@ pub(crate) async fn load_org(
     Organization::from_row(&row)
 }
 
+/// An organization as answered: the stored organization and how many people belong to it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrganizationView {
+    #[serde(flatten)]
+    pub organization: Organization,
+    /// Members of the organization (memberships of accounts that are not deleted).
+    #[schema(minimum = 0)]
+    pub user_count: i64,
+}
+
+/// The member count of the `organizations` row aliased `o` (an index scan of
+/// `memberships (organization_id, …)` plus primary-key lookups of the members).
+const USER_COUNT_SQL: &str =
+    "(SELECT count(*) FROM memberships m JOIN users mu ON mu.id = m.user_id \
+     WHERE m.organization_id = o.id AND mu.status <> 'deleted')";
+
+/// `organization` with its current member count.
+async fn with_user_count(
+    client: &impl GenericClient,
+    organization: Organization,
+) -> Result<OrganizationView, ApiError> {
+    let row = client
+        .query_one(
+            &format!("SELECT {USER_COUNT_SQL} AS user_count FROM organizations o WHERE o.id = $1"),
+            &[&organization.id],
+        )
+        .await?;
+    Ok(OrganizationView {
+        user_count: col(&row, "user_count")?,
+        organization,
+    })
+}
+
 fn plan(raw: &str) -> Result<String, ApiError> {
     validate::text("plan", raw, 32)
 }
@@ -83,14 +116,14 @@ pub struct ListOrganizationsQuery {
     pub cursor: Option<String>,
 }
 
-/// Organizations, newest first.
+/// Organizations, newest first, each with its `user_count`.
 #[utoipa::path(
     get,
     path = "/organizations",
     tag = "organizations",
     params(ListOrganizationsQuery),
     responses(
-        (status = 200, body = Page<Organization>),
+        (status = 200, body = Page<OrganizationView>),
         (status = 400, body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope)
@@ -100,17 +133,17 @@ async fn list_organizations(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     Query(q): Query<ListOrganizationsQuery>,
-) -> Result<Json<Page<Organization>>, ApiError> {
+) -> Result<Json<Page<OrganizationView>>, ApiError> {
     let page = PageRequest::new(q.limit, q.cursor.as_deref())?;
     let pattern = contains_pattern(q.q.as_deref())?;
     let conn = state.db().await?;
     let rows = conn
         .query(
             &format!(
-                "SELECT {} FROM organizations \
-                 WHERE ($1::text IS NULL OR name ILIKE $1 OR display_name ILIKE $1) \
-                   AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::text)) \
-                 ORDER BY created_at DESC, id DESC LIMIT $4",
+                "SELECT {}, {USER_COUNT_SQL} AS user_count FROM organizations o \
+                 WHERE ($1::text IS NULL OR o.name ILIKE $1 OR o.display_name ILIKE $1) \
+                   AND ($2::timestamptz IS NULL OR (o.created_at, o.id) < ($2, $3::text)) \
+                 ORDER BY o.created_at DESC, o.id DESC LIMIT $4",
                 Organization::COLUMNS
             ),
             &[
@@ -123,11 +156,16 @@ async fn list_organizations(
         .await?;
     let items = rows
         .iter()
-        .map(Organization::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|row| {
+            Ok(OrganizationView {
+                organization: Organization::from_row(row)?,
+                user_count: col(row, "user_count")?,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
     Ok(Json(Page::from_rows(items, &page, |o| Cursor {
-        created_at: o.created_at,
-        id: o.id.clone(),
+        created_at: o.organization.created_at,
+        id: o.organization.id.clone(),
     })))
 }
 
@@ -160,7 +198,7 @@ pub struct CreateOrganization {
     tag = "organizations",
     request_body = CreateOrganization,
     responses(
-        (status = 201, body = Organization),
+        (status = 201, body = OrganizationView),
         (status = 400, body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
@@ -171,7 +209,7 @@ async fn create_organization(
     State(state): State<AppState>,
     admin: PlatformAdmin,
     Json(body): Json<CreateOrganization>,
-) -> Result<(StatusCode, Json<Organization>), ApiError> {
+) -> Result<(StatusCode, Json<OrganizationView>), ApiError> {
     let name = validate::slug(&body.name)?;
     let display_name = validate::text("display_name", &body.display_name, 200)?;
     let plan = plan(body.plan.as_deref().unwrap_or("free"))?;
@@ -199,17 +237,23 @@ async fn create_organization(
     )
     .await?;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(org)))
+    Ok((
+        StatusCode::CREATED,
+        Json(OrganizationView {
+            organization: org,
+            user_count: 0,
+        }),
+    ))
 }
 
-/// One organization.
+/// One organization, with its `user_count`.
 #[utoipa::path(
     get,
     path = "/organizations/{id}",
     tag = "organizations",
     params(("id" = String, Path, description = "Organization id (org_…)", pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
     responses(
-        (status = 200, body = Organization),
+        (status = 200, body = OrganizationView),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope)
@@ -219,9 +263,10 @@ async fn get_organization(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     Path(id): Path<String>,
-) -> Result<Json<Organization>, ApiError> {
+) -> Result<Json<OrganizationView>, ApiError> {
     let conn = state.db().await?;
-    Ok(Json(load_org(&conn, &id, false).await?))
+    let org = load_org(&conn, &id, false).await?;
+    Ok(Json(with_user_count(&conn, org).await?))
 }
 
 /// `PATCH /organizations/{id}` body; absent fields are unchanged.
@@ -253,7 +298,7 @@ pub struct PatchOrganization {
     params(("id" = String, Path, description = "Organization id (org_…)", pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
     request_body = PatchOrganization,
     responses(
-        (status = 200, body = Organization),
+        (status = 200, body = OrganizationView),
         (status = 400, body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
@@ -266,7 +311,7 @@ async fn patch_organization(
     admin: PlatformAdmin,
     Path(id): Path<String>,
     Json(patch): Json<PatchOrganization>,
-) -> Result<Json<Organization>, ApiError> {
+) -> Result<Json<OrganizationView>, ApiError> {
     check_org_id(&id)?;
     let display_name = patch
         .display_name
@@ -303,9 +348,11 @@ async fn patch_organization(
         map.remove("updated_at");
     }
     if changes.as_object().is_none_or(|m| m.is_empty()) {
+        let view = with_user_count(&tx, before).await?;
         tx.rollback().await?;
-        return Ok(Json(before));
+        return Ok(Json(view));
     }
+    let view = with_user_count(&tx, after).await?;
     audit::record(
         &tx,
         &admin.audit(),
@@ -316,7 +363,7 @@ async fn patch_organization(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(after))
+    Ok(Json(view))
 }
 
 async fn is_member(
@@ -376,6 +423,8 @@ async fn delete_organization(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OrganizationStats {
     pub organization_id: String,
+    /// Members (memberships of accounts that are not deleted), as `user_count` of the
+    /// organization.
     pub user_count: i64,
     pub group_count: i64,
     pub credits_balance: i64,
@@ -383,6 +432,9 @@ pub struct OrganizationStats {
     pub active_users_7d: i64,
     /// Members' sessions not revoked and not expired.
     pub sessions_active: i64,
+    /// Sessions created since 00:00 UTC today for the organization's members (sign-ins and
+    /// impersonations; revoked or expired ones included).
+    pub session_count_today: i64,
     pub owner_count: i64,
     pub admin_count: i64,
     pub enabled: bool,
@@ -411,7 +463,8 @@ async fn organization_stats(
     let row = conn
         .query_one(
             "SELECT \
-               (SELECT count(*) FROM memberships WHERE organization_id = $1) AS users, \
+               (SELECT count(*) FROM memberships m JOIN users mu ON mu.id = m.user_id \
+                  WHERE m.organization_id = $1 AND mu.status <> 'deleted') AS users, \
                (SELECT count(*) FROM groups WHERE organization_id = $1) AS groups, \
                (SELECT count(*) FROM memberships m JOIN users u ON u.id = m.user_id \
                   WHERE m.organization_id = $1 \
@@ -419,6 +472,10 @@ async fn organization_stats(
                (SELECT count(*) FROM sessions s JOIN memberships m ON m.user_id = s.user_id \
                   WHERE m.organization_id = $1 AND s.revoked_at IS NULL \
                     AND s.expires_at > now()) AS sessions_active, \
+               (SELECT count(*) FROM sessions s JOIN memberships m ON m.user_id = s.user_id \
+                  WHERE m.organization_id = $1 \
+                    AND s.created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') \
+                                        AT TIME ZONE 'UTC') AS sessions_today, \
                (SELECT count(*) FROM memberships WHERE organization_id = $1 AND role = 'owner') \
                   AS owners, \
                (SELECT count(*) FROM memberships WHERE organization_id = $1 AND role = 'admin') \
@@ -433,6 +490,7 @@ async fn organization_stats(
         credits_balance: org.credits_balance,
         active_users_7d: col(&row, "active_7d")?,
         sessions_active: col(&row, "sessions_active")?,
+        session_count_today: col(&row, "sessions_today")?,
         owner_count: col(&row, "owners")?,
         admin_count: col(&row, "admins")?,
         enabled: org.enabled,

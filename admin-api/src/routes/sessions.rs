@@ -15,7 +15,7 @@ use crate::{
     error::{ApiError, ErrorEnvelope},
     extract::{Json, Path, Query},
     ids::IdKind,
-    models::col,
+    models::{col, shown_email_sql, PersonRef},
     pagination::{Cursor, Page, PageRequest},
     state::AppState,
     validate,
@@ -132,8 +132,9 @@ pub struct SessionInfo {
     pub ip: Option<String>,
     /// User agent at sign-in.
     pub user_agent: Option<String>,
-    /// The admin who obtained it by impersonation; null otherwise.
-    pub impersonated_by: Option<String>,
+    /// The admin who obtained it by impersonation ({id, email}, the email read from the users
+    /// table when answering); null otherwise.
+    pub impersonated_by: Option<PersonRef>,
     /// In `/api/me/sessions`: whether this is the session making the request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current: Option<bool>,
@@ -160,12 +161,15 @@ async fn active_sessions(
 ) -> Result<Page<SessionInfo>, ApiError> {
     let rows = client
         .query(
-            "SELECT id, created_at, last_seen_at, expires_at, host(ip) AS ip, user_agent, \
-                    impersonator_id \
-             FROM sessions \
-             WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > now() \
-               AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::text)) \
-             ORDER BY created_at DESC, id DESC LIMIT $4",
+            &format!(
+                "SELECT s.id, s.created_at, s.last_seen_at, s.expires_at, host(s.ip) AS ip, \
+                        s.user_agent, s.impersonator_id, {} AS impersonator_email \
+                 FROM sessions s LEFT JOIN users iu ON iu.id = s.impersonator_id \
+                 WHERE s.user_id = $1 AND s.revoked_at IS NULL AND s.expires_at > now() \
+                   AND ($2::timestamptz IS NULL OR (s.created_at, s.id) < ($2, $3::text)) \
+                 ORDER BY s.created_at DESC, s.id DESC LIMIT $4",
+                shown_email_sql("iu")
+            ),
             &[
                 &user_id,
                 &page.after_time(),
@@ -186,7 +190,14 @@ async fn active_sessions(
                 expires_at: col(row, "expires_at")?,
                 ip: col(row, "ip")?,
                 user_agent: col(row, "user_agent")?,
-                impersonated_by: col(row, "impersonator_id")?,
+                impersonated_by: col::<Option<String>>(row, "impersonator_id")?
+                    .map(|id| {
+                        Ok::<_, ApiError>(PersonRef {
+                            id,
+                            email: col(row, "impersonator_email")?,
+                        })
+                    })
+                    .transpose()?,
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;

@@ -41,11 +41,23 @@ pub struct Stats {
     pub total_credits_used: i64,
     /// Organizations with at least one member active in the last 7 days.
     pub active_organizations_7d: i64,
+    pub organizations: OrganizationTotals,
     pub users: UserStats,
     pub sessions: SessionStats,
     pub auth: AuthStats,
     pub mfa: MfaStats,
     pub gateway: GatewayStats,
+}
+
+/// Organization figures.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrganizationTotals {
+    /// Every organization, enabled or not.
+    pub total: i64,
+    /// Organizations with activity in the last 30 days: a member made an authenticated request
+    /// (`last_active_at`) or signed in (a session created, impersonations excluded), or a run
+    /// or a credit ledger row was recorded for the organization.
+    pub active_last_30d: i64,
 }
 
 /// MFA adoption.
@@ -98,6 +110,21 @@ SELECT
   (SELECT count(*) FROM users) AS total_users,
   (SELECT count(DISTINCT m.organization_id) FROM memberships m JOIN users u ON u.id = m.user_id
      WHERE u.last_active_at >= now() - interval '7 days') AS active_organizations_7d,
+  -- Each EXISTS is an index probe: memberships (organization_id, …), sessions (user_id,
+  -- created_at …), runs (organization_id, created_at …), credit_transactions
+  -- (organization_id, created_at …).
+  (SELECT count(*) FROM organizations o WHERE
+     EXISTS (SELECT 1 FROM memberships m JOIN users u ON u.id = m.user_id
+             WHERE m.organization_id = o.id
+               AND (u.last_active_at >= now() - interval '30 days'
+                    OR EXISTS (SELECT 1 FROM sessions s
+                               WHERE s.user_id = u.id AND s.impersonator_id IS NULL
+                                 AND s.created_at >= now() - interval '30 days')))
+     OR EXISTS (SELECT 1 FROM runs r
+                WHERE r.organization_id = o.id AND r.created_at >= now() - interval '30 days')
+     OR EXISTS (SELECT 1 FROM credit_transactions t
+                WHERE t.organization_id = o.id AND t.created_at >= now() - interval '30 days'))
+     AS active_organizations_30d,
   (SELECT count(*) FROM users WHERE last_active_at >= now() - interval '7 days') AS active_7d,
   (SELECT count(*) FROM users WHERE last_active_at >= now() - interval '30 days') AS active_30d,
   (SELECT count(*) FROM users WHERE created_at >= now() - interval '7 days') AS new_7d,
@@ -187,6 +214,10 @@ async fn get_stats(
         total_executions: col(&row, "total_executions")?,
         total_credits_used: col(&row, "total_credits_used")?,
         active_organizations_7d: col(&row, "active_organizations_7d")?,
+        organizations: OrganizationTotals {
+            total: col(&row, "total_organizations")?,
+            active_last_30d: col(&row, "active_organizations_30d")?,
+        },
         users: UserStats {
             total: col(&row, "total_users")?,
             active_last_7d: col(&row, "active_7d")?,

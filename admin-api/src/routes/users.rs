@@ -27,7 +27,7 @@ use crate::{
     error::{ApiError, ErrorEnvelope},
     extract::{Json, Path, Query},
     ids::IdKind,
-    models::{col, Role, User, UserOrganization},
+    models::{col, PersonRef, Role, User, UserOrganization},
     pagination::{Cursor, Page, PageRequest},
     state::AppState,
     validate,
@@ -137,14 +137,37 @@ pub struct ListUsersQuery {
     pub cursor: Option<String>,
 }
 
-/// Users, newest first.
+/// A user as lists show it: the user and the ids of the organizations they belong to.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserListItem {
+    #[serde(flatten)]
+    pub user: User,
+    /// Ids (`org_…`) of the user's organizations, in id order; empty when none.
+    pub organization_ids: Vec<String>,
+}
+
+/// SQL selecting [`UserListItem::from_row`]'s extra column for the `users` row aliased `u`
+/// (one index scan of `memberships (user_id, organization_id)` per listed user).
+const ORGANIZATION_IDS_SQL: &str = "ARRAY(SELECT m.organization_id FROM memberships m \
+     WHERE m.user_id = u.id ORDER BY m.organization_id) AS organization_ids";
+
+impl UserListItem {
+    fn from_row(row: &tokio_postgres::Row) -> Result<Self, ApiError> {
+        Ok(Self {
+            user: User::from_row(row)?,
+            organization_ids: col(row, "organization_ids")?,
+        })
+    }
+}
+
+/// Users, newest first, each with `organization_ids`.
 #[utoipa::path(
     get,
     path = "/users",
     tag = "users",
     params(ListUsersQuery),
     responses(
-        (status = 200, body = Page<User>),
+        (status = 200, body = Page<UserListItem>),
         (status = 400, body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope)
@@ -154,7 +177,7 @@ async fn list_users(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     Query(q): Query<ListUsersQuery>,
-) -> Result<Json<Page<User>>, ApiError> {
+) -> Result<Json<Page<UserListItem>>, ApiError> {
     let page = PageRequest::new(q.limit, q.cursor.as_deref())?;
     let pattern = contains_pattern(q.q.as_deref())?;
     let status = q.status.map(UserStatus::as_str);
@@ -162,7 +185,7 @@ async fn list_users(
     let rows = conn
         .query(
             &format!(
-                "SELECT {} FROM users u \
+                "SELECT {}, {ORGANIZATION_IDS_SQL} FROM users u \
                  WHERE ($1::text IS NULL OR u.username ILIKE $1 OR u.email ILIKE $1 \
                         OR u.name ILIKE $1) \
                    AND ($2::text IS NULL OR u.status = $2) \
@@ -184,11 +207,11 @@ async fn list_users(
         .await?;
     let items = rows
         .iter()
-        .map(User::from_row)
+        .map(UserListItem::from_row)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Json(Page::from_rows(items, &page, |u| Cursor {
-        created_at: u.created_at,
-        id: u.id.clone(),
+        created_at: u.user.created_at,
+        id: u.user.id.clone(),
     })))
 }
 
@@ -650,7 +673,7 @@ impl SearchCursor {
     tag = "users",
     request_body = SearchUsers,
     responses(
-        (status = 200, body = Page<User>),
+        (status = 200, body = Page<UserListItem>),
         (status = 400, body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope)
@@ -660,7 +683,7 @@ async fn search_users(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     Json(body): Json<SearchUsers>,
-) -> Result<Json<Page<User>>, ApiError> {
+) -> Result<Json<Page<UserListItem>>, ApiError> {
     let limit = PageRequest::new(body.limit, None)?.limit;
     let sort = body.sort;
     let after = match body.cursor.as_deref() {
@@ -685,7 +708,7 @@ async fn search_users(
         expr.to_string()
     };
     let sql = format!(
-        "SELECT {cols}, {key_text} AS sort_key FROM users u \
+        "SELECT {cols}, {ORGANIZATION_IDS_SQL}, {key_text} AS sort_key FROM users u \
          WHERE ($1::text IS NULL OR u.username ILIKE $1 OR u.email ILIKE $1 OR u.name ILIKE $1) \
            AND ($2::timestamptz IS NULL OR u.created_at >= $2) \
            AND ($3::timestamptz IS NULL OR u.created_at < $3) \
@@ -724,7 +747,7 @@ async fn search_users(
     let mut items = Vec::with_capacity(rows.len());
     let mut keys = Vec::with_capacity(rows.len());
     for row in &rows {
-        items.push(User::from_row(row)?);
+        items.push(UserListItem::from_row(row)?);
         keys.push(col::<String>(row, "sort_key")?);
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -733,7 +756,7 @@ async fn search_users(
         items.last().zip(keys.get(limit - 1)).map(|(u, key)| {
             SearchCursor {
                 key: key.clone(),
-                id: u.id.clone(),
+                id: u.user.id.clone(),
             }
             .encode(sort)
         })
@@ -878,8 +901,8 @@ pub struct ImpersonationToken {
     /// Lifetime in seconds.
     pub expires_in: i64,
     pub expires_at: DateTime<Utc>,
-    /// The admin who obtained it.
-    pub impersonated_by: String,
+    /// The admin who obtained it ({id, email}).
+    pub impersonated_by: PersonRef,
     /// The `user.impersonated` audit entry.
     pub audit_id: String,
 }
@@ -957,6 +980,7 @@ async fn impersonate(
         meta.user_agent.as_deref(),
     )
     .await?;
+    let impersonated_by = PersonRef::load(&tx, admin.id()).await?;
     let audit_id = audit::record(
         &tx,
         &admin.audit(),
@@ -978,7 +1002,7 @@ async fn impersonate(
             user_id: target.id,
             expires_in: secs,
             expires_at: session.expires_at,
-            impersonated_by: admin.id().to_string(),
+            impersonated_by,
             audit_id,
         }),
     ))

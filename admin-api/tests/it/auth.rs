@@ -379,7 +379,8 @@ async fn impersonation_sessions_name_the_impersonator() {
     let (s, body) = me(&app, &issued.token).await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["id"], user.id.as_str());
-    assert_eq!(body["impersonated_by"], admin.id.as_str());
+    assert_eq!(body["impersonated_by"]["id"], admin.id.as_str());
+    assert_eq!(body["impersonated_by"]["email"], admin.email.as_str());
     // Disabling the impersonating admin ends the impersonation.
     conn.execute(
         "UPDATE users SET status = 'disabled' WHERE id = $1",

@@ -162,3 +162,69 @@ async fn groups_hold_members_of_their_organization_only() {
         assert_eq!(rows[0]["actor_id"], admin.id.as_str(), "{action}");
     }
 }
+
+#[tokio::test]
+async fn leaving_the_organization_leaves_its_groups() {
+    let app = TestApp::spawn().await;
+    let admin = app.create_admin().await;
+    let key = admin.key.as_str();
+    let org = seed_org(&app).await;
+    let (stays, leaves) = (app.create_user().await, app.create_user().await);
+    let (s, group) = send(
+        &app,
+        "POST",
+        &format!("/organizations/{org}/groups"),
+        key,
+        Some(json!({"name": "Ops"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{group}");
+    let base = format!(
+        "/organizations/{org}/groups/{}",
+        group["id"].as_str().expect("id")
+    );
+    for user in [&stays, &leaves] {
+        let (s, b) = send(
+            &app,
+            "POST",
+            &format!("/organizations/{org}/members"),
+            key,
+            Some(json!({"user_id": user.id, "role": "member"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{b}");
+        let (s, b) = send(
+            &app,
+            "POST",
+            &format!("{base}/members"),
+            key,
+            Some(json!({"user_id": user.id})),
+        )
+        .await;
+        assert_eq!(s, 201, "{b}");
+    }
+    let (s, got) = send(&app, "GET", &base, key, None).await;
+    assert_eq!(s, 200, "{got}");
+    assert_eq!(got["member_count"], 2, "{got}");
+    let (s, b) = send(
+        &app,
+        "DELETE",
+        &format!("/organizations/{org}/members/{}", leaves.id),
+        key,
+        None,
+    )
+    .await;
+    assert_eq!(s, 204, "{b}");
+    let (s, got) = send(&app, "GET", &base, key, None).await;
+    assert_eq!(s, 200, "{got}");
+    assert_eq!(got["member_count"], 1, "{got}");
+    let (s, list) = send(&app, "GET", &format!("{base}/members"), key, None).await;
+    assert_eq!(s, 200, "{list}");
+    let ids: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|u| u["id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![stays.id.as_str()]);
+}

@@ -9,6 +9,7 @@ mod cli;
 mod codes;
 mod common;
 mod control_bytes;
+mod counts;
 mod credits;
 mod email;
 mod end_to_end;

@@ -286,3 +286,83 @@ async fn concurrent_patches_refund_a_failed_run_once() {
     }
     assert_eq!(app.audit_rows("run.refunded").await.len(), 3);
 }
+
+#[tokio::test]
+async fn a_runs_key_finishes_the_runs_of_its_user_only() {
+    let app = TestApp::spawn().await;
+    let admin = app.create_admin().await;
+    let org = funded_org(&app, 100).await;
+    let (worker, _) = seed_member(&app, &org).await;
+    let (_, other_session) = seed_member(&app, &org).await;
+    let (s, created) = json_of(
+        app.post("/api/admin/api-keys")
+            .bearer_auth(&admin.key)
+            .json(&json!({"name": "worker", "user_id": worker, "scopes": ["runs"]}))
+            .send()
+            .await
+            .expect("create key"),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    let key = created["key"].as_str().expect("key").to_string();
+    let key_id = created["id"].as_str().expect("id").to_string();
+
+    // The key starts a run for its user, then finishes it.
+    let id = create_run(&app, &key, 10, "pending").await;
+    let path = format!("/api/runs/{id}");
+    let (s, r) = patch(&app, &path, &key, json!({"status": "running"})).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["user_id"], worker.as_str());
+    let (s, r) = patch(
+        &app,
+        &path,
+        &key,
+        json!({"status": "failed", "error": "oom"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert!(r["refund_transaction_id"].is_string(), "{r}");
+    assert_eq!(refunds(&app, &id).await, 1);
+    assert_eq!(balance(&app, &org).await, 100);
+    assert_eq!(balance(&app, &org).await, ledger_sum(&app, &org).await);
+
+    // Another user's run is not the key's: 404, unchanged.
+    let theirs = create_run(&app, &other_session, 5, "running").await;
+    let (s, e) = patch(
+        &app,
+        &format!("/api/runs/{theirs}"),
+        &key,
+        json!({"status": "cancelled"}),
+    )
+    .await;
+    assert_error(s, &e, 404, "NOT_FOUND");
+    assert_eq!(refunds(&app, &theirs).await, 0);
+    // The admin path is not the runs scope's.
+    let (s, e) = patch(
+        &app,
+        &format!("/api/admin/runs/{theirs}"),
+        &key,
+        json!({"status": "cancelled"}),
+    )
+    .await;
+    assert_error(s, &e, 403, "FORBIDDEN");
+
+    // The audit log names the key as the actor of the PATCHes.
+    let (s, page) = json_of(
+        app.get("/api/admin/audit-logs?action=run.updated")
+            .bearer_auth(&admin.key)
+            .send()
+            .await
+            .expect("audit"),
+    )
+    .await;
+    assert_eq!(s, 200, "{page}");
+    let items = page["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2, "{page}");
+    for item in items {
+        assert_eq!(item["actor"]["type"], "api_key", "{item}");
+        assert_eq!(item["actor"]["id"], key_id.as_str(), "{item}");
+        assert_eq!(item["actor_id"], worker.as_str(), "{item}");
+        assert_eq!(item["resource"], json!({"type": "run", "id": id}), "{item}");
+    }
+}

@@ -72,6 +72,7 @@ async fn stats_numbers_follow_the_data() {
             "total_executions": 0,
             "total_credits_used": 0,
             "active_organizations_7d": 0,
+            "organizations": {"total": 0, "active_last_30d": 0},
             "users": {"total": 1, "active_last_7d": 1, "active_last_30d": 1,
                       "new_last_7d": 1, "new_last_30d": 1},
             "sessions": {"active": 0, "created_last_24h": 0},
@@ -180,6 +181,8 @@ async fn stats_numbers_follow_the_data() {
             "total_executions": 0,
             "total_credits_used": 0,
             "active_organizations_7d": 1,
+            // beta's member was active 20 days ago: within 30 days.
+            "organizations": {"total": 2, "active_last_30d": 2},
             "users": {"total": 4, "active_last_7d": 2, "active_last_30d": 3,
                       "new_last_7d": 2, "new_last_30d": 3},
             "sessions": {"active": 3, "created_last_24h": 4},

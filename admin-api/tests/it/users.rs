@@ -741,14 +741,20 @@ async fn impersonation_issues_a_token_that_shows_the_admin() {
     .await;
     assert_eq!(status, 201, "{token}");
     assert_eq!(token["user_id"], user.id.as_str());
-    assert_eq!(token["impersonated_by"], admin.id.as_str());
+    assert_eq!(
+        token["impersonated_by"],
+        json!({"id": admin.id, "email": admin.email})
+    );
     assert_eq!(token["expires_in"], 3600);
     let access = token["access_token"].as_str().expect("token");
     assert!(access.starts_with("wps_"));
     let (status, me_body) = me(&app, access).await;
     assert_eq!(status, 200, "{me_body}");
     assert_eq!(me_body["id"], user.id.as_str());
-    assert_eq!(me_body["impersonated_by"], admin.id.as_str());
+    assert_eq!(
+        me_body["impersonated_by"],
+        json!({"id": admin.id, "email": admin.email})
+    );
     let rows = app.audit_rows("user.impersonated").await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["id"], token["audit_id"]);
@@ -906,7 +912,7 @@ async fn an_impersonation_token_never_acts_above_the_role_at_issue_time() {
     // It still works as the user it impersonates.
     let (status, body) = me(&app, &access).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["impersonated_by"], admin.id.as_str());
+    assert_eq!(body["impersonated_by"]["id"], admin.id.as_str());
 }
 
 #[tokio::test]
