@@ -295,6 +295,7 @@ const log = {
   older: null, // cursor for "load older"
   items: new Map(),
   selected: null,
+  connected: false,
 };
 
 const FILTERS = ['ip', 'country', 'status', 'decision', 'ua_type', 'risk_min', 'path'];
@@ -326,7 +327,7 @@ function logState() {
   const shown = $('log-rows').children.length;
   const parts = [`${shown} entr${shown === 1 ? 'y' : 'ies'} shown`];
   if (log.paused) parts.push(`paused, ${log.pending.length} new waiting`);
-  else parts.push('live');
+  else parts.push(log.connected ? 'live' : 'connecting…');
   $('log-state').textContent = parts.join(' · ');
 }
 
@@ -392,23 +393,29 @@ async function startLog() {
   log.pending = [];
   log.newest = null;
   log.older = null;
+  log.connected = false;
   clear($('log-rows'));
   hideEntry();
   $('log-older').disabled = true;
   logState();
   const filters = logFilters();
+  // The tail is opened first and the first page read after it is positioned: an entry written
+  // in between shows up in both (and once on the page), never in neither.
+  let ready;
+  const positioned = new Promise((resolve) => { ready = resolve; });
+  tail(gen, filters, ready);
+  await positioned;
+  if (gen !== log.gen) return;
   try {
     const page = await api('GET', `${API}/access-log${qs({ ...filters, limit: PAGE_SIZE })}`);
     if (gen !== log.gen) return;
     addEntries(page.items, 'bottom');
-    if (page.items.length) log.newest = page.items[0].id;
+    if (page.items.length && idNewer(page.items[0].id, log.newest)) log.newest = page.items[0].id;
     log.older = page.next_cursor;
     $('log-older').disabled = !log.older;
   } catch (e) {
     if (gen === log.gen) showError(e.message);
-    return;
   }
-  tail(gen, filters);
 }
 
 function onTailEntry(item) {
@@ -421,7 +428,7 @@ function onTailEntry(item) {
   }
 }
 
-async function tail(gen, filters) {
+async function tail(gen, filters, ready) {
   while (gen === log.gen) {
     const controller = new AbortController();
     log.abort = controller;
@@ -432,17 +439,24 @@ async function tail(gen, filters) {
       });
       if (!res.ok) {
         const err = await errorFrom(res);
+        ready();
         if (gen !== log.gen) return;
         showError(err.message);
         if (res.status === 401) signedOut(err.message);
         if (res.status === 400 || res.status === 401 || res.status === 403) return;
       } else {
+        log.connected = true;
+        logState();
+        ready();
         await readEvents(res, gen);
       }
     } catch (e) {
+      ready();
       if (gen !== log.gen || e.name === 'AbortError') return;
     }
     if (gen !== log.gen) return;
+    log.connected = false;
+    logState();
     await new Promise((r) => setTimeout(r, 1000));
   }
 }
@@ -663,6 +677,12 @@ function renderOverview(sum) {
     label: `${(i / 10).toFixed(1)}–${((i + 1) / 10).toFixed(1)}`, min: (i / 10).toFixed(1), count,
   }));
   const charts = $('charts');
+  // Keep keyboard focus on the same bar across refreshes.
+  const focused = document.activeElement && document.activeElement.closest
+    ? document.activeElement.closest('#charts .bar') : null;
+  const focusKey = focused
+    ? [focused.closest('section').getAttribute('aria-labelledby'), focused.querySelector('.label').textContent]
+    : null;
   clear(charts);
   charts.append(
     barChart('Decisions', fromMap(sum.by_decision), (r) => ({ decision: r.label })),
@@ -671,6 +691,11 @@ function renderOverview(sum) {
     barChart('Top paths', fromCounts(sum.top_paths), (r) => ({ path: r.value })),
     barChart('UA types', fromMap(sum.by_ua_type), (r) => ({ ua_type: r.label })),
     barChart('Risk histogram (click: risk ≥ bucket)', hist, (r) => ({ risk_min: r.min })));
+  if (focusKey) {
+    const again = [...charts.querySelectorAll(`section[aria-labelledby="${focusKey[0]}"] .bar`)]
+      .find((b) => b.querySelector('.label').textContent === focusKey[1]);
+    if (again) again.focus();
+  }
 }
 
 // ---------------------------------------------------------------------------------------
