@@ -297,6 +297,52 @@ fn row_with(path: &str) -> String {
     )
 }
 
+/// The TOTP code `offset_steps` steps from now.
+fn totp_code(secret_b32: &str, offset_steps: i64) -> String {
+    use totp_rs::{Algorithm, Secret, TOTP};
+    let bytes = Secret::Encoded(secret_b32.to_string())
+        .to_bytes()
+        .expect("base32 secret");
+    let totp = TOTP::new(Algorithm::SHA1, 6, 1, 30, bytes, None, "t".to_string()).expect("totp");
+    let now = chrono::Utc::now().timestamp() + offset_steps * 30;
+    totp.generate(u64::try_from(now).expect("time"))
+}
+
+/// Enrolls the account in TOTP (signing in with its password) and answers the base32 secret.
+async fn enroll_mfa(app: &TestApp, email: &str) -> String {
+    let (status, session) = crate::common::json_of(
+        app.post("/api/auth/sessions")
+            .json(&json!({"email": email, "password": PASSWORD}))
+            .send()
+            .await
+            .expect("sign in"),
+    )
+    .await;
+    assert_eq!(status, 201, "{session}");
+    let token = session["token"].as_str().expect("token");
+    let (status, started) = crate::common::json_of(
+        app.post("/api/me/mfa/totp")
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("enroll"),
+    )
+    .await;
+    assert_eq!(status, 201, "{started}");
+    let secret = started["secret"].as_str().expect("secret").to_string();
+    let (status, confirmed) = crate::common::json_of(
+        app.post("/api/me/mfa/totp/confirm")
+            .bearer_auth(token)
+            .json(&json!({"code": totp_code(&secret, 0)}))
+            .send()
+            .await
+            .expect("confirm"),
+    )
+    .await;
+    assert_eq!(status, 200, "{confirmed}");
+    secret
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_works_in_a_real_browser() {
     let axe_path = workspace_root().join(".cache/axe/axe.min.js");
@@ -312,6 +358,10 @@ async fn the_console_works_in_a_real_browser() {
         .configure(|c| {
             c.admin.rate_limit_per_minute = 1_000_000;
             c.admin.rate_limit_per_hour = 1_000_000;
+            c.secret_key = Some(
+                watchpost_admin::email::SecretKey::from_text("console test secret key")
+                    .expect("secret key"),
+            );
         })
         .spawn()
         .await;
@@ -326,6 +376,7 @@ async fn the_console_works_in_a_real_browser() {
     )
     .await;
     assert!(status < 300, "set the admin's password: {status} {body}");
+    let totp_secret = enroll_mfa(&app, &admin.email).await;
     // A first gateway version, so the console's history has a change to show.
     let (status, body) = crate::common::json_of(
         app.put("/api/admin/gateway/config")
@@ -356,6 +407,7 @@ async fn the_console_works_in_a_real_browser() {
         &user,
         &run,
         &axe_source,
+        &totp_secret,
     )))
     .await;
     let _ = page.client.clone().close().await;
@@ -375,6 +427,7 @@ async fn run_checks(
     user: &crate::common::TestUser,
     run: &str,
     axe_source: &str,
+    totp_secret: &str,
 ) {
     let wait = Duration::from_secs(15);
 
@@ -421,8 +474,24 @@ async fn run_checks(
         .await;
     assert_eq!(shown, "invalid credentials", "the API's message is shown");
 
-    // --- Sign in with email and password ------------------------------------------------
+    // --- Sign in with email, password and the second factor ----------------------------
     page.fill("#password", PASSWORD).await;
+    page.click("#password-submit").await;
+    page.until(
+        "the authenticator code field",
+        wait,
+        "!document.getElementById('mfa-row').hidden && \
+         document.activeElement === document.getElementById('totp')",
+    )
+    .await;
+    let shown = page
+        .js("return document.getElementById('error').textContent;")
+        .await;
+    assert!(
+        shown.as_str().is_some_and(|m| m.contains("totp_code")),
+        "the MFA_REQUIRED message is shown: {shown}"
+    );
+    page.fill("#totp", &totp_code(totp_secret, 1)).await;
     page.click("#password-submit").await;
     page.until(
         "the live log after sign-in",
