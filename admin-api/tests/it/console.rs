@@ -518,6 +518,10 @@ async fn run_checks(
         &row_with(&fresh),
     )
     .await;
+    eprintln!(
+        "console: a request through the proxy was in the live log after {} ms",
+        sent.elapsed().as_millis()
+    );
     page.screenshot("live-log").await;
     page.axe(axe_source, "the live log").await;
 
