@@ -775,7 +775,7 @@ function renderVersions() {
         if (a !== b) what.append(h('li', {}, `${f}: ${describe(before.config[f])} → ${describe(v.config[f])}`));
       }
     } else if (!gw.cursor) {
-      what.append(h('li', {}, `threshold ${v.config.risk_reject_threshold}, ip_mode ${v.config.ip_mode}`));
+      what.append(h('li', {}, `first version: threshold ${v.config.risk_reject_threshold}, ip_mode ${v.config.ip_mode}`));
     }
     const who = h('span', {}, v.created_by || '—');
     if (v.created_by) userLabel(v.created_by).then((label) => { who.textContent = label; });
