@@ -2,7 +2,8 @@
 # Run the whole Watchpost system on loopback:
 #   Redis and PostgreSQL (installed and started when missing), a release build, migrations,
 #   a platform-admin API key (printed once), a demo upstream on :3000, watchpost-proxy on :8080
-#   (health and metrics on :9090) and watchpost-admin on :8081. Ctrl-C stops what it started.
+#   (health and metrics on :9090) and watchpost-admin on :8081 with the operator console at
+#   http://127.0.0.1:8081/console/. Ctrl-C stops what it started.
 #
 # Environment: REDIS_URL, DATABASE_URL (see README), WATCHPOST_CONFIG (default: the example
 # config), ADMIN_EMAIL (default admin@watchpost.local).
@@ -48,9 +49,16 @@ say "migrating the database"
 "$BIN/watchpost-admin" --config "$CONFIG" migrate
 
 say "creating a platform-admin API key for $ADMIN_EMAIL"
-KEY=$("$BIN/watchpost-admin" --config "$CONFIG" create-admin --email "$ADMIN_EMAIL" --name "Quickstart admin" | tail -n 1)
+KEY=$("$BIN/watchpost-admin" --config "$CONFIG" create-admin --email "$ADMIN_EMAIL" --name "Quickstart admin" \
+  2>"$STATE/create-admin.log" | tail -n 1)
+cat "$STATE/create-admin.log" >&2
+ADMIN_ID=$(grep -o 'usr_[0-9A-Z]*' "$STATE/create-admin.log" | head -n 1 || true)
 echo "$KEY" > "$STATE/admin.key"
 chmod 600 "$STATE/admin.key"
+# A password for the console's email sign-in, generated once and kept beside the key.
+[ -s "$STATE/admin.password" ] || head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$STATE/admin.password"
+chmod 600 "$STATE/admin.password"
+ADMIN_PASSWORD=$(cat "$STATE/admin.password")
 
 pids=()
 cleanup() {
@@ -75,6 +83,13 @@ wait_http() { # wait_http <url> <what>
 wait_http http://127.0.0.1:9090/healthz "watchpost-proxy"
 wait_http http://127.0.0.1:8081/healthz "watchpost-admin"
 
+SIGN_IN="$ADMIN_EMAIL with password $ADMIN_PASSWORD (saved in $STATE/admin.password)"
+if [ -z "$ADMIN_ID" ] || ! curl -fsS -o /dev/null -X PUT -H "Authorization: Bearer $KEY" \
+    -H 'Content-Type: application/json' -d "{\"password\":\"$ADMIN_PASSWORD\"}" \
+    "http://127.0.0.1:8081/api/admin/users/$ADMIN_ID/password"; then
+  SIGN_IN="not set up (use the API key)"
+fi
+
 PREFIX=$(awk -F'"' '/^key_prefix/ {print $2; exit}' "$CONFIG")
 cat <<MSG
 
@@ -85,6 +100,12 @@ Watchpost is running:
 
 Your platform-admin API key (shown once; also saved in $STATE/admin.key):
   $KEY
+
+Operator console (live access log, overview, gateway threshold, users and organizations):
+  http://127.0.0.1:8081/console/
+  Email sign-in: $SIGN_IN
+  API-key sign-in: the key above, under "API key".
+  The console keeps its token in the tab's memory only: a reload signs out.
 
 Try:
   # an ordinary browser-like request is forwarded (see the X-Client-* headers the app got)

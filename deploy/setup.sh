@@ -7,6 +7,7 @@
 # - The development role watchpost/watchpost (LOGIN, CREATEDB) is created through the local
 #   `postgres` superuser, so the default DATABASE_URL works whether PostgreSQL uses
 #   scram-sha-256 (fresh Debian) or trust auth on 127.0.0.1.
+# - Debian's chromium and chromium-driver are installed for the console's browser test.
 # - It waits until both answer and says what it did.
 set -euo pipefail
 
@@ -68,6 +69,15 @@ if printf '%s\n' "${need_tools[@]}" | grep -qx prometheus && command -v systemct
   && systemctl is-enabled prometheus >/dev/null 2>&1; then
   say "disabling the Prometheus server the package enabled (port 9090 is the proxy's health listener)"
   ${SUDO:-} systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+
+# --- Browser for the operator console's tests ----------------------------------------------
+# Debian's chromium and its chromedriver (/usr/bin/chromium, /usr/bin/chromedriver) drive the
+# console in admin-api/tests/it/console.rs; the test fails when they are missing.
+if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+  say "chromium and chromedriver present"
+else
+  apt_install chromium chromium-driver
 fi
 
 # --- Redis -------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every check and test of the workspace, the way CI does:
-# services up (deploy/setup.sh), the public GeoIP test database fetched, formatting, lints,
+# services up (deploy/setup.sh), the public GeoIP test database and axe-core fetched, formatting, lints,
 # the Prometheus alert rules checked and unit-tested with promtool, the Grafana dashboard parsed,
 # then all tests against real Redis and PostgreSQL, then the admin API fuzzed with schemathesis.
 set -euo pipefail
@@ -20,6 +20,9 @@ if [ "${WATCHPOST_SKIP_REAL_GEO:-0}" = 1 ]; then
 else
   bash deploy/fetch-geo-db.sh
 fi
+
+step "axe-core for the console's accessibility check"
+bash deploy/fetch-axe.sh
 
 step "Prometheus alert rules and Grafana dashboard"
 promtool check rules deploy/prometheus/alerts.yml

@@ -33,6 +33,7 @@ pub fn app(state: AppState) -> Router {
         .with_state(state.clone());
     let router = crate::routes::router(state.clone())
         .merge(metrics_route)
+        .merge(crate::console::routes())
         // Inside the router's layer, so that each request's matched route is known.
         .layer(middleware::from_fn_with_state(state, crate::metrics::track))
         .layer(middleware::from_fn_with_state(

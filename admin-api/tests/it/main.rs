@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod codes;
 mod common;
+mod console;
 mod control_bytes;
 mod counts;
 mod credits;
