@@ -55,7 +55,9 @@ fn parse_time(field: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>,
         .transpose()
 }
 
-/// Audit entries, newest first.
+/// Audit entries, newest first. Personal fields (emails, usernames, names in `changes`, the
+/// actor's `ip` and `user_agent`) are stored sealed under their user's key and shown opened;
+/// those of an erased (deleted) user show as `null` and their entry has `erased: true`.
 #[utoipa::path(
     get,
     path = "/audit-logs",
@@ -102,10 +104,11 @@ async fn list_audit_logs(
             ],
         )
         .await?;
-    let items = rows
+    let mut items = rows
         .iter()
         .map(AuditEntry::from_row)
         .collect::<Result<Vec<_>, _>>()?;
+    crate::personal::reveal(&conn, state.config().secret_key.as_ref(), &mut items).await?;
     Ok(Json(Page::from_rows(items, &page, |e| Cursor {
         created_at: e.created_at,
         id: e.id.clone(),

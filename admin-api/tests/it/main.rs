@@ -12,6 +12,7 @@ mod control_bytes;
 mod credits;
 mod email;
 mod end_to_end;
+mod erasure;
 mod errors;
 mod example_config;
 mod gateway;
