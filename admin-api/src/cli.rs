@@ -87,6 +87,10 @@ pub async fn run(cli: Cli, env: &[(String, String)]) -> Result<(), StartupError>
                 "re-encrypted {} stored secret(s) with the current key; {} already current",
                 report.reencrypted, report.already_current
             );
+            println!(
+                "re-wrapped {} personal-data key(s) with the current key; {} already current",
+                report.data_keys_rewrapped, report.data_keys_already_current
+            );
             Ok(())
         }
         Command::Serve => {

@@ -54,6 +54,11 @@ pub struct RotationReport {
     pub reencrypted: u64,
     /// Values already sealed with the current key in the current format (left as they are).
     pub already_current: u64,
+    /// Per-user data keys (sealing personal fields of the audit log) wrapped again with the
+    /// current key, or wrapped for the first time.
+    pub data_keys_rewrapped: u64,
+    /// Per-user data keys already wrapped with the current key.
+    pub data_keys_already_current: u64,
 }
 
 /// Re-encrypts every stored secret that is not yet sealed with the current key. Audited as
@@ -118,9 +123,9 @@ pub async fn rotate_secrets(pool: &Pool, key: &SecretKey) -> Result<RotationRepo
             json!({"before": null, "after": keys.rewrapped}),
         );
     }
-    report.reencrypted += keys.rewrapped;
-    report.already_current += keys.already_current;
-    if report.reencrypted > 0 {
+    report.data_keys_rewrapped = keys.rewrapped;
+    report.data_keys_already_current = keys.already_current;
+    if report.reencrypted > 0 || keys.rewrapped > 0 {
         audit::record(
             &tx,
             &AuditCtx::system_with_key(Some(key.clone())),

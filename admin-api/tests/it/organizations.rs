@@ -220,7 +220,7 @@ async fn organization_crud_with_audit_and_disabled_sign_in() {
         .keys()
         .collect();
     fields.sort_unstable();
-    assert_eq!(fields, ["display_name", "enabled", "plan"]);
+    assert_eq!(fields, ["display_name", "enabled", "plan", "status"]);
     assert_eq!(
         rows[0]["changes"]["enabled"],
         json!({"before": true, "after": false})
