@@ -13,11 +13,13 @@ ALTER TABLE organizations ADD COLUMN archived_at timestamptz;
 -- agents) are stored sealed (AES-256-GCM) under a random per-user data key. The data key is
 -- stored wrapped by the server's WATCHPOST_SECRET_KEY (wrapped = true), or as is when the
 -- server has no secret key (wrapped = false; `rotate-secrets` wraps it once a key is set).
--- Erasing a user deletes its key (also through the cascade of a hard delete): what was sealed
--- under it can no longer be read, while the audit chain, which hashes the sealed form, still
--- verifies.
+-- Erasing a user (hard delete or anonymisation) deletes its key: what was sealed under it can
+-- no longer be read, while the audit chain, which hashes the sealed form, still verifies.
+-- No foreign key on user_id: keys are created while the audit lock is held, and a foreign-key
+-- check would wait on a users row locked by a transaction that waits for that lock. Keys are
+-- created only for existing, non-deleted users and deleted with them, both under the audit lock.
 CREATE TABLE user_data_keys (
-    user_id    text PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+    user_id    text PRIMARY KEY,
     key_sealed bytea NOT NULL,
     wrapped    boolean NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()

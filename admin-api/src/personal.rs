@@ -98,8 +98,10 @@ fn unwrap_key(
 }
 
 /// The data key of `user_id`, created when missing and the user exists and is not deleted;
-/// None when there is none to be had. Called with the audit lock held (every key insert
-/// happens under it, so two writers never wait on each other's key row).
+/// None when there is none to be had. Called with the audit lock held: every key insert and
+/// every erasure (with the deletion of a user row) happens under it, so the existence check
+/// holds until the commit, and no writer waits on another's key or users row while holding
+/// the lock (there is no foreign key to check).
 pub async fn key_for_writing(
     client: &impl GenericClient,
     master: Option<&SecretKey>,

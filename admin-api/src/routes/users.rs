@@ -116,7 +116,7 @@ async fn load_user(client: &impl GenericClient, id: &str, lock: bool) -> Result<
 pub struct ListUsersQuery {
     /// Substring of username, email or name (case-insensitive).
     pub q: Option<String>,
-    /// `active` or `disabled`.
+    /// `active`, `disabled` or `deleted` (anonymised by `DELETE /users/{id}`).
     pub status: Option<UserStatus>,
     /// Only members of this organization.
     #[param(pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
@@ -517,7 +517,6 @@ async fn delete_user(
         }
     };
     let changes = if hard {
-        // The data key went with the row (cascade).
         audit::deleted(&audit::snapshot(&before)?)
     } else {
         let after = anonymise(&tx, &id).await?;
