@@ -4,7 +4,9 @@
 use serde_json::{json, Value};
 use watchpost_admin::email::SecretKey;
 
-use crate::common::{assert_error, json_of, send, TestAdmin, TestApp, PASSWORD};
+use crate::common::{
+    assert_error, json_of, seed_member, seed_org, send, TestAdmin, TestApp, PASSWORD,
+};
 
 const PASSPHRASE: &str = "erasure test passphrase";
 
@@ -608,4 +610,97 @@ async fn rotating_the_secret_key_wraps_and_rewraps_the_personal_data_keys() {
         .expect("rotate again");
     assert_eq!(report.data_keys_rewrapped, 0, "{report:?}");
     assert!(report.data_keys_already_current >= 1, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_changes_and_deletion_keep_the_chain_and_leave_nothing_personal() {
+    let app = TestApp::builder()
+        .configure(|c| {
+            c.secret_key = Some(SecretKey::from_text(PASSPHRASE).expect("key"));
+            c.postgres.pool_size = 16;
+            c.admin.rate_limit_per_minute = 100_000;
+            c.admin.rate_limit_per_hour = 100_000;
+        })
+        .spawn()
+        .await;
+    let admin = app.create_admin().await;
+    let org = seed_org(&app).await;
+    // Seeded without an audit row, as users from before sealed audit fields: no data key yet,
+    // so the concurrent writers below race to create it.
+    let (user_id, token) = seed_member(&app, &org).await;
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM user_data_keys WHERE user_id = $1",
+            &user_id
+        )
+        .await,
+        0
+    );
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (base, key, uid) = (app.base_url.clone(), admin.key.clone(), user_id.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .patch(format!("{base}/api/admin/users/{uid}"))
+                .bearer_auth(key)
+                .json(&json!({"name": format!("Concurrent Name {i}")}))
+                .send()
+                .await
+                .expect("patch");
+            ("patch", r.status().as_u16())
+        }));
+        let (base, token) = (app.base_url.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(format!("{base}/api/me/invitation-codes"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("mint");
+            ("mint", r.status().as_u16())
+        }));
+    }
+    let (base, key, uid) = (app.base_url.clone(), admin.key.clone(), user_id.clone());
+    tasks.push(tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .delete(format!("{base}/api/admin/users/{uid}"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("delete");
+        ("delete", r.status().as_u16())
+    }));
+    for task in tasks {
+        let (what, status) = task.await.expect("task");
+        match what {
+            // Before the deletion 200; after it 409 (anonymised: a code was minted first) or
+            // 404 (hard-deleted: nothing was).
+            "patch" => assert!([200, 404, 409].contains(&status), "patch: {status}"),
+            // Minted before the deletion (201, history), or refused after it (401), or over
+            // the per-user cap (422).
+            "mint" => assert!([201, 401, 422].contains(&status), "mint: {status}"),
+            _ => assert_eq!(status, 204, "delete"),
+        }
+    }
+    let (s, u) = send(&app, "GET", &format!("/users/{user_id}"), &admin.key, None).await;
+    if s == 200 {
+        assert_eq!(u["status"], "deleted");
+    } else {
+        assert_error(s, &u, 404, "NOT_FOUND");
+    }
+    let items = serde_json::to_string(&all_audit_items(&app, &admin).await).expect("json");
+    assert!(!items.contains("Concurrent Name"), "a name survived");
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM user_data_keys WHERE user_id = $1",
+            &user_id
+        )
+        .await,
+        0
+    );
+    let (s, v) = send(&app, "GET", "/audit-logs/verify", &admin.key, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
 }
