@@ -1014,7 +1014,7 @@ function showSessions(u, sub) {
         { label: 'Expires', value: (x) => fmtDate(x.expires_at) },
         { label: 'IP', value: (x) => x.ip || '' },
         { label: 'User agent', value: (x) => x.user_agent || '' },
-        { label: 'Impersonated by', value: (x) => x.impersonated_by || '' },
+        { label: 'Impersonated by', value: (x) => person(x.impersonated_by) },
         {
           label: 'Revoke',
           value: (x) => h('button', {
@@ -1174,6 +1174,13 @@ function renderCredits(panel) {
   });
 }
 
+// A person named by the API as {id, email}: the email when it is known (null once erased),
+// else the id.
+function person(p) {
+  if (!p) return '';
+  return p.email || p.id || '';
+}
+
 function renderAudit(panel) {
   const form = h('form', { class: 'toolbar', novalidate: true },
     h('div', {}, h('label', { for: 'audit-action' }, 'Action'), h('input', { id: 'audit-action', autocomplete: 'off', placeholder: 'user.updated' })),
@@ -1189,7 +1196,13 @@ function renderAudit(panel) {
       params: { action: $('audit-action').value, actor_id: $('audit-actor').value },
       columns: [
         { label: 'When', value: (a) => fmtDate(a.created_at) },
-        { label: 'Actor', value: (a) => (a.impersonator_id ? `${a.actor_id} (by ${a.impersonator_id})` : (a.actor_id || 'system')) },
+        {
+          label: 'Actor',
+          value: (a) => {
+            const who = a.actor && a.actor.type === 'system' ? 'system' : person(a.actor);
+            return a.impersonated_by ? `${who} (by ${person(a.impersonated_by)})` : who;
+          },
+        },
         { label: 'Action', value: (a) => a.action },
         { label: 'Resource', value: (a) => `${a.resource_type} ${a.resource_id || ''}` },
         { label: 'Changes', value: (a) => short(a.changes) },

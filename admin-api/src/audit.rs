@@ -16,8 +16,12 @@
 //! UPDATE, DELETE and TRUNCATE (trigger), and [`verify`] recomputes the chain. (Removing the
 //! newest rows by bypassing the trigger is not detectable from the chain alone; anchor the
 //! head hash elsewhere if that matters.)
+//!
+//! Personal fields (the actor's IP and user agent, emails, usernames and names in `changes`)
+//! are stored sealed under a per-user data key and the chain hashes the sealed form: erasing a
+//! user deletes the key and leaves the chain verifiable (see [`crate::personal`]).
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use deadpool_postgres::{GenericClient, Transaction};
@@ -26,7 +30,9 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use crate::{error::ApiError, extract::RequestMeta, ids::IdKind, models::col};
+use crate::{
+    email::SecretKey, error::ApiError, extract::RequestMeta, ids::IdKind, models::col, personal,
+};
 
 /// Advisory lock key serializing audit writers (`pg_advisory_xact_lock`).
 pub const AUDIT_LOCK_KEY: i64 = 0x5750_4155_4449; // "WPAUDI"
@@ -47,6 +53,8 @@ pub struct AuditCtx {
     pub ip: Option<IpAddr>,
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
+    /// The server's secret key, which wraps the per-user keys that seal personal fields.
+    pub secret_key: Option<Arc<SecretKey>>,
 }
 
 impl AuditCtx {
@@ -59,6 +67,7 @@ impl AuditCtx {
             ip: meta.ip,
             user_agent: meta.user_agent.clone(),
             request_id: (!meta.request_id.is_empty()).then(|| meta.request_id.clone()),
+            secret_key: meta.secret_key.clone(),
         }
     }
 
@@ -71,6 +80,14 @@ impl AuditCtx {
     /// The command line (no actor, no request).
     pub fn system() -> Self {
         Self::default()
+    }
+
+    /// The command line, sealing personal fields with the server's secret key when set.
+    pub fn system_with_key(secret_key: Option<SecretKey>) -> Self {
+        Self {
+            secret_key: secret_key.map(Arc::new),
+            ..Self::default()
+        }
     }
 }
 
@@ -135,14 +152,23 @@ pub struct AuditEntry {
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
     pub prev_hash: String,
+    /// Covers the stored form, in which personal fields are sealed: recompute it with
+    /// `GET /audit-logs/verify`, not from the opened fields shown here.
     pub hash: String,
+    /// The sealed IP and user agent of the actor, as stored (shown opened in `ip` and
+    /// `user_agent`).
+    #[serde(skip)]
+    pub sealed_meta: Option<Value>,
+    /// True when personal fields of this entry were erased with the user they belong to: they
+    /// show as null.
+    pub erased: bool,
 }
 
 impl AuditEntry {
     /// Columns for `SELECT {AuditEntry::COLUMNS} FROM audit_log`.
     pub const COLUMNS: &'static str = "id, created_at, actor_id, impersonator_id, action, \
          resource_type, resource_id, changes, ip, user_agent, request_id, prev_hash, hash, \
-         actor_api_key_id";
+         actor_api_key_id, sealed_meta";
 
     /// Builds an entry from a row selected with [`AuditEntry::COLUMNS`].
     pub fn from_row(row: &tokio_postgres::Row) -> Result<Self, ApiError> {
@@ -161,6 +187,8 @@ impl AuditEntry {
             request_id: col(row, "request_id")?,
             prev_hash: col(row, "prev_hash")?,
             hash: col(row, "hash")?,
+            sealed_meta: col(row, "sealed_meta")?,
+            erased: false,
         })
     }
 
@@ -183,6 +211,10 @@ impl AuditEntry {
         // Appended only when set, so rows written before the column existed hash as they did.
         if let Some(key) = &self.actor_api_key_id {
             content.push(serde_json::json!({ "actor_api_key_id": key }));
+        }
+        // Rows written before sealed personal fields existed hash as they always did.
+        if let Some(sealed) = &self.sealed_meta {
+            content.push(sealed.clone());
         }
         chain_hash(&self.prev_hash, &canonical_json(&Value::Array(content)))
     }
@@ -258,8 +290,20 @@ pub async fn record(
     resource_id: &str,
     changes: Value,
 ) -> Result<String, ApiError> {
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK_KEY])
-        .await?;
+    lock(tx).await?;
+    // Data keys are created under the lock, so key inserts never wait on each other.
+    let actor_subject = ctx.impersonator_id.as_deref().or(ctx.actor_id.as_deref());
+    let (changes, sealed_meta, ip, user_agent) = personal::seal_row(
+        tx,
+        ctx.secret_key.as_deref(),
+        actor_subject,
+        resource_type,
+        resource_id,
+        changes,
+        ctx.ip,
+        ctx.user_agent.clone(),
+    )
+    .await?;
     let prev_hash: String = match tx
         .query_opt("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1", &[])
         .await?
@@ -280,18 +324,20 @@ pub async fn record(
         resource_type: resource_type.to_string(),
         resource_id: (!resource_id.is_empty()).then(|| resource_id.to_string()),
         changes,
-        ip: ctx.ip,
-        user_agent: ctx.user_agent.clone(),
+        ip,
+        user_agent,
         request_id: ctx.request_id.clone(),
         prev_hash,
         hash: String::new(),
+        sealed_meta,
+        erased: false,
     };
     entry.hash = entry.compute_hash();
     tx.execute(
         "INSERT INTO audit_log (id, created_at, actor_id, impersonator_id, action, \
          resource_type, resource_id, changes, ip, user_agent, request_id, prev_hash, hash, \
-         actor_api_key_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+         actor_api_key_id, sealed_meta) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         &[
             &entry.id,
             &entry.created_at,
@@ -307,10 +353,20 @@ pub async fn record(
             &entry.prev_hash,
             &entry.hash,
             &entry.actor_api_key_id,
+            &entry.sealed_meta,
         ],
     )
     .await?;
     Ok(entry.id)
+}
+
+/// Takes the audit writers' lock for the rest of `tx` ([`record`] does; taking it again is a
+/// no-op). Erasure takes it before deleting a data key, so that it never waits on a writer
+/// that holds the lock while creating the same key.
+pub async fn lock(tx: &Transaction<'_>) -> Result<(), ApiError> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK_KEY])
+        .await?;
+    Ok(())
 }
 
 /// The result of [`verify`].
@@ -385,6 +441,8 @@ mod tests {
             request_id: Some("req-1".into()),
             prev_hash: GENESIS_HASH.into(),
             hash: String::new(),
+            sealed_meta: None,
+            erased: false,
         }
     }
 
@@ -417,6 +475,7 @@ mod tests {
             Box::new(|e| e.user_agent = None),
             Box::new(|e| e.request_id = None),
             Box::new(|e| e.prev_hash = "1".repeat(64)),
+            Box::new(|e| e.sealed_meta = Some(json!({"$sealed": {}}))),
         ];
         for (i, mutate) in mutations.iter().enumerate() {
             let mut e = entry();

@@ -60,7 +60,9 @@ pub async fn run(cli: Cli, env: &[(String, String)]) -> Result<(), StartupError>
             crate::db::ensure_database(&config.postgres).await?;
             crate::db::migrate(&config.postgres).await?;
             let pool = crate::db::create_pool(&config.postgres)?;
-            let created = create_admin(&pool, &email, name.as_deref()).await?;
+            let created =
+                create_admin_with_key(&pool, &email, name.as_deref(), config.secret_key.clone())
+                    .await?;
             eprintln!(
                 "API key for platform admin {} ({}); it is shown only once:",
                 created.email, created.user_id
@@ -84,6 +86,10 @@ pub async fn run(cli: Cli, env: &[(String, String)]) -> Result<(), StartupError>
             println!(
                 "re-encrypted {} stored secret(s) with the current key; {} already current",
                 report.reencrypted, report.already_current
+            );
+            println!(
+                "re-wrapped {} personal-data key(s) with the current key; {} already current",
+                report.data_keys_rewrapped, report.data_keys_already_current
             );
             Ok(())
         }
@@ -118,6 +124,17 @@ pub async fn create_admin(
     email: &str,
     name: Option<&str>,
 ) -> Result<CreatedAdmin, StartupError> {
+    create_admin_with_key(pool, email, name, None).await
+}
+
+/// [`create_admin`] with the server's secret key (`WATCHPOST_SECRET_KEY`), which wraps the
+/// per-user key sealing the personal fields of its audit rows.
+pub async fn create_admin_with_key(
+    pool: &Pool,
+    email: &str,
+    name: Option<&str>,
+    secret_key: Option<crate::email::SecretKey>,
+) -> Result<CreatedAdmin, StartupError> {
     let fail = |e: ApiError| StartupError::Postgres(e.to_string());
     let email = validate::email(email).map_err(|e| StartupError::Config(e.public_message()))?;
     let name = name
@@ -126,7 +143,7 @@ pub async fn create_admin(
         .map_err(|e| StartupError::Config(e.public_message()))?;
     let mut conn = pool.get().await.map_err(|e| fail(e.into()))?;
     let tx = conn.transaction().await.map_err(|e| fail(e.into()))?;
-    let ctx = AuditCtx::system();
+    let ctx = AuditCtx::system_with_key(secret_key);
     let select = format!(
         "SELECT {} FROM users WHERE lower(email) = lower($1) FOR UPDATE",
         User::COLUMNS

@@ -312,7 +312,14 @@ pub struct RequestMeta {
     pub user_agent: Option<String>,
     /// `X-Request-Id`.
     pub request_id: String,
+    /// The server's secret key ([`AuditKey`]), for sealing the audit row's personal fields.
+    pub secret_key: Option<std::sync::Arc<crate::email::SecretKey>>,
 }
+
+/// Request extension carrying the server's secret key (`WATCHPOST_SECRET_KEY`) to
+/// [`RequestMeta`], so that every audit context can seal personal fields.
+#[derive(Clone, Default)]
+pub struct AuditKey(pub Option<std::sync::Arc<crate::email::SecretKey>>);
 
 impl RequestMeta {
     /// Reads the metadata from request parts.
@@ -335,10 +342,12 @@ impl RequestMeta {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
+        let secret_key = parts.extensions.get::<AuditKey>().and_then(|k| k.0.clone());
         Self {
             ip,
             user_agent,
             request_id,
+            secret_key,
         }
     }
 }

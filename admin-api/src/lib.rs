@@ -17,6 +17,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod models;
 pub mod pagination;
+pub mod personal;
 pub mod rate_limit;
 pub mod routes;
 pub mod server;

@@ -73,7 +73,7 @@ pub struct User {
     pub name: Option<String>,
     /// `user` or `platform_admin`.
     pub role: String,
-    /// `active` or `disabled`.
+    /// `active`, `disabled` or `deleted` (anonymised: deleted while it had history).
     pub status: String,
     pub email_verified: bool,
     pub mfa_enrolled: bool,
@@ -119,6 +119,12 @@ pub struct Organization {
     pub plan: String,
     /// `false` blocks its members' sign-in and requests.
     pub enabled: bool,
+    /// `active`, `disabled` (`enabled: false`) or `archived` (deleted while it had history:
+    /// disabled for good, its ledger kept).
+    #[schema(pattern = "^(active|disabled|archived)$")]
+    pub status: String,
+    /// When it was archived.
+    pub archived_at: Option<DateTime<Utc>>,
     pub credits_balance: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -127,16 +133,26 @@ pub struct Organization {
 impl Organization {
     /// Columns for `SELECT {Organization::COLUMNS} FROM organizations`.
     pub const COLUMNS: &'static str =
-        "id, name, display_name, plan, enabled, credits_balance, created_at, updated_at";
+        "id, name, display_name, plan, enabled, archived_at, credits_balance, created_at, \
+         updated_at";
 
     /// Builds an organization from a row selected with [`Organization::COLUMNS`].
     pub fn from_row(row: &Row) -> Result<Self, ApiError> {
+        let enabled: bool = col(row, "enabled")?;
+        let archived_at: Option<DateTime<Utc>> = col(row, "archived_at")?;
         Ok(Self {
             id: col(row, "id")?,
             name: col(row, "name")?,
             display_name: col(row, "display_name")?,
             plan: col(row, "plan")?,
-            enabled: col(row, "enabled")?,
+            enabled,
+            status: match (archived_at.is_some(), enabled) {
+                (true, _) => "archived",
+                (false, true) => "active",
+                (false, false) => "disabled",
+            }
+            .to_string(),
+            archived_at,
             credits_balance: col(row, "credits_balance")?,
             created_at: col(row, "created_at")?,
             updated_at: col(row, "updated_at")?,

@@ -25,6 +25,8 @@ pub fn app(state: AppState) -> Router {
     let timeout = state.config().request_timeout();
     let body_limit = state.config().admin.body_limit_bytes;
     let client_ip = ClientIpRule::new(&state.config().admin.trusted_cidrs);
+    let audit_key =
+        crate::extract::AuditKey(state.config().secret_key.clone().map(std::sync::Arc::new));
     let metrics_route = Router::new()
         .route(
             crate::metrics::METRICS_PATH,
@@ -39,7 +41,8 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             client_ip,
             crate::extract::client_addr,
-        ));
+        ))
+        .layer(axum::Extension(audit_key));
     with_layers(router, timeout, body_limit)
 }
 

@@ -5,6 +5,10 @@
 //! again with `WATCHPOST_SECRET_KEY`, all in one transaction: either every value is rotated
 //! or, when one cannot be decrypted with either key, nothing changes. Running it again
 //! re-encrypts nothing. Afterwards `WATCHPOST_SECRET_KEY_PREVIOUS` can be removed.
+//!
+//! The per-user data keys that seal personal fields of the audit log (`user_data_keys`) are
+//! re-wrapped the same way, and those stored unwrapped (while the server had no key) are
+//! wrapped.
 
 use deadpool_postgres::Pool;
 use serde_json::json;
@@ -50,6 +54,11 @@ pub struct RotationReport {
     pub reencrypted: u64,
     /// Values already sealed with the current key in the current format (left as they are).
     pub already_current: u64,
+    /// Per-user data keys (sealing personal fields of the audit log) wrapped again with the
+    /// current key, or wrapped for the first time.
+    pub data_keys_rewrapped: u64,
+    /// Per-user data keys already wrapped with the current key.
+    pub data_keys_already_current: u64,
 }
 
 /// Re-encrypts every stored secret that is not yet sealed with the current key. Audited as
@@ -103,10 +112,23 @@ pub async fn rotate_secrets(pool: &Pool, key: &SecretKey) -> Result<RotationRepo
         }
         report.reencrypted += rotated;
     }
-    if report.reencrypted > 0 {
+    // The per-user keys sealing personal fields of the audit log: wrapped again with the
+    // current key (and wrapped for the first time when stored while no key was set).
+    let keys = crate::personal::rewrap_keys(&tx, key)
+        .await
+        .map_err(StartupError::Config)?;
+    if keys.rewrapped > 0 {
+        per_column.insert(
+            "user_data_keys.key_sealed".to_string(),
+            json!({"before": null, "after": keys.rewrapped}),
+        );
+    }
+    report.data_keys_rewrapped = keys.rewrapped;
+    report.data_keys_already_current = keys.already_current;
+    if report.reencrypted > 0 || keys.rewrapped > 0 {
         audit::record(
             &tx,
-            &AuditCtx::system(),
+            &AuditCtx::system_with_key(Some(key.clone())),
             "secrets.rotated",
             "secrets",
             "secrets",

@@ -151,6 +151,10 @@ fn parse_time(field: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>,
 /// Audit entries, newest first. Each names its `actor` {id, email, type: user | api_key |
 /// system}, its `resource` {type, id} and, for an impersonation, `impersonated_by` {id, email};
 /// emails are read from the users table when answering (null once an account is deleted).
+///
+/// Personal fields (emails, usernames, names in `changes`, the
+/// actor's `ip` and `user_agent`) are stored sealed under their user's key and shown opened;
+/// those of an erased (deleted) user show as `null` and their entry has `erased: true`.
 #[utoipa::path(
     get,
     path = "/audit-logs",
@@ -213,10 +217,16 @@ async fn list_audit_logs(
             ],
         )
         .await?;
-    let items = rows
+    let mut items = rows
         .iter()
         .map(AuditItem::from_row)
         .collect::<Result<Vec<_>, _>>()?;
+    // Open the sealed personal fields of the stored rows (the chain covers their sealed form).
+    let mut entries: Vec<AuditEntry> = items.iter().map(|i| i.entry.clone()).collect();
+    crate::personal::reveal(&conn, state.config().secret_key.as_ref(), &mut entries).await?;
+    for (item, entry) in items.iter_mut().zip(entries) {
+        item.entry = entry;
+    }
     Ok(Json(Page::from_rows(items, &page, |e| Cursor {
         created_at: e.entry.created_at,
         id: e.entry.id.clone(),

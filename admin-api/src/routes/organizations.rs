@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::users::{contains_pattern, still_referenced};
+use super::users::contains_pattern;
 use crate::{
     audit,
     auth::PlatformAdmin,
@@ -290,7 +290,8 @@ pub struct PatchOrganization {
 }
 
 /// Changes an organization (audited as `organization.updated`). Disabling an organization the
-/// calling admin belongs to is refused with 422, as disabling oneself is.
+/// calling admin belongs to is refused with 422, as disabling oneself is; an archived
+/// organization cannot be changed (409).
 #[utoipa::path(
     patch,
     path = "/organizations/{id}",
@@ -303,6 +304,7 @@ pub struct PatchOrganization {
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope, description = "The organization is archived"),
         (status = 422, body = ErrorEnvelope, description = "Disabling an organization the caller belongs to")
     )
 )]
@@ -322,6 +324,11 @@ async fn patch_organization(
     let mut conn = state.db().await?;
     let tx = conn.transaction().await?;
     let before = load_org(&tx, &id, true).await?;
+    if before.archived_at.is_some() {
+        return Err(ApiError::conflict(
+            "organization is archived and cannot be changed",
+        ));
+    }
     if patch.enabled == Some(false) && is_member(&tx, &id, admin.id()).await? {
         // Like disabling oneself: the admin's own tokens would stop working.
         return Err(ApiError::unprocessable(
@@ -380,19 +387,25 @@ async fn is_member(
         .is_some())
 }
 
-/// Deletes an organization with its memberships and groups (audited as
-/// `organization.deleted`). Its members' accounts stay.
+/// Deletes an organization. Without history it is deleted with its memberships and groups
+/// (audited as `organization.deleted`). With history (credit transactions, runs, redemptions:
+/// anything that must keep pointing at it) it is archived instead (audited as
+/// `organization.archived`): `enabled` false for good, `status: archived`, ledger, memberships
+/// and groups kept. Its members cannot sign in while they are members of it (the rule of
+/// disabled organizations: any membership in a disabled or archived organization blocks the
+/// account); removing them from it gives them their access back. Deleting an archived
+/// organization again is 204 and changes nothing.
 #[utoipa::path(
     delete,
     path = "/organizations/{id}",
     tag = "organizations",
     params(("id" = String, Path, description = "Organization id (org_…)", pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
     responses(
-        (status = 204, description = "Deleted"),
+        (status = 204, description = "Deleted, or archived when it has history"),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope),
-        (status = 409, body = ErrorEnvelope, description = "Still referenced by recorded history")
+        (status = 422, body = ErrorEnvelope, description = "Archiving an organization the caller belongs to")
     )
 )]
 async fn delete_organization(
@@ -401,20 +414,70 @@ async fn delete_organization(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let mut conn = state.db().await?;
-    let tx = conn.transaction().await?;
+    let mut tx = conn.transaction().await?;
     let before = load_org(&tx, &id, true).await?;
-    tx.execute("DELETE FROM organizations WHERE id = $1", &[&id])
-        .await
-        .map_err(|e| still_referenced(e, "organization"))?;
-    audit::record(
-        &tx,
-        &admin.audit(),
-        "organization.deleted",
-        "organization",
-        &id,
-        audit::deleted(&audit::snapshot(&before)?),
-    )
-    .await?;
+    if before.archived_at.is_some() {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    let hard = {
+        let sp = tx.savepoint("hard_delete").await?;
+        match sp
+            .execute("DELETE FROM organizations WHERE id = $1", &[&id])
+            .await
+        {
+            Ok(_) => {
+                sp.commit().await?;
+                true
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => {
+                sp.rollback().await?;
+                false
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if hard {
+        audit::record(
+            &tx,
+            &admin.audit(),
+            "organization.deleted",
+            "organization",
+            &id,
+            audit::deleted(&audit::snapshot(&before)?),
+        )
+        .await?;
+    } else {
+        if is_member(&tx, &id, admin.id()).await? {
+            // Like disabling it: the admin's own tokens would stop working.
+            return Err(ApiError::unprocessable(
+                "you cannot archive an organization you belong to",
+            ));
+        }
+        let row = tx
+            .query_one(
+                &format!(
+                    "UPDATE organizations SET enabled = false, archived_at = now(), \
+                       updated_at = now() WHERE id = $1 RETURNING {}",
+                    Organization::COLUMNS
+                ),
+                &[&id],
+            )
+            .await?;
+        let after = Organization::from_row(&row)?;
+        let mut changes = audit::diff(&audit::snapshot(&before)?, &audit::snapshot(&after)?);
+        if let Some(map) = changes.as_object_mut() {
+            map.remove("updated_at");
+        }
+        audit::record(
+            &tx,
+            &admin.audit(),
+            "organization.archived",
+            "organization",
+            &id,
+            changes,
+        )
+        .await?;
+    }
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

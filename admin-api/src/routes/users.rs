@@ -55,6 +55,8 @@ pub const IMPERSONATION_MAX_SECS: i64 = 24 * 3600;
 pub enum UserStatus {
     Active,
     Disabled,
+    /// Anonymised by `DELETE /users/{id}` (it had history).
+    Deleted,
 }
 
 impl UserStatus {
@@ -63,6 +65,7 @@ impl UserStatus {
         match self {
             Self::Active => "active",
             Self::Disabled => "disabled",
+            Self::Deleted => "deleted",
         }
     }
 }
@@ -92,18 +95,6 @@ fn check_user_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
-/// A delete refused by a foreign key (a ledger such as runs or credit transactions still
-/// points at the row) is a 409, not a 500: recorded history is never deleted implicitly.
-pub(crate) fn still_referenced(err: tokio_postgres::Error, what: &str) -> ApiError {
-    if err.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) {
-        ApiError::conflict(format!(
-            "{what} is still referenced by recorded history and cannot be deleted"
-        ))
-    } else {
-        err.into()
-    }
-}
-
 async fn load_user(client: &impl GenericClient, id: &str, lock: bool) -> Result<User, ApiError> {
     check_user_id(id)?;
     let sql = format!(
@@ -125,7 +116,7 @@ async fn load_user(client: &impl GenericClient, id: &str, lock: bool) -> Result<
 pub struct ListUsersQuery {
     /// Substring of username, email or name (case-insensitive).
     pub q: Option<String>,
-    /// `active` or `disabled`.
+    /// `active`, `disabled` or `deleted` (anonymised by `DELETE /users/{id}`).
     pub status: Option<UserStatus>,
     /// Only members of this organization.
     #[param(pattern = "^org_[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
@@ -379,8 +370,9 @@ fn token_field(field: &str, raw: &str, max: usize, extra: &[char]) -> Result<Str
 }
 
 /// Changes a user (audited as `user.updated` with the changed fields). Disabling the user makes
-/// their sessions and keys fail on their next request. 409 on a taken email or username; 422
-/// when an admin would disable or demote themself.
+/// their sessions and keys fail on their next request. 409 on a taken email or username or a
+/// deleted user; 422 when an admin would disable or demote themself or when `status` is
+/// `deleted` (only `DELETE /users/{id}` deletes).
 #[utoipa::path(
     patch,
     path = "/users/{id}",
@@ -425,6 +417,11 @@ async fn patch_user(
         .as_deref()
         .map(|t| token_field("timezone", t, 64, &['/', '_', '+', '-']))
         .transpose()?;
+    if patch.status == Some(UserStatus::Deleted) {
+        return Err(ApiError::unprocessable(
+            "status deleted is set by DELETE /users/{id}",
+        ));
+    }
     if id == admin.id()
         && (patch.status == Some(UserStatus::Disabled) || patch.role == Some(Role::User))
     {
@@ -435,6 +432,9 @@ async fn patch_user(
     let mut conn = state.db().await?;
     let tx = conn.transaction().await?;
     let before = load_user(&tx, &id, true).await?;
+    if before.status == UserStatus::Deleted.as_str() {
+        return Err(ApiError::conflict("user is deleted and cannot be changed"));
+    }
     let row = tx
         .query_one(
             &format!(
@@ -479,19 +479,33 @@ async fn patch_user(
     Ok(Json(after))
 }
 
-/// Deletes a user with their memberships, sessions and keys (audited as `user.deleted`).
+/// Deletes a user (audited as `user.deleted`).
+///
+/// - Without history, the user is deleted with their memberships, sessions and keys.
+/// - With history (runs, invitation codes, referrals, redemptions, anything that must keep
+///   pointing at the account), the account is anonymised instead, in one transaction: email
+///   and username replaced by placeholders (`{id}@deleted.invalid`, `deleted-{id}`), name,
+///   password, locale and timezone cleared, MFA (TOTP secret and recovery codes), sessions
+///   (including impersonation sessions they opened), API keys, password-reset tokens,
+///   memberships and group memberships removed, the IPs of their sign-in events cleared, and
+///   `status` set to `deleted`. Their history (runs, ledger rows, codes, referrals) stays, so
+///   every organization's balance still equals its ledger.
+/// - Either way the user's personal-data key is deleted, which erases their emails, names and
+///   IPs from the audit log while its hash chain still verifies.
+///
+/// A deleted user cannot sign in, cannot be changed (PATCH is 409) and is listed with
+/// `status: deleted`. Deleting a deleted user again is 204 and changes nothing.
 #[utoipa::path(
     delete,
     path = "/users/{id}",
     tag = "users",
     params(("id" = String, Path, description = "User id (usr_…)", pattern = "^usr_[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
     responses(
-        (status = 204, description = "Deleted"),
+        (status = 204, description = "Deleted, or anonymised (`status: deleted`) when it has history"),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope),
-        (status = 409, body = ErrorEnvelope, description = "Still referenced by recorded history"),
-        (status = 422, body = ErrorEnvelope)
+        (status = 422, body = ErrorEnvelope, description = "Deleting oneself")
     )
 )]
 async fn delete_user(
@@ -504,22 +518,73 @@ async fn delete_user(
         return Err(ApiError::unprocessable("you cannot delete yourself"));
     }
     let mut conn = state.db().await?;
-    let tx = conn.transaction().await?;
+    let mut tx = conn.transaction().await?;
     let before = load_user(&tx, &id, true).await?;
-    tx.execute("DELETE FROM users WHERE id = $1", &[&id])
-        .await
-        .map_err(|e| still_referenced(e, "user"))?;
-    audit::record(
-        &tx,
-        &admin.audit(),
-        "user.deleted",
-        "user",
-        &id,
-        audit::deleted(&audit::snapshot(&before)?),
-    )
-    .await?;
+    if before.status == UserStatus::Deleted.as_str() {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    // Erasure deletes the user's data key: take the audit lock first (see `audit::lock`).
+    audit::lock(&tx).await?;
+    let hard = {
+        let sp = tx.savepoint("hard_delete").await?;
+        match sp.execute("DELETE FROM users WHERE id = $1", &[&id]).await {
+            Ok(_) => {
+                sp.commit().await?;
+                true
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => {
+                sp.rollback().await?;
+                false
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let changes = if hard {
+        audit::deleted(&audit::snapshot(&before)?)
+    } else {
+        let after = anonymise(&tx, &id).await?;
+        let mut changes = audit::diff(&audit::snapshot(&before)?, &audit::snapshot(&after)?);
+        if let Some(map) = changes.as_object_mut() {
+            map.remove("updated_at");
+        }
+        changes
+    };
+    crate::personal::erase(&tx, &id).await?;
+    // The user has no key any more: the personal fields of these changes are stored as null.
+    audit::record(&tx, &admin.audit(), "user.deleted", "user", &id, changes).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Anonymises a user that has history (see [`delete_user`]) inside `tx`; returns the user as
+/// it now is.
+async fn anonymise(tx: &deadpool_postgres::Transaction<'_>, id: &str) -> Result<User, ApiError> {
+    let row = tx
+        .query_one(
+            &format!(
+                "UPDATE users SET email = id || '@deleted.invalid', username = 'deleted-' || id, \
+                   name = NULL, password_hash = NULL, status = 'deleted', \
+                   email_verified = false, mfa_enrolled = false, locale = NULL, \
+                   timezone = NULL, updated_at = now() \
+                 WHERE id = $1 RETURNING {}",
+                User::COLUMNS
+            ),
+            &[&id],
+        )
+        .await?;
+    for sql in [
+        "DELETE FROM sessions WHERE user_id = $1 OR impersonator_id = $1",
+        "DELETE FROM api_keys WHERE user_id = $1",
+        "DELETE FROM password_reset_tokens WHERE user_id = $1",
+        "DELETE FROM user_totp WHERE user_id = $1",
+        "DELETE FROM mfa_recovery_codes WHERE user_id = $1",
+        "DELETE FROM group_members WHERE user_id = $1",
+        "DELETE FROM memberships WHERE user_id = $1",
+        "UPDATE sign_in_events SET ip = NULL WHERE user_id = $1 AND ip IS NOT NULL",
+    ] {
+        tx.execute(sql, &[&id]).await?;
+    }
+    User::from_row(&row)
 }
 
 /// Sort fields of `POST /users/search`.

@@ -726,7 +726,7 @@ async fn one_user_redeems_a_code_once_under_concurrency_and_bulk_reaches_ten_tho
         10001
     );
 
-    // An organization with ledger history cannot be deleted.
+    // An organization with ledger history is archived, not deleted: its ledger stays.
     let (s, e) = json_of(
         app.delete(&format!("/api/admin/organizations/{org}"))
             .bearer_auth(&admin.key)
@@ -735,7 +735,19 @@ async fn one_user_redeems_a_code_once_under_concurrency_and_bulk_reaches_ten_tho
             .expect("delete"),
     )
     .await;
-    assert_error(s, &e, 409, "CONFLICT");
+    assert_eq!(s, 204, "{e}");
+    assert_eq!(balance(&app, &org).await, 9);
+    let (s, o) = json_of(
+        app.get(&format!("/api/admin/organizations/{org}"))
+            .bearer_auth(&admin.key)
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(s, 200, "{o}");
+    assert_eq!(o["status"], "archived");
+    assert_eq!(o["enabled"], false);
 }
 
 async fn mint(app: &TestApp, token: &str) -> (u16, Value) {

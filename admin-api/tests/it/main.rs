@@ -14,6 +14,7 @@ mod counts;
 mod credits;
 mod email;
 mod end_to_end;
+mod erasure;
 mod errors;
 mod example_config;
 mod gateway;

@@ -323,7 +323,7 @@ async fn create_get_patch_delete_with_audit() {
         json!({"before": "active", "after": "disabled"})
     );
 
-    // DELETE.
+    // DELETE (no history: a hard delete).
     let (status, _) = send(&app, "DELETE", &format!("/users/{id}"), key, None).await;
     assert_eq!(status, 204);
     let (status, err) = send(&app, "GET", &format!("/users/{id}"), key, None).await;
@@ -335,9 +335,10 @@ async fn create_get_patch_delete_with_audit() {
     let rows = app.audit_rows("user.deleted").await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["resource_id"], id.as_str());
+    // Deleting the user erased their personal fields from the audit log.
     assert_eq!(
         rows[0]["changes"]["username"],
-        json!({"before": "bob2", "after": null})
+        json!({"before": null, "after": null})
     );
 }
 

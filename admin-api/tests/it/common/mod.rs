@@ -287,32 +287,46 @@ impl TestApp {
         }
     }
 
-    /// Audit rows with this action, oldest first, as JSON objects.
+    /// Audit rows with this action, oldest first, as JSON objects, with their sealed personal
+    /// fields opened as the list endpoint shows them (null when erased).
     pub async fn audit_rows(&self, action: &str) -> Vec<Value> {
         let conn = self.db().await;
-        conn.query(
-            "SELECT id, actor_id, impersonator_id, action, resource_type, resource_id, changes, \
-             host(ip) AS ip, user_agent, request_id FROM audit_log WHERE action = $1 ORDER BY seq",
-            &[&action],
-        )
-        .await
-        .expect("audit query")
-        .iter()
-        .map(|r| {
-            json!({
-                "id": r.get::<_, String>("id"),
-                "actor_id": r.get::<_, Option<String>>("actor_id"),
-                "impersonator_id": r.get::<_, Option<String>>("impersonator_id"),
-                "action": r.get::<_, String>("action"),
-                "resource_type": r.get::<_, String>("resource_type"),
-                "resource_id": r.get::<_, Option<String>>("resource_id"),
-                "changes": r.get::<_, Value>("changes"),
-                "ip": r.get::<_, Option<String>>("ip"),
-                "user_agent": r.get::<_, Option<String>>("user_agent"),
-                "request_id": r.get::<_, Option<String>>("request_id"),
+        let rows = conn
+            .query(
+                &format!(
+                    "SELECT {} FROM audit_log WHERE action = $1 ORDER BY seq",
+                    watchpost_admin::audit::AuditEntry::COLUMNS
+                ),
+                &[&action],
+            )
+            .await
+            .expect("audit query");
+        let mut entries = rows
+            .iter()
+            .map(watchpost_admin::audit::AuditEntry::from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .expect("audit rows");
+        watchpost_admin::personal::reveal(&conn, self.config.secret_key.as_ref(), &mut entries)
+            .await
+            .expect("reveal");
+        entries
+            .iter()
+            .map(|e| {
+                json!({
+                    "id": e.id,
+                    "actor_id": e.actor_id,
+                    "impersonator_id": e.impersonator_id,
+                    "action": e.action,
+                    "resource_type": e.resource_type,
+                    "resource_id": e.resource_id,
+                    "changes": e.changes,
+                    "ip": e.ip.map(|ip| ip.to_string()),
+                    "user_agent": e.user_agent,
+                    "request_id": e.request_id,
+                    "erased": e.erased,
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 }
 
