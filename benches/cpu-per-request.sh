@@ -115,7 +115,10 @@ done
 # -------------------------------------------------------------- work dir, cleanup ------
 WORK="$(mktemp -d -t watchpost-cpu-per-request.XXXXXX)"
 chmod 755 "$WORK"
-mkdir -p "$WORK/origin/tmp" "$WORK/nginx/tmp" "$WORK/redis" "$WORK/raw"
+mkdir -p "$WORK/origin/tmp" "$WORK/nginx/tmp" "$WORK/redis" "$WORK/raw" "$WORK/bin"
+# The binaries measured are copies: a rebuild during the run cannot swap them between rounds.
+cp "$BIN/watchpost-proxy" "$BIN/watchpost-pingora-floor" "$WORK/bin/"
+BIN="$WORK/bin"
 ORIGIN_PID="" NGINX_PID="" FLOOR_PID="" PROXY_PID="" REDIS_PID=""
 stop_pid() { # pid
     [ -n "$1" ] || return 0
@@ -380,10 +383,22 @@ for t in $THREADS_LIST; do
     if [ "$PROFILE" = 1 ] && [ "$t" = 1 ]; then
         for g in floor watchpost; do
             log "profile: $g at one worker"
-            gp="$(perf_start "$WORK/raw/profile-stat-$g.csv" "$(pids_of "$g")" task-clock,context-switches,raw_syscalls:sys_enter)"
+            # Allocations: uprobes on the allocator's entry points (both binaries use mimalloc
+            # as the global allocator, which Rust reaches through these three functions).
+            exe="$BIN/watchpost-proxy"
+            [ "$g" = floor ] && exe="$BIN/watchpost-pingora-floor"
+            events=task-clock,context-switches,raw_syscalls:sys_enter
+            perf probe -q -d "wpb$g:*" >/dev/null 2>&1 || true
+            if perf probe -q -x "$exe" -a "wpb$g:malloc=mi_malloc_aligned" >/dev/null 2>&1 &&
+                perf probe -q -x "$exe" -a "wpb$g:zalloc=mi_zalloc_aligned" >/dev/null 2>&1 &&
+                perf probe -q -x "$exe" -a "wpb$g:realloc=mi_realloc_aligned" >/dev/null 2>&1; then
+                events="$events,wpb$g:malloc,wpb$g:zalloc,wpb$g:realloc"
+            fi
+            gp="$(perf_start "$WORK/raw/profile-stat-$g.csv" "$(pids_of "$g")" "$events")"
             sleep 0.2
             wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" "${HEADERS[@]}" "$(url_of "$g")" >"$WORK/raw/profile-wrk-$g.txt"
             perf_stop "$gp"
+            perf probe -q -d "wpb$g:*" >/dev/null 2>&1 || true
             perf record -g -o "$WORK/raw/perf-$g.data" -p "$(pids_of "$g")" >/dev/null 2>&1 &
             pr=$!
             sleep 0.2
@@ -436,13 +451,14 @@ fmt_int() { printf "%'.0f" "$1" 2>/dev/null || printf '%s' "$1"; }
         echo
         echo "### Profile at one worker (wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s each)"
         echo
-        echo "| target | requests | task-clock µs/request | context switches/request | syscalls/request |"
-        echo "|---|---:|---:|---:|---:|"
+        echo "| target | requests | task-clock µs/request (uprobes included) | context switches/request | syscalls/request | allocations/request (malloc + zalloc + realloc) |"
+        echo "|---|---:|---:|---:|---:|---:|"
         for g in floor watchpost; do
             n="$(awk '/requests in/ { print $1; exit }' "$WORK/raw/profile-wrk-$g.txt")"
             awk -F, -v g="$g" -v n="$n" '
                 $3 ~ /^task-clock/ { tc = $1 } $3 ~ /^context-switches/ { cs = $1 } $3 ~ /sys_enter/ { sc = $1 }
-                END { printf "| %s | %d | %.1f | %.3f | %.2f |\n", g, n, tc * 1000 / n, cs / n, sc / n }' \
+                $3 ~ /:(malloc|zalloc|realloc)$/ { al += $1; has = 1 }
+                END { printf "| %s | %d | %.1f | %.3f | %.2f | %s |\n", g, n, tc * 1000 / n, cs / n, sc / n, has ? sprintf("%.1f", al / n) : "n/a" }' \
                 "$WORK/raw/profile-stat-$g.csv"
         done
         echo
