@@ -345,17 +345,18 @@ impl LogWriter {
                     // Held entries are older than anything in the channel: they go first.
                     self.take_held(batch_max);
                 } else {
-                    let mut incoming = Vec::with_capacity(batch_max);
+                    // Into the (empty) batch itself: its allocation is kept from batch to
+                    // batch instead of a fresh `batch_max` entries' worth (hundreds of KB)
+                    // being allocated and freed for each one.
                     tokio::select! {
                         biased;
                         _ = wait_true(&mut shutdown) => break,
-                        n = self.rx.recv_many(&mut incoming, batch_max) => {
+                        n = self.rx.recv_many(&mut self.batch, batch_max) => {
                             if n == 0 {
                                 break;
                             }
                         }
                     }
-                    self.batch = incoming;
                 }
                 if self.batch.len() < batch_max && !self.cfg.flush_interval.is_zero() {
                     // Give a burst a moment to arrive so it goes out as one call (shutdown
