@@ -322,7 +322,13 @@ perf_start() { # out pids events
     perf stat -x, -e "$3" -p "$2" -o "$1" >/dev/null 2>&1 &
     echo $!
 }
-perf_stop() { kill -INT "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+# `perf stat` is started in a command substitution, so it is not this shell's child and `wait`
+# returns at once: poll until it has exited (and written its output). `wait` reaps a child.
+perf_stop() {
+    kill -INT "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done
+}
 
 RESULTS="$WORK/raw/rounds.tsv"
 : >"$RESULTS"

@@ -138,6 +138,8 @@ perf_stop() { # perf-pid out -> clock ticks of CPU (fractional)
     [ -n "$1" ] || return 0
     kill -INT "$1" 2>/dev/null || true
     wait "$1" 2>/dev/null || true
+    # Not this shell's child (started in a command substitution): poll until it has exited.
+    for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.05; done
     awk -F, -v t="$TICK" '$3 ~ /^task-clock/ { printf "%.6f", $1 / 1000 * t; exit }' "$2"
 }
 
