@@ -10,6 +10,9 @@
 #        ROUNDS=7 DURATION=10 benches/proxy-ab.sh HEAD~3
 #
 # Knobs: ROUNDS=5, DURATION=8 (seconds per round), CONNECTIONS=32, THREADS=2 (wrk -t),
+# PROXY_THREADS=2 ([proxy] threads of both builds), GEO=1 (GeoIP on with the database in
+# .cache/geo/ when it is there, and the load sends `X-Forwarded-For: CLIENT_IP`, default
+# 193.0.6.139, from a trusted 127.0.0.0/8 peer, as in benches/cpu-per-request.sh),
 # REDIS_URL (default redis://127.0.0.1:6379, keys under a unique prefix, deleted at the end),
 # ports BASE_PORT=18700 NEW_PORT=18710 UPSTREAM_PORT=18720 (health listeners at port + 1).
 # "new" is the working tree. The base revision is checked out as a git worktree under
@@ -24,6 +27,11 @@ ROUNDS="${ROUNDS:-5}"
 DURATION="${DURATION:-8}"
 CONNECTIONS="${CONNECTIONS:-32}"
 THREADS="${THREADS:-2}"
+PROXY_THREADS="${PROXY_THREADS:-2}"
+GEO="${GEO:-1}"
+CLIENT_IP="${CLIENT_IP:-193.0.6.139}"
+MMDB="$ROOT/.cache/geo/geo-whois-asn-country.mmdb"
+[ -s "$MMDB" ] || GEO=0
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 BASE_PORT="${BASE_PORT:-18700}"
 NEW_PORT="${NEW_PORT:-18710}"
@@ -78,7 +86,7 @@ listen = "127.0.0.1:$1"
 upstreams = ["127.0.0.1:$UPSTREAM_PORT"]
 health_listen = "127.0.0.1:$(($1 + 1))"
 proxy_id = "ab-$2"
-threads = 2
+threads = $PROXY_THREADS
 [redis]
 url = "$REDIS_URL"
 key_prefix = "${PREFIX}$2:"
@@ -86,6 +94,10 @@ key_prefix = "${PREFIX}$2:"
 # One load generator is one client: keep the rate signal from rejecting the benchmark.
 rate_limit = 1000000000.0
 EOF
+    if [ "$GEO" = 1 ]; then
+        printf '[geo]\nmmdb_path = "%s"\n[gateway]\nip_mode = "proxy"\ntrusted_cidrs = ["127.0.0.0/8"]\n' \
+            "$MMDB" >>"$WORK/$2.toml"
+    fi
     echo "$WORK/$2.toml"
 }
 
@@ -109,17 +121,40 @@ REDIS_PID="$(redis-cli -u "$REDIS_URL" info server | sed -n 's/^process_id:\([0-
 
 HEADERS=(-H "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
          -H "Accept: text/html" -H "Accept-Language: en")
+[ "$GEO" = 1 ] && HEADERS+=(-H "X-Forwarded-For: $CLIENT_IP")
 TICK="$(getconf CLK_TCK)"
 cpu() { [ -n "$1" ] && awk '{ print $14 + $15 }' "/proc/$1/stat" || echo 0; }
+# CPU time is taken with `perf stat -e task-clock -p PID` when perf works here (µs resolution),
+# else from /proc/PID/stat (clock ticks).
+PERF=0
+perf stat -e task-clock -- true >/dev/null 2>&1 && PERF=1
+perf_start() { # out pid
+    if [ "$PERF" = 1 ] && [ -n "$2" ]; then
+        perf stat -x, -e task-clock -p "$2" -o "$1" >/dev/null 2>&1 &
+        echo $!
+    fi
+}
+perf_stop() { # perf-pid out -> clock ticks of CPU (fractional)
+    [ -n "$1" ] || return 0
+    kill -INT "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    # Not this shell's child (started in a command substitution): poll until it has exited.
+    for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.05; done
+    awk -F, -v t="$TICK" '$3 ~ /^task-clock/ { printf "%.6f", $1 / 1000 * t; exit }' "$2"
+}
 
 round() { # name pid port -> "rps p50 p99 proxy_us redis_us non2xx"
-    local p0 r0 p1 r1 out req
+    local p0 r0 p1 r1 out req pp rp ticks
     p0="$(cpu "$2")"; r0="$(cpu "$REDIS_PID")"
+    pp="$(perf_start "$WORK/perf-proxy.csv" "$2")"; rp="$(perf_start "$WORK/perf-redis.csv" "$REDIS_PID")"
+    [ -z "$pp" ] || sleep 0.2
     out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "${HEADERS[@]}" "http://127.0.0.1:$3/")"
     p1="$(cpu "$2")"; r1="$(cpu "$REDIS_PID")"
+    ticks="$(perf_stop "$pp" "$WORK/perf-proxy.csv")"; [ -z "$ticks" ] || { p0=0; p1="$ticks"; }
+    ticks="$(perf_stop "$rp" "$WORK/perf-redis.csv")"; [ -z "$ticks" ] || { r0=0; r1="$ticks"; }
     echo "$out" >"$WORK/$1.$(date +%s%N).txt"
     req="$(echo "$out" | awk '/requests in/ { print $1; exit }')"
-    echo "$out" | awk -v req="$req" -v dp="$((p1 - p0))" -v dr="$((r1 - r0))" -v t="$TICK" '
+    echo "$out" | awk -v req="$req" -v dp="$(awk -v a="$p1" -v b="$p0" 'BEGIN { print a - b }')" -v dr="$(awk -v a="$r1" -v b="$r0" 'BEGIN { print a - b }')" -v t="$TICK" '
         function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
         /Requests\/sec:/ { rps = $2 }
         $1 == "50%" { p50 = ms($2) }
@@ -142,7 +177,7 @@ median() { # file column
     sort -g -k"$2","$2" "$1" | awk -v c="$2" '{ v[NR] = $c } END { print v[int((NR + 1) / 2)] }'
 }
 echo
-echo "watchpost-proxy A/B: base $BASE_REV ($(git rev-parse --short "$BASE_SHA")) vs working tree ($(git rev-parse --short HEAD)$(git diff --quiet HEAD -- || echo '+changes')), $ROUNDS interleaved rounds of wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $(nproc) CPUs, $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "watchpost-proxy A/B: base $BASE_REV ($(git rev-parse --short "$BASE_SHA")) vs working tree ($(git rev-parse --short HEAD)$(git diff --quiet HEAD -- || echo '+changes')), $ROUNDS interleaved rounds of wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, proxy threads $PROXY_THREADS, GeoIP $([ "$GEO" = 1 ] && echo "on (X-Forwarded-For $CLIENT_IP)" || echo off), CPU from $([ "$PERF" = 1 ] && echo "perf stat task-clock" || echo "/proc stat"), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%Y-%m-%dT%H:%MZ)"
 echo
 echo "| build | requests/s | p50 ms | p99 ms | proxy CPU µs/request | Redis CPU µs/request | non-2xx |"
 echo "|---|---:|---:|---:|---:|---:|---:|"

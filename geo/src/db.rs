@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::fs::{self, File};
-use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,8 +16,10 @@ use crate::{CountryCode, DbInfo, GeoError};
 
 /// A GeoIP country database that answers lookups while it is being reloaded.
 ///
-/// The loaded file lives in memory behind an [`ArcSwapOption`]: a lookup takes a lock-free
-/// snapshot, a reload builds a complete new reader off to the side and swaps it in with
+/// The loaded file is memory-mapped read-only, so that several processes on one host that
+/// open the same file share its pages instead of each holding a private copy. Replace the
+/// file by renaming a new one over it, never by writing it in place (see [`GeoDb::reload_if_changed`]). It
+/// sits behind an [`ArcSwapOption`]: a lookup takes a lock-free snapshot, a reload builds a complete new reader off to the side and swaps it in with
 /// one atomic store. Lookups never wait for a reload and never see half a database, and a
 /// reload that fails leaves the previous database serving.
 ///
@@ -32,9 +33,43 @@ pub struct GeoDb {
     reload_lock: Mutex<()>,
 }
 
+/// The bytes of one version of the file.
+enum Source {
+    /// The file, memory-mapped read-only.
+    Mapped(maxminddb::Mmap),
+    /// An empty file (nothing to map; parsing it fails).
+    Empty,
+}
+
+impl AsRef<[u8]> for Source {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Source::Mapped(map) => map,
+            Source::Empty => &[],
+        }
+    }
+}
+
+/// Map `file` read-only.
+///
+/// The mapping stays valid for as long as it exists only if nobody truncates or rewrites the
+/// file in place meanwhile. The documented way to replace the database is to write the new
+/// file next to it and rename it over the old one (`deploy/fetch-geo-db.sh` does): a rename
+/// gives the path a new inode and leaves the mapped one untouched until the last mapping of it
+/// goes away. Writing into the mapped file itself (`cp` over it) is not supported: a lookup
+/// could see the bytes change under it, or fault on a truncated page.
+#[allow(unsafe_code)]
+fn map(file: &File) -> std::io::Result<maxminddb::Mmap> {
+    // SAFETY: `Mmap::map` is sound as long as the mapped file is not modified or truncated
+    // while the map exists. The database is replaced by renaming a new file over it (see
+    // above), which never touches the mapped inode; writing it in place is outside this
+    // type's contract (documented on `GeoDb` and in the README).
+    unsafe { maxminddb::Mmap::map(file) }
+}
+
 /// One loaded version of the file.
 struct Loaded {
-    reader: Reader<Vec<u8>>,
+    reader: Reader<Source>,
     stamp: FileStamp,
     info: DbInfo,
 }
@@ -70,7 +105,7 @@ impl FileStamp {
 }
 
 impl GeoDb {
-    /// Opens the MaxMind DB file at `path` and loads it into memory.
+    /// Opens the MaxMind DB file at `path`, memory-mapped.
     ///
     /// # Errors
     ///
@@ -202,27 +237,21 @@ fn io_error(path: &Path, source: std::io::Error) -> GeoError {
     }
 }
 
-/// Reads and parses the file. The stamp comes from the same open file handle as the bytes,
+/// Maps and parses the file. The stamp comes from the same open file handle as the bytes,
 /// so a rename between the two cannot pair one version's stamp with another's contents.
 fn load(path: &Path) -> Result<Loaded, GeoError> {
-    let mut file = File::open(path).map_err(|source| io_error(path, source))?;
+    let file = File::open(path).map_err(|source| io_error(path, source))?;
     let metadata = file.metadata().map_err(|source| io_error(path, source))?;
     // A device or FIFO would be read forever (`/dev/zero`) or block; only files qualify.
     if !metadata.is_file() {
         let source = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
         return Err(io_error(path, source));
     }
-    let mut bytes = Vec::new();
-    // `try_reserve` turns an absurd size into an error instead of an allocation abort.
-    let len = usize::try_from(metadata.len()).unwrap_or(usize::MAX);
-    bytes.try_reserve_exact(len).map_err(|err| {
-        io_error(
-            path,
-            std::io::Error::new(std::io::ErrorKind::OutOfMemory, err),
-        )
-    })?;
-    file.read_to_end(&mut bytes)
-        .map_err(|source| io_error(path, source))?;
+    let bytes = if metadata.len() == 0 {
+        Source::Empty
+    } else {
+        Source::Mapped(map(&file).map_err(|source| io_error(path, source))?)
+    };
     let reader = Reader::from_source(bytes).map_err(|source| GeoError::InvalidDatabase {
         path: path.to_path_buf(),
         source,

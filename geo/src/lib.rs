@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_code)]
+// One `unsafe` call, reviewed: the read-only memory map of the database file (`db::map`).
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod country;

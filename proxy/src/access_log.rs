@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, ScriptInvocation};
+use redis::Script;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, timeout, Instant};
 use watchpost_common::keys::MINUTE_COUNTER_TTL_SECS;
@@ -345,17 +345,18 @@ impl LogWriter {
                     // Held entries are older than anything in the channel: they go first.
                     self.take_held(batch_max);
                 } else {
-                    let mut incoming = Vec::with_capacity(batch_max);
+                    // Into the (empty) batch itself: its allocation is kept from batch to
+                    // batch instead of a fresh `batch_max` entries' worth (hundreds of KB)
+                    // being allocated and freed for each one.
                     tokio::select! {
                         biased;
                         _ = wait_true(&mut shutdown) => break,
-                        n = self.rx.recv_many(&mut incoming, batch_max) => {
+                        n = self.rx.recv_many(&mut self.batch, batch_max) => {
                             if n == 0 {
                                 break;
                             }
                         }
                     }
-                    self.batch = incoming;
                 }
                 if self.batch.len() < batch_max && !self.cfg.flush_interval.is_zero() {
                     // Give a burst a moment to arrive so it goes out as one call (shutdown
@@ -677,21 +678,32 @@ pub async fn append_batch<C: ConnectionLike>(
     max_len: u64,
     batch: &[AccessLogEntry],
 ) -> redis::RedisResult<u64> {
-    invocation(script, keys, proxy_id, seq, max_len, batch)
-        .invoke_async(conn)
-        .await
+    let call = invocation(script, keys, proxy_id, seq, max_len, batch);
+    match call.query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            // Redis restarted (or flushed its scripts) since the last batch: load the script
+            // and send the same call again.
+            script.load_async(conn).await?;
+            call.query_async(conn).await
+        }
+        r => r,
+    }
 }
 
-/// The script call for a batch: keys, header arguments, the per-minute counters, then every
-/// entry's values in the fixed field order.
-pub fn invocation<'a>(
-    script: &'a Script,
+/// The script call for a batch (`EVALSHA` of `script`): keys, header arguments, the
+/// per-minute counters, then every entry's values in the fixed field order.
+///
+/// Built as one [`redis::Cmd`], whose arguments share one buffer: a `ScriptInvocation` would
+/// allocate every one of a batch's 20 × N values separately and copy them all again into
+/// the command it sends.
+pub fn invocation(
+    script: &Script,
     keys: &Keys,
     proxy_id: &str,
     seq: u64,
     max_len: u64,
     batch: &[AccessLogEntry],
-) -> ScriptInvocation<'a> {
+) -> redis::Cmd {
     // minute -> (requests, rejects)
     let mut minutes: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     for entry in batch {
@@ -708,10 +720,17 @@ pub fn invocation<'a>(
             counters.push((keys.rejects_in_minute(minute), rejects));
         }
     }
-    let mut inv = script.prepare_invoke();
-    inv.key(keys.access_stream()).key(keys.access_hwm());
+    let mut inv = redis::Cmd::with_capacity(
+        12 + 2 * counters.len() + ACCESS_LOG_FIELDS.len() * (1 + batch.len()),
+        256 + 400 * batch.len(),
+    );
+    inv.arg("EVALSHA")
+        .arg(script.get_hash())
+        .arg(2 + counters.len())
+        .arg(keys.access_stream())
+        .arg(keys.access_hwm());
     for (key, _) in &counters {
-        inv.key(key);
+        inv.arg(key);
     }
     inv.arg(proxy_id)
         .arg(seq)
