@@ -132,7 +132,9 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         _ => return None,
     };
     // Milliseconds must fit a u64 for the MINID arithmetic.
-    (secs >= 1 && secs <= u64::MAX / 1000).then(|| Duration::from_secs(secs))
+    (1..=u64::MAX / 1000)
+        .contains(&secs)
+        .then(|| Duration::from_secs(secs))
 }
 
 #[cfg(test)]
