@@ -572,6 +572,7 @@ impl LogWriter {
             min_id_ms,
             rollup_ttl_secs: self.cfg.rollup_retention.as_secs().max(1),
             top_keep: rollup::DEFAULT_TOP_KEEP,
+            rollups: true,
         }
     }
 
@@ -801,6 +802,9 @@ pub struct AppendLimits {
     pub rollup_ttl_secs: u64,
     /// Members each top-list sorted set keeps when it is trimmed.
     pub top_keep: u64,
+    /// Whether the batch adds to the per-minute rollups (always in the proxy; benchmarks turn
+    /// them off to measure what they cost).
+    pub rollups: bool,
 }
 
 impl AppendLimits {
@@ -811,6 +815,7 @@ impl AppendLimits {
             min_id_ms: 0,
             rollup_ttl_secs: rollup::DEFAULT_ROLLUP_RETENTION.as_secs(),
             top_keep: rollup::DEFAULT_TOP_KEEP,
+            rollups: true,
         }
     }
 }
@@ -900,7 +905,11 @@ pub fn invocation_with<'a>(
         }
     }
     // BEGIN retention and rollups: one hash and two sorted sets per minute of the batch.
-    let rollups = rollup::aggregate(batch);
+    let rollups = if limits.rollups {
+        rollup::aggregate(batch)
+    } else {
+        BTreeMap::new()
+    };
     // END retention and rollups
     let mut inv = script.prepare_invoke();
     inv.key(keys.access_stream()).key(keys.access_hwm());
