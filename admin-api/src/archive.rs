@@ -440,17 +440,22 @@ impl Archiver {
                 self.update_lag().await?;
                 Ok::<u64, StartupError>(n)
             };
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => break,
-                r = round => match r {
-                    Ok(n) => archived += n,
-                    Err(StartupError::Redis(e)) => {
-                        tracing::warn!(error = %e, "archive: Redis failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+            // A round ends within `[archive] block_ms` when nothing is new; shutdown is checked
+            // between rounds, so the round in progress always completes (written, synced,
+            // acknowledged).
+            match round.await {
+                Ok(n) => archived += n,
+                Err(StartupError::Redis(e)) => {
+                    tracing::warn!(error = %e, "archive: Redis failed; retrying");
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
-                    Err(e) => return Err(e),
-                },
+                }
+                Err(e) => return Err(e),
+            }
+            if futures::FutureExt::now_or_never(&mut shutdown).is_some() {
+                break;
             }
         }
         tracing::info!(archived, "archive: stopped");
