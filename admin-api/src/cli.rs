@@ -1,4 +1,4 @@
-//! The command line: `watchpost-admin [--config FILE] [serve|migrate|create-admin|rotate-secrets]`.
+//! The command line: `watchpost-admin [--config FILE] [serve|migrate|create-admin|rotate-secrets|archive]`.
 
 use clap::{Parser, Subcommand};
 use deadpool_postgres::Pool;
@@ -44,6 +44,15 @@ pub enum Command {
     /// WATCHPOST_SECRET_KEY_PREVIOUS or in the legacy format), print how many, and exit.
     /// Running it again re-encrypts nothing.
     RotateSecrets,
+    /// Copy the access-log stream into hourly, gzipped NDJSON files under `[archive] dir`
+    /// (`access-YYYY-MM-DDTHH.ndjson.gz`, by the UTC hour of each entry's stream id), reading
+    /// through the consumer group `[archive] group` as `[archive] consumer`. Entries are
+    /// acknowledged only once written and fsynced; after a crash or restart the archiver takes
+    /// up what was delivered but not acknowledged, and skips what is already on disk, so every
+    /// entry is archived exactly once (the stream is read at least once). Entries trimmed from
+    /// the stream before they were archived are counted. Metrics on `[archive] metrics_listen`
+    /// (`GET /metrics`). Runs until SIGINT/SIGTERM, finishing the round in progress.
+    Archive,
 }
 
 /// Runs the parsed command with the given environment.
@@ -91,6 +100,41 @@ pub async fn run(cli: Cli, env: &[(String, String)]) -> Result<(), StartupError>
                 "re-wrapped {} personal-data key(s) with the current key; {} already current",
                 report.data_keys_rewrapped, report.data_keys_already_current
             );
+            Ok(())
+        }
+        Command::Archive => {
+            let metrics = crate::archive::ArchiveMetrics::new()
+                .map_err(|e| StartupError::Config(format!("metrics: {e}")))?;
+            let keys = watchpost_common::Keys::new(config.redis.key_prefix.clone());
+            let archiver = crate::archive::Archiver::new(
+                &config.redis.url,
+                &keys,
+                &config.archive,
+                metrics.clone(),
+            )
+            .await?;
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                server::shutdown_signal().await;
+                let _ = stop_tx.send(true);
+            });
+            let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|v| *v).await;
+            };
+            if !config.archive.metrics_listen.is_empty() {
+                let addr = config.archive.metrics_listen.parse().map_err(|_| {
+                    StartupError::Config("[archive] metrics_listen: invalid".into())
+                })?;
+                let (m, rx) = (metrics.clone(), stop_rx.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = crate::archive::serve_metrics(addr, m, stopped(rx)).await {
+                        tracing::error!(error = %e, "archive: metrics listener failed");
+                    }
+                });
+            }
+            tracing::info!(dir = %config.archive.dir, "archive: running");
+            let n = archiver.run(stopped(stop_rx)).await?;
+            eprintln!("archived {n} entries");
             Ok(())
         }
         Command::Serve => {

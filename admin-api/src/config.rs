@@ -1,4 +1,5 @@
-//! The admin API's sections of the shared TOML file: `[admin]`, `[redis]`, `[postgres]`.
+//! The admin API's sections of the shared TOML file: `[admin]`, `[redis]`, `[postgres]`, and
+//! `[archive]` (read by `watchpost-admin archive`).
 //!
 //! Other sections (the proxy's) are ignored; inside each of ours an unknown key is an error,
 //! so that a typo never silently falls back to a default. [`Config::validate`] runs before
@@ -11,7 +12,7 @@ use serde::Deserialize;
 use crate::StartupError;
 
 /// Sections this binary reads (and whose `WATCHPOST_<SECTION>_*` variables it claims).
-pub const SECTIONS: &[&str] = &["admin", "redis", "postgres"];
+pub const SECTIONS: &[&str] = &["admin", "redis", "postgres", "archive"];
 
 /// Everything the admin API reads from the config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -20,6 +21,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub redis: RedisConfig,
     pub postgres: PostgresConfig,
+    /// `[archive]`: the access-log archiver (`watchpost-admin archive`).
+    pub archive: ArchiveConfig,
     /// `[smtp]` and `WATCHPOST_SMTP_*`: the fallback email server.
     pub smtp: crate::email::SmtpConfig,
     /// From `WATCHPOST_SECRET_KEY` and `WATCHPOST_SECRET_KEY_PREVIOUS` (never from the file):
@@ -130,6 +133,41 @@ impl Default for RedisConfig {
     }
 }
 
+/// `[archive]`: `watchpost-admin archive` copies the access-log stream into hourly, gzipped
+/// NDJSON files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Directory of the archive files (`access-YYYY-MM-DDTHH.ndjson.gz`, one per UTC hour of
+    /// the entries' stream ids). Required by `archive`; default empty.
+    pub dir: String,
+    /// Consumer group the archiver reads the stream through. Default `archiver`.
+    pub group: String,
+    /// This archiver's consumer name in the group; keep it stable across restarts so that
+    /// entries delivered but not yet acknowledged are taken up again. Default `archiver-1`.
+    pub consumer: String,
+    /// Most entries read (and written as one gzip member per hour) per round. Default 1000.
+    pub batch: usize,
+    /// `XREADGROUP BLOCK` time while the stream has nothing new. Default 1000 ms.
+    pub block_ms: u64,
+    /// Address of the archiver's Prometheus `GET /metrics`; empty disables it. Default
+    /// `127.0.0.1:9188`.
+    pub metrics_listen: String,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self {
+            dir: String::new(),
+            group: "archiver".into(),
+            consumer: "archiver-1".into(),
+            batch: 1000,
+            block_ms: 1000,
+            metrics_listen: "127.0.0.1:9188".into(),
+        }
+    }
+}
+
 /// `[postgres]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -178,6 +216,26 @@ impl Config {
         }
         if self.admin.body_limit_bytes < 1024 {
             return bad("[admin] body_limit_bytes", "must be at least 1024");
+        }
+        if self.archive.group.trim().is_empty() {
+            return bad("[archive] group", "must not be empty");
+        }
+        if self.archive.consumer.trim().is_empty() {
+            return bad("[archive] consumer", "must not be empty");
+        }
+        if self.archive.batch == 0 || self.archive.batch > 100_000 {
+            return bad("[archive] batch", "must be between 1 and 100000");
+        }
+        if self.archive.block_ms == 0 {
+            return bad("[archive] block_ms", "must be positive");
+        }
+        if !self.archive.metrics_listen.is_empty()
+            && self.archive.metrics_listen.parse::<SocketAddr>().is_err()
+        {
+            return bad(
+                "[archive] metrics_listen",
+                "must be an address like 127.0.0.1:9188, or empty",
+            );
         }
         if self.admin.request_timeout_ms == 0 {
             return bad("[admin] request_timeout_ms", "must be positive");

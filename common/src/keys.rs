@@ -10,6 +10,9 @@ pub const ACCESS_STREAM: &str = "access";
 /// `proxy_id`, value the sequence of the last batch appended). A later cluster sharding moves
 /// the stream and this hash into one hash slot together (a shared `{…}` tag).
 pub const ACCESS_HWM: &str = "access:hwm";
+/// Suffix of the per-minute access-log rollups (`<prefix>access:rollup:<unix minute>`, a hash,
+/// with the sorted sets `…:ip` and `…:path` beside it; see [`crate::rollup`]).
+pub const ACCESS_ROLLUP: &str = "access:rollup:";
 /// Suffix of the JSON gateway config written by the admin API.
 pub const GATEWAY_CONFIG: &str = "gateway:config";
 /// Suffix of the pub/sub channel announcing a new gateway config.
@@ -69,6 +72,21 @@ impl Keys {
     /// The access-log high-water marks, `wp:access:hwm` by default.
     pub fn access_hwm(&self) -> String {
         self.key(ACCESS_HWM)
+    }
+
+    /// The exact per-minute access-log counts of one unix minute (a hash).
+    pub fn access_rollup(&self, unix_minute: u64) -> String {
+        format!("{}{}{}", self.prefix, ACCESS_ROLLUP, unix_minute)
+    }
+
+    /// Hits per client IP in one unix minute (a bounded sorted set).
+    pub fn access_rollup_ips(&self, unix_minute: u64) -> String {
+        format!("{}{}{}:ip", self.prefix, ACCESS_ROLLUP, unix_minute)
+    }
+
+    /// Hits per path in one unix minute (a bounded sorted set).
+    pub fn access_rollup_paths(&self, unix_minute: u64) -> String {
+        format!("{}{}{}:path", self.prefix, ACCESS_ROLLUP, unix_minute)
     }
 
     /// The current gateway config (JSON), `wp:gateway:config` by default.
@@ -140,6 +158,9 @@ mod tests {
         assert_eq!(k.gateway_config_changed(), "wp:gateway:config:changed");
         assert_eq!(k.requests_in_minute(7), "wp:gw:req:7");
         assert_eq!(k.rejects_in_minute(7), "wp:gw:rej:7");
+        assert_eq!(k.access_rollup(7), "wp:access:rollup:7");
+        assert_eq!(k.access_rollup_ips(7), "wp:access:rollup:7:ip");
+        assert_eq!(k.access_rollup_paths(7), "wp:access:rollup:7:path");
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod client_ip;
 pub mod config;
 pub mod gateway;
 pub mod keys;
+pub mod rollup;
 pub mod rules;
 
 pub use access_log::{AccessLogEntry, Decision, FIELDS as ACCESS_LOG_FIELDS};

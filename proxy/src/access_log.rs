@@ -40,6 +40,7 @@ use redis::Script;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, timeout, Instant};
 use watchpost_common::keys::MINUTE_COUNTER_TTL_SECS;
+use watchpost_common::rollup;
 use watchpost_common::{AccessLogEntry, Decision, Keys, ACCESS_LOG_FIELDS};
 
 use crate::metrics::{Metrics, WriteErrorKind};
@@ -54,9 +55,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The server-side append of one batch (see the module docs).
 ///
-/// `KEYS`: the stream, the high-water-mark hash, then the per-minute counter keys.
+/// `KEYS`: the stream, the high-water-mark hash, the per-minute counter keys, then the rollup
+/// keys (`nr` of them, see the trailer).
 /// `ARGV`: proxy id, batch sequence, `MAXLEN ~` bound, counter TTL, number of fields, the
-/// field names, one increment per counter key, then every entry's field values in order.
+/// field names, one increment per counter key, every entry's field values in order, then the
+/// retention-and-rollup trailer, read from the end: `min_id` (`0` = no age trim), rollup TTL
+/// (seconds), top-list size kept after a trim, `nr`, then per rollup key its kind (`h` hash,
+/// `z` sorted set), its count `m` of pairs and `m` pairs (field or member, increment); the very
+/// last argument is the trailer's length (everything from `min_id` up to it).
 /// Returns the number of entries added: 0 when the sequence is not above the mark.
 ///
 /// Sequences stay below 2^53, so Lua's numbers compare them exactly. The script's first write
@@ -65,13 +71,17 @@ pub const APPEND_SCRIPT: &str = r"
 local hwm = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') or 0
 local seq = tonumber(ARGV[2])
 if not seq or seq <= hwm then return 0 end
+-- BEGIN retention and rollups: the trailer's header
+local t0 = #ARGV - tonumber(ARGV[#ARGV])
+local nr = tonumber(ARGV[t0 + 3])
+-- END retention and rollups
 local nf = tonumber(ARGV[5])
-local nc = #KEYS - 2
+local nc = #KEYS - 2 - nr
 local xadd = {KEYS[1], 'MAXLEN', '~', ARGV[3], '*'}
 for i = 1, nf do xadd[4 + 2 * i] = ARGV[5 + i] end
 local at = 6 + nf + nc
 local n = 0
-while at + nf - 1 <= #ARGV do
+while at + nf - 1 < t0 do
   for i = 1, nf do xadd[5 + 2 * i] = ARGV[at + i - 1] end
   redis.call('XADD', unpack(xadd))
   at = at + nf
@@ -81,6 +91,32 @@ for i = 1, nc do
   redis.call('INCRBY', KEYS[2 + i], ARGV[5 + nf + i])
   redis.call('EXPIRE', KEYS[2 + i], ARGV[4])
 end
+-- BEGIN retention and rollups: age trim, then the per-minute rollups of the batch
+if ARGV[t0] ~= '0' then redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[t0]) end
+local rttl = ARGV[t0 + 1]
+local keep = tonumber(ARGV[t0 + 2])
+local r = t0 + 4
+for k = 3 + nc, #KEYS do
+  local kind = ARGV[r]
+  local m = tonumber(ARGV[r + 1])
+  r = r + 2
+  if kind == 'h' then
+    for j = 1, m do
+      redis.call('HINCRBY', KEYS[k], ARGV[r], ARGV[r + 1])
+      r = r + 2
+    end
+  else
+    for j = 1, m do
+      redis.call('ZINCRBY', KEYS[k], ARGV[r + 1], ARGV[r])
+      r = r + 2
+    end
+    if redis.call('ZCARD', KEYS[k]) > 2 * keep then
+      redis.call('ZREMRANGEBYRANK', KEYS[k], 0, -keep - 1)
+    end
+  end
+  redis.call('EXPIRE', KEYS[k], rttl)
+end
+-- END retention and rollups
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return n
 ";
@@ -210,6 +246,13 @@ pub struct WriterConfig {
     pub proxy_id: String,
     /// `XADD … MAXLEN ~` bound.
     pub stream_max_len: u64,
+    /// `[access_log] retention`: entries older than this are trimmed (`XTRIM MINID ~`).
+    pub retention: Option<Duration>,
+    /// `[access_log] max_memory_mb` in bytes: the stream is trimmed by count to stay under it
+    /// (see [`LogWriter::effective_max_len`]).
+    pub max_memory_bytes: Option<u64>,
+    /// `[access_log] rollup_retention`: TTL of the per-minute rollups.
+    pub rollup_retention: Duration,
     /// Most bytes the buffer holds (`buffer_bytes`).
     pub buffer_bytes: usize,
     /// Query parameters whose values are redacted (`redact_query_params`).
@@ -243,6 +286,8 @@ pub struct LogWriter {
     cfg: WriterConfig,
     metrics: Metrics,
     status: Arc<RedisStatus>,
+    /// Bytes per entry of the stream, last measured (`MEMORY USAGE` / `XLEN`), and when.
+    memory_sample: Option<(f64, Instant)>,
 }
 
 /// A buffer of `capacity` entries (and `cfg.buffer_bytes` bytes): the sink for the request
@@ -281,6 +326,7 @@ pub fn channel(
             cfg,
             metrics,
             status,
+            memory_sample: None,
         },
     )
 }
@@ -295,6 +341,23 @@ pub fn lazy_connection(url: &str) -> redis::RedisResult<ConnectionManager> {
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(500));
     ConnectionManager::new_lazy_with_config(client, config)
+}
+
+/// How often the writer measures the stream's bytes per entry for `max_memory_mb`.
+const MEMORY_SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The `MAXLEN` that keeps a stream of `bytes_per_entry` under `max_memory_bytes`, never above
+/// `stream_max_len` nor below 1.
+pub fn memory_max_len(stream_max_len: u64, max_memory_bytes: u64, bytes_per_entry: f64) -> u64 {
+    if !(bytes_per_entry.is_finite() && bytes_per_entry > 0.0) {
+        return stream_max_len;
+    }
+    let cap = (max_memory_bytes as f64 / bytes_per_entry).floor();
+    if cap >= stream_max_len as f64 {
+        stream_max_len
+    } else {
+        (cap as u64).max(1)
+    }
 }
 
 /// The `kind` of a failed batch write that is not an out-of-memory refusal.
@@ -436,13 +499,14 @@ impl LogWriter {
                     next
                 }
             };
-            let call = append_batch(
+            let limits = self.limits(conn).await;
+            let call = append_batch_with(
                 conn,
                 &self.script,
                 &self.cfg.keys,
                 &self.cfg.proxy_id,
                 seq,
-                self.cfg.stream_max_len,
+                limits,
                 &self.batch,
             );
             let (result, timed_out) = match timeout(WRITE_TIMEOUT, call).await {
@@ -490,6 +554,67 @@ impl LogWriter {
                     return Err(e);
                 }
             }
+        }
+    }
+
+    /// The trim bounds and rollup settings of the next batch: `MINID` from `retention` and the
+    /// clock, `MAXLEN` from `stream_max_len` and `max_memory_mb`.
+    async fn limits(&mut self, conn: &mut ConnectionManager) -> AppendLimits {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let min_id_ms = self.cfg.retention.map_or(0, |r| {
+            now_ms
+                .saturating_sub(u64::try_from(r.as_millis()).unwrap_or(u64::MAX))
+                .max(1)
+        });
+        AppendLimits {
+            max_len: self.effective_max_len(conn).await,
+            min_id_ms,
+            rollup_ttl_secs: self.cfg.rollup_retention.as_secs().max(1),
+            top_keep: rollup::DEFAULT_TOP_KEEP,
+            rollups: true,
+        }
+    }
+
+    /// `stream_max_len`, lowered to stay under `max_memory_mb`: the stream's bytes per entry
+    /// are measured with `MEMORY USAGE <stream>` (Redis samples a few listpack nodes) divided
+    /// by `XLEN`, every [`MEMORY_SAMPLE_INTERVAL`], and the bound is
+    /// `max_memory_bytes / bytes_per_entry`. A failed sample keeps the last one.
+    pub async fn effective_max_len(&mut self, conn: &mut ConnectionManager) -> u64 {
+        let Some(max_bytes) = self.cfg.max_memory_bytes else {
+            return self.cfg.stream_max_len;
+        };
+        let due = self
+            .memory_sample
+            .is_none_or(|(_, at)| at.elapsed() >= MEMORY_SAMPLE_INTERVAL);
+        if due {
+            let stream = self.cfg.keys.access_stream();
+            let mut pipe = redis::pipe();
+            pipe.cmd("MEMORY")
+                .arg("USAGE")
+                .arg(&stream)
+                .cmd("XLEN")
+                .arg(&stream);
+            let sampled =
+                timeout(WRITE_TIMEOUT, pipe.query_async::<(Option<u64>, u64)>(conn)).await;
+            match sampled {
+                Ok(Ok((Some(bytes), len))) if len > 0 => {
+                    self.memory_sample = Some((bytes as f64 / len as f64, Instant::now()));
+                }
+                Ok(Ok(_)) => {
+                    // No stream yet: nothing to bound.
+                    self.memory_sample = None;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "access log: stream memory sample failed");
+                }
+                Err(_) => tracing::debug!("access log: stream memory sample timed out"),
+            }
+        }
+        match self.memory_sample {
+            Some((per_entry, _)) => memory_max_len(self.cfg.stream_max_len, max_bytes, per_entry),
+            None => self.cfg.stream_max_len,
         }
     }
 
@@ -666,6 +791,36 @@ impl LogWriter {
     }
 }
 
+/// How a batch trims the stream and keeps its rollups (the script's `MAXLEN`, trailer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendLimits {
+    /// `XADD … MAXLEN ~` bound.
+    pub max_len: u64,
+    /// `XTRIM … MINID ~ <min_id_ms>`: entries older than this (ms since the epoch) go; 0 keeps
+    /// them (no `[access_log] retention`).
+    pub min_id_ms: u64,
+    /// TTL of the rollup keys (`[access_log] rollup_retention`).
+    pub rollup_ttl_secs: u64,
+    /// Members each top-list sorted set keeps when it is trimmed.
+    pub top_keep: u64,
+    /// Whether the batch adds to the per-minute rollups (always in the proxy; benchmarks turn
+    /// them off to measure what they cost).
+    pub rollups: bool,
+}
+
+impl AppendLimits {
+    /// A `MAXLEN` bound only, with the default rollup retention and top-list size.
+    pub fn max_len(max_len: u64) -> Self {
+        Self {
+            max_len,
+            min_id_ms: 0,
+            rollup_ttl_secs: rollup::DEFAULT_ROLLUP_RETENTION.as_secs(),
+            top_keep: rollup::DEFAULT_TOP_KEEP,
+            rollups: true,
+        }
+    }
+}
+
 /// Append one batch with [`APPEND_SCRIPT`] under `(proxy_id, seq)`; returns the entries added
 /// (0 when `seq` is not above the proxy's high-water mark, e.g. a retry of a batch that was
 /// applied but whose reply was lost).
@@ -678,7 +833,29 @@ pub async fn append_batch<C: ConnectionLike>(
     max_len: u64,
     batch: &[AccessLogEntry],
 ) -> redis::RedisResult<u64> {
-    let call = invocation(script, keys, proxy_id, seq, max_len, batch);
+    append_batch_with(
+        conn,
+        script,
+        keys,
+        proxy_id,
+        seq,
+        AppendLimits::max_len(max_len),
+        batch,
+    )
+    .await
+}
+
+/// [`append_batch`] with every trim and rollup setting.
+pub async fn append_batch_with<C: ConnectionLike>(
+    conn: &mut C,
+    script: &Script,
+    keys: &Keys,
+    proxy_id: &str,
+    seq: u64,
+    limits: AppendLimits,
+    batch: &[AccessLogEntry],
+) -> redis::RedisResult<u64> {
+    let call = invocation_with(script, keys, proxy_id, seq, limits, batch);
     match call.query_async(conn).await {
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
             // Redis restarted (or flushed its scripts) since the last batch: load the script
@@ -704,6 +881,25 @@ pub fn invocation(
     max_len: u64,
     batch: &[AccessLogEntry],
 ) -> redis::Cmd {
+    invocation_with(
+        script,
+        keys,
+        proxy_id,
+        seq,
+        AppendLimits::max_len(max_len),
+        batch,
+    )
+}
+
+/// [`invocation`] with every trim and rollup setting.
+pub fn invocation_with(
+    script: &Script,
+    keys: &Keys,
+    proxy_id: &str,
+    seq: u64,
+    limits: AppendLimits,
+    batch: &[AccessLogEntry],
+) -> redis::Cmd {
     // minute -> (requests, rejects)
     let mut minutes: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     for entry in batch {
@@ -720,21 +916,35 @@ pub fn invocation(
             counters.push((keys.rejects_in_minute(minute), rejects));
         }
     }
+    // BEGIN retention and rollups: one hash and two sorted sets per minute of the batch.
+    let rollups = if limits.rollups {
+        rollup::aggregate(batch)
+    } else {
+        BTreeMap::new()
+    };
+    // END retention and rollups
     let mut inv = redis::Cmd::with_capacity(
         12 + 2 * counters.len() + ACCESS_LOG_FIELDS.len() * (1 + batch.len()),
         256 + 400 * batch.len(),
     );
     inv.arg("EVALSHA")
         .arg(script.get_hash())
-        .arg(2 + counters.len())
+        .arg(2 + counters.len() + 3 * rollups.len())
         .arg(keys.access_stream())
         .arg(keys.access_hwm());
     for (key, _) in &counters {
         inv.arg(key);
     }
+    // BEGIN retention and rollups
+    for minute in rollups.keys() {
+        inv.arg(keys.access_rollup(*minute))
+            .arg(keys.access_rollup_ips(*minute))
+            .arg(keys.access_rollup_paths(*minute));
+    }
+    // END retention and rollups
     inv.arg(proxy_id)
         .arg(seq)
-        .arg(max_len)
+        .arg(limits.max_len)
         .arg(MINUTE_COUNTER_TTL_SECS)
         .arg(ACCESS_LOG_FIELDS.len());
     for name in ACCESS_LOG_FIELDS {
@@ -749,6 +959,23 @@ pub fn invocation(
             inv.arg(value);
         });
     }
+    // BEGIN retention and rollups: the trailer (see APPEND_SCRIPT).
+    let mut trailer_len = 4usize;
+    inv.arg(limits.min_id_ms)
+        .arg(limits.rollup_ttl_secs.max(1))
+        .arg(limits.top_keep.max(1))
+        .arg(rollups.len() * 3);
+    for r in rollups.values() {
+        for (kind, pairs) in [("h", &r.counts), ("z", &r.ips), ("z", &r.paths)] {
+            inv.arg(kind).arg(pairs.len());
+            for (field, n) in pairs {
+                inv.arg(field).arg(*n);
+            }
+            trailer_len += 2 + 2 * pairs.len();
+        }
+    }
+    inv.arg(trailer_len);
+    // END retention and rollups
     inv
 }
 
@@ -777,6 +1004,9 @@ mod tests {
             keys: Keys::default(),
             proxy_id: "p".into(),
             stream_max_len: 10,
+            retention: None,
+            max_memory_bytes: None,
+            rollup_retention: rollup::DEFAULT_ROLLUP_RETENTION,
             buffer_bytes,
             redact_query_params: vec!["token".into()],
             batch_max_entries: 10,

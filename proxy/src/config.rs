@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use watchpost_common::gateway::GatewayConfigDoc;
+use watchpost_common::rollup::parse_duration;
 use watchpost_common::GatewayConfig;
 use watchpost_risk::RiskConfig;
 
@@ -162,6 +163,17 @@ impl Default for RedisSection {
 pub struct AccessLogSection {
     /// `XADD … MAXLEN ~ N`: the stream is trimmed to about this many entries.
     pub stream_max_len: u64,
+    /// Entries older than this are trimmed (`XTRIM MINID ~`, once per batch): a whole number
+    /// and a unit, `90s`, `90m`, `24h`, `7d`. Empty (the default): no age bound.
+    pub retention: String,
+    /// The stream is trimmed by count to stay under this many MiB (its bytes per entry are
+    /// measured with `MEMORY USAGE` every 10 s). 0 (the default): no memory bound. Whichever of
+    /// `stream_max_len`, `retention` and `max_memory_mb` bites first wins.
+    pub max_memory_mb: u64,
+    /// How long the per-minute rollups (counts by decision, status class, country, UA type,
+    /// risk bucket, top IPs and paths) live; they answer `/access-log/summary` beyond the raw
+    /// stream. Same format as `retention`. Default `7d`.
+    pub rollup_retention: String,
     /// Entries held in memory while Redis is slow or down; past it the newest entries are
     /// dropped (and counted).
     pub buffer_entries: usize,
@@ -184,6 +196,9 @@ impl Default for AccessLogSection {
     fn default() -> Self {
         Self {
             stream_max_len: 1_000_000,
+            retention: String::new(),
+            max_memory_mb: 0,
+            rollup_retention: "7d".into(),
             buffer_entries: 100_000,
             buffer_bytes: 64 * 1024 * 1024,
             redact_query_params: crate::redact::DEFAULT_PARAMS
@@ -445,6 +460,29 @@ impl Settings {
                 "must be greater than 0".into(),
             ));
         }
+        if !a.retention.is_empty() && parse_duration(&a.retention).is_none() {
+            return Err(bad(
+                "access_log.retention",
+                format!(
+                    "{:?} is not a duration: write a whole number and a unit s, m, h or d \
+                     (e.g. \"24h\"), or leave it empty for no age bound",
+                    a.retention
+                ),
+            ));
+        }
+        if parse_duration(&a.rollup_retention).is_none() {
+            return Err(bad(
+                "access_log.rollup_retention",
+                format!(
+                    "{:?} is not a duration: write a whole number and a unit s, m, h or d \
+                     (e.g. \"7d\")",
+                    a.rollup_retention
+                ),
+            ));
+        }
+        if a.max_memory_mb > u64::MAX >> 20 {
+            return Err(bad("access_log.max_memory_mb", "is too large".into()));
+        }
         if a.buffer_entries == 0 {
             return Err(bad(
                 "access_log.buffer_entries",
@@ -686,6 +724,21 @@ mod tests {
             "0",
         );
         rejects("[access_log]\nbatch = 5\n", "access_log", "batch");
+        rejects(
+            "[access_log]\nretention = \"24 hours\"\n",
+            "access_log.retention",
+            "not a duration",
+        );
+        rejects(
+            "[access_log]\nretention = \"0h\"\n",
+            "access_log.retention",
+            "not a duration",
+        );
+        rejects(
+            "[access_log]\nrollup_retention = \"\"\n",
+            "access_log.rollup_retention",
+            "not a duration",
+        );
         rejects(
             "[access_log]\nbuffer_bytes = 0\n",
             "access_log.buffer_bytes",

@@ -147,6 +147,10 @@ pub fn start_with(
             keys: keys.clone(),
             proxy_id: settings.file.proxy.proxy_id.clone(),
             stream_max_len: a.stream_max_len,
+            retention: watchpost_common::rollup::parse_duration(&a.retention),
+            max_memory_bytes: (a.max_memory_mb > 0).then_some(a.max_memory_mb << 20),
+            rollup_retention: watchpost_common::rollup::parse_duration(&a.rollup_retention)
+                .unwrap_or(watchpost_common::rollup::DEFAULT_ROLLUP_RETENTION),
             buffer_bytes: a.buffer_bytes,
             redact_query_params: a.redact_query_params.clone(),
             batch_max_entries: a.batch_max_entries,

@@ -252,8 +252,11 @@ async fn tail_access_log(
     Ok(response)
 }
 
-/// Totals over the newest entries of a time window (at most
-/// `[admin] access_log_summary_max_entries`; `truncated` says when the window held more).
+/// Totals over a time window. Windows up to 15 min are scanned from the stream (at most
+/// `[admin] access_log_summary_max_entries` entries; `truncated` says when the window held
+/// more); longer windows, and short ones whose scan was truncated or reached trimmed entries,
+/// are summed from the per-minute rollups (whole minutes, beyond the raw stream's retention).
+/// `source` says which (`scan` or `rollups`).
 #[utoipa::path(
     get,
     path = "/access-log/summary",
@@ -282,9 +285,9 @@ async fn summarize_access_log(
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0);
-    let key = state.keys().access_stream();
+    let keys = state.keys().clone();
     let max = state.config().admin.access_log_summary_max_entries;
     Ok(Json(
-        summary::summarize(&state, &key, window, now_ms, max).await?,
+        summary::summarize(&state, &keys, window, now_ms, max).await?,
     ))
 }

@@ -1,14 +1,28 @@
-//! Totals over the newest entries of a time window, for the operator dashboard.
+//! Totals over a time window, for the operator dashboard, computed from one of two sources
+//! (the answer's `source` says which):
 //!
-//! The scan runs `XREVRANGE key + <now - window>-0` in chunks, newest first, and stops after
-//! `max_entries`; `truncated` then says the window held more than was counted.
+//! - `scan`: windows up to [`SCAN_MAX_WINDOW`] run `XREVRANGE key + <now - window>-0` in
+//!   chunks, newest first, and stop after `max_entries`; `truncated` then says the window held
+//!   more than was counted. Exact to the millisecond.
+//! - `rollups`: longer windows, and short ones whose scan was truncated or reached entries
+//!   already trimmed from the stream (when the rollups counted more), are summed from the
+//!   per-minute rollups the proxies write beside the stream ([`watchpost_common::rollup`]),
+//!   which outlive the raw entries (`[access_log] rollup_retention`). They cover whole
+//!   minutes: from the start of the minute holding `now - window` (`from_id`) to now. The
+//!   counts by decision, status class, method, UA type, country and risk bucket are exact; the
+//!   top IP and path lists sum each minute's [`ROLLUP_TOP_PER_MINUTE`] most frequent values,
+//!   so a value frequent over the window but never among a minute's most frequent is missed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde::Serialize;
 use utoipa::ToSchema;
-use watchpost_common::AccessLogEntry;
+use watchpost_common::rollup::{
+    self, FIELD_COUNTRY, FIELD_DECISION, FIELD_METHOD, FIELD_RISK, FIELD_STATUS_CLASS, FIELD_TOTAL,
+    FIELD_UA_TYPE,
+};
+use watchpost_common::{AccessLogEntry, Keys};
 
 use crate::{error::ApiError, state::AppState};
 
@@ -18,6 +32,12 @@ use super::{decode_entries, to_item};
 const CHUNK: usize = 2000;
 /// How many values the top lists hold.
 pub const TOP_N: usize = 10;
+/// Longest window answered by a scan; longer ones are answered from the rollups.
+pub const SCAN_MAX_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Values read from each minute's top-IP and top-path rollups.
+pub const ROLLUP_TOP_PER_MINUTE: usize = 100;
+/// Minutes of rollups read per pipelined round trip.
+const ROLLUP_CHUNK: u64 = 240;
 /// Longest accepted window.
 pub const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -52,8 +72,13 @@ pub struct Count {
 pub struct Summary {
     /// The window in seconds.
     pub window_secs: u64,
-    /// Oldest id the window covers (`<now - window>-0`).
+    /// Oldest id the window covers: `<now - window>-0` for a scan, the start of that minute
+    /// for rollups.
     pub from_id: String,
+    /// What the totals were computed from: `scan` (the raw stream) or `rollups` (the
+    /// per-minute rollups, whole minutes; see the module docs of `summary`).
+    #[schema(example = "scan")]
+    pub source: String,
     /// Entries counted.
     pub scanned: u64,
     /// True when the window held more than `[admin] access_log_summary_max_entries` entries;
@@ -91,16 +116,12 @@ impl Accumulator {
         *s.by_decision
             .entry(e.decision.as_str().to_string())
             .or_default() += 1;
-        let class = match e.status {
-            100..=599 => format!("{}xx", e.status / 100),
-            _ => "other".to_string(),
-        };
-        *s.by_status_class.entry(class).or_default() += 1;
+        *s.by_status_class
+            .entry(rollup::status_class(e.status).to_string())
+            .or_default() += 1;
         *s.by_method.entry(e.method.clone()).or_default() += 1;
         *s.by_ua_type.entry(e.ua_type.clone()).or_default() += 1;
-        // Scores are in [0, 1]; 1.0 belongs to the last bucket.
-        let bucket = ((e.risk.clamp(0.0, 1.0) * 10.0) as usize).min(9);
-        s.risk_histogram[bucket] += 1;
+        s.risk_histogram[rollup::risk_bucket(e.risk)] += 1;
         *self.ips.entry(e.ip.clone()).or_default() += 1;
         *self.countries.entry(e.country.clone()).or_default() += 1;
         *self.paths.entry(e.path.clone()).or_default() += 1;
@@ -110,6 +131,9 @@ impl Accumulator {
     pub fn finish(mut self, window: Duration, from_id: String, truncated: bool) -> Summary {
         self.summary.window_secs = window.as_secs();
         self.summary.from_id = from_id;
+        if self.summary.source.is_empty() {
+            self.summary.source = "scan".into();
+        }
         self.summary.truncated = truncated;
         self.summary.top_ips = top(self.ips);
         self.summary.top_countries = top(self.countries);
@@ -128,8 +152,145 @@ fn top(counts: HashMap<String, u64>) -> Vec<Count> {
     all
 }
 
-/// Summarises the newest entries of `key` newer than `now_ms - window`, at most `max_entries`.
+/// Summarises the window `now_ms - window ..= now_ms` of the access log under `keys`: windows
+/// up to [`SCAN_MAX_WINDOW`] by a scan of at most `max_entries` (unless the scan was
+/// truncated or reached trimmed entries and the rollups counted more), longer ones from the
+/// rollups.
 pub async fn summarize(
+    state: &AppState,
+    keys: &Keys,
+    window: Duration,
+    now_ms: u64,
+    max_entries: usize,
+) -> Result<Summary, ApiError> {
+    if window > SCAN_MAX_WINDOW {
+        return summarize_rollups(state, keys, window, now_ms).await;
+    }
+    let key = keys.access_stream();
+    let scanned = summarize_scan(state, &key, window, now_ms, max_entries).await?;
+    let incomplete = scanned.truncated || {
+        // Did the stream lose part of the window to trimming? Its first entry is then newer
+        // than the window's start (while the rollups may still count the lost part).
+        let first: redis::Value = state
+            .redis_timeout(
+                redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut state.redis()),
+            )
+            .await?;
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        let start = now_ms.saturating_sub(window_ms);
+        decode_entries(first)?
+            .first()
+            .and_then(|(id, _)| id.split('-').next()?.parse::<u64>().ok())
+            .is_none_or(|first_ms| first_ms > start)
+    };
+    if incomplete {
+        let rolled = summarize_rollups(state, keys, window, now_ms).await?;
+        if rolled.scanned > scanned.scanned {
+            return Ok(rolled);
+        }
+    }
+    Ok(scanned)
+}
+
+/// Sums the rollups of every minute from the one holding `now_ms - window` to `now_ms`.
+pub async fn summarize_rollups(
+    state: &AppState,
+    keys: &Keys,
+    window: Duration,
+    now_ms: u64,
+) -> Result<Summary, ApiError> {
+    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    let first = now_ms.saturating_sub(window_ms) / 60_000;
+    let last = now_ms / 60_000;
+    let mut summary = Summary {
+        window_secs: window.as_secs(),
+        from_id: format!("{}-0", first.saturating_mul(60_000)),
+        source: "rollups".into(),
+        ..Summary::default()
+    };
+    let mut countries: HashMap<String, u64> = HashMap::new();
+    let mut ips: HashMap<String, u64> = HashMap::new();
+    let mut paths: HashMap<String, u64> = HashMap::new();
+    let mut con = state.redis();
+    let mut minute = first;
+    while minute <= last {
+        let end = last.min(minute.saturating_add(ROLLUP_CHUNK - 1));
+        let mut pipe = redis::pipe();
+        for m in minute..=end {
+            pipe.cmd("HGETALL").arg(keys.access_rollup(m));
+            for key in [keys.access_rollup_ips(m), keys.access_rollup_paths(m)] {
+                pipe.cmd("ZRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(ROLLUP_TOP_PER_MINUTE - 1)
+                    .arg("REV")
+                    .arg("WITHSCORES");
+            }
+        }
+        type Minute = (HashMap<String, u64>, Vec<(String, f64)>, Vec<(String, f64)>);
+        let bad = |e: redis::ParsingError| {
+            ApiError::unavailable(format!("redis: unreadable access-log rollup: {e}"))
+        };
+        let replies: Vec<redis::Value> = state.redis_timeout(pipe.query_async(&mut con)).await?;
+        for chunk in replies.chunks(3) {
+            let parsed: Minute = match chunk {
+                [h, i, p] => (
+                    redis::from_redis_value(h.clone()).map_err(bad)?,
+                    redis::from_redis_value(i.clone()).map_err(bad)?,
+                    redis::from_redis_value(p.clone()).map_err(bad)?,
+                ),
+                _ => continue,
+            };
+            let (counts, top_ips, top_paths) = parsed;
+            for (field, n) in counts {
+                add_field(&mut summary, &mut countries, &field, n);
+            }
+            for (v, n) in top_ips {
+                *ips.entry(v).or_default() += n.max(0.0) as u64;
+            }
+            for (v, n) in top_paths {
+                *paths.entry(v).or_default() += n.max(0.0) as u64;
+            }
+        }
+        minute = end + 1;
+    }
+    summary.top_ips = top(ips);
+    summary.top_countries = top(countries);
+    summary.top_paths = top(paths);
+    Ok(summary)
+}
+
+/// Adds one rollup hash field to the totals.
+fn add_field(s: &mut Summary, countries: &mut HashMap<String, u64>, field: &str, n: u64) {
+    if field == FIELD_TOTAL {
+        s.scanned += n;
+    } else if let Some(v) = field.strip_prefix(FIELD_DECISION) {
+        *s.by_decision.entry(v.to_string()).or_default() += n;
+    } else if let Some(v) = field.strip_prefix(FIELD_STATUS_CLASS) {
+        *s.by_status_class.entry(v.to_string()).or_default() += n;
+    } else if let Some(v) = field.strip_prefix(FIELD_METHOD) {
+        *s.by_method.entry(v.to_string()).or_default() += n;
+    } else if let Some(v) = field.strip_prefix(FIELD_UA_TYPE) {
+        *s.by_ua_type.entry(v.to_string()).or_default() += n;
+    } else if let Some(v) = field.strip_prefix(FIELD_COUNTRY) {
+        *countries.entry(v.to_string()).or_default() += n;
+    } else if let Some(v) = field.strip_prefix(FIELD_RISK) {
+        if let Ok(b) = v.parse::<usize>() {
+            if let Some(slot) = s.risk_histogram.get_mut(b) {
+                *slot += n;
+            }
+        }
+    }
+}
+
+/// Summarises the newest entries of `key` newer than `now_ms - window`, at most `max_entries`.
+pub async fn summarize_scan(
     state: &AppState,
     key: &str,
     window: Duration,

@@ -622,11 +622,12 @@ async fn summary_counts_a_known_window() {
         entries.push((format!("{}-{i}", now - 60_000), e));
     }
     xadd_all(&app, &entries).await;
-    let (status, s) = get_json(&app, &admin, "/api/admin/access-log/summary?window=1h").await;
+    let (status, s) = get_json(&app, &admin, "/api/admin/access-log/summary?window=15m").await;
     assert_eq!(status, 200, "{s}");
     assert_eq!(s["scanned"], 30, "{s}");
     assert_eq!(s["truncated"], false);
-    assert_eq!(s["window_secs"], 3600);
+    assert_eq!(s["source"], "scan");
+    assert_eq!(s["window_secs"], 900);
     assert_eq!(s["by_decision"]["allow"], 25);
     assert_eq!(s["by_decision"]["reject"], 5);
     // Statuses: 403 for 25..30; 404 for i % 10 == 9 below 25 (9, 19); 200 otherwise.
@@ -653,8 +654,10 @@ async fn summary_counts_a_known_window() {
         .collect();
     assert_eq!(hist, vec![3; 10]);
 
+    // Longer windows are answered from the rollups, which these hand-written entries lack.
     let (_, s) = get_json(&app, &admin, "/api/admin/access-log/summary?window=3h").await;
-    assert_eq!(s["scanned"], 35);
+    assert_eq!(s["source"], "rollups");
+    assert_eq!(s["scanned"], 0);
     let (_, s) = get_json(&app, &admin, "/api/admin/access-log/summary?window=30s").await;
     assert_eq!(s["scanned"], 0);
     assert_eq!(s["truncated"], false);
@@ -666,10 +669,154 @@ async fn summary_counts_a_known_window() {
         .await;
     let admin2 = capped.create_admin().await;
     xadd_all(&capped, &entries).await;
-    let (_, s) = get_json(&capped, &admin2, "/api/admin/access-log/summary?window=1h").await;
+    let (_, s) = get_json(&capped, &admin2, "/api/admin/access-log/summary?window=15m").await;
     assert_eq!(s["scanned"], 10);
     assert_eq!(s["truncated"], true);
     assert_eq!(s["by_decision"]["reject"], 5);
+}
+
+/// Entries written the way the proxy writes them (the append script with its rollups), over
+/// three hours; then the raw stream is trimmed away entirely. The summary still answers from
+/// the rollups, with counts equal to those computed from the stream before it was trimmed.
+#[tokio::test]
+async fn summary_answers_from_rollups_beyond_the_raw_stream() {
+    use watchpost_common::rollup;
+    use watchpost_proxy::access_log::{append_batch_with, AppendLimits, APPEND_SCRIPT};
+
+    let app = spawn_app().await;
+    let admin = app.create_admin().await;
+    let keys = Keys::new(app.key_prefix.clone());
+    // A loaded machine can take longer than the default 500 ms to read 3000 entries.
+    let mut con = redis::Client::open(app.config.redis.url.as_str())
+        .expect("redis url")
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("Redis must be reachable");
+    let script = redis::Script::new(APPEND_SCRIPT);
+    let now = now_ms();
+    // 3000 entries spread over the last three hours, oldest first, in batches of 100.
+    let span = 3 * 3600 * 1000 - 60_000;
+    let all: Vec<AccessLogEntry> = (0..3000u64)
+        .map(|i| {
+            let mut e = synthetic(i);
+            e.ts = now - span + i * (span / 3000);
+            e
+        })
+        .collect();
+    for (seq, batch) in all.chunks(100).enumerate() {
+        let added = append_batch_with(
+            &mut con,
+            &script,
+            &keys,
+            "p1",
+            seq as u64 + 1,
+            AppendLimits::max_len(1_000_000),
+            batch,
+        )
+        .await
+        .expect("append");
+        assert_eq!(added, 100);
+    }
+    // The reference: what the stream holds, counted entry by entry.
+    let raw: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(keys.access_stream())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut con)
+        .await
+        .expect("XRANGE");
+    assert_eq!(raw.len(), 3000);
+    let in_window = |hours: u64| {
+        let start_minute = (now - hours * 3600 * 1000) / 60_000;
+        let mut want = rollup::MinuteRollup::default();
+        for (_, f) in &raw {
+            let e = AccessLogEntry::from_fields(f).expect("entry");
+            if e.ts / 60_000 >= start_minute {
+                want.add(&e);
+            }
+        }
+        want
+    };
+    let want = in_window(24);
+    // Raw retention exceeded: the stream is gone, the rollups remain.
+    let _: () = redis::cmd("DEL")
+        .arg(keys.access_stream())
+        .query_async(&mut con)
+        .await
+        .expect("DEL");
+
+    let (status, s) = get_json(&app, &admin, "/api/admin/access-log/summary?window=24h").await;
+    assert_eq!(status, 200, "{s}");
+    assert_eq!(s["source"], "rollups", "{s}");
+    assert_eq!(s["scanned"], 3000);
+    assert_eq!(s["truncated"], false);
+    let count = |prefix: &str, v: &str| {
+        want.counts
+            .get(&format!("{prefix}{v}"))
+            .copied()
+            .unwrap_or(0)
+    };
+    for d in ["allow", "reject"] {
+        assert_eq!(s["by_decision"][d], count("d:", d), "{d}");
+    }
+    for c in ["2xx", "4xx"] {
+        assert_eq!(s["by_status_class"][c], count("s:", c), "{c}");
+    }
+    for m in ["GET", "POST"] {
+        assert_eq!(s["by_method"][m], count("m:", m), "{m}");
+    }
+    for u in ["browser", "bot"] {
+        assert_eq!(s["by_ua_type"][u], count("u:", u), "{u}");
+    }
+    let hist: Vec<u64> = s["risk_histogram"]
+        .as_array()
+        .expect("histogram")
+        .iter()
+        .map(|v| v.as_u64().expect("count"))
+        .collect();
+    let want_hist: Vec<u64> = (0..10).map(|b| count("r:", &b.to_string())).collect();
+    assert_eq!(hist, want_hist);
+    assert_eq!(
+        s["top_countries"][0],
+        serde_json::json!({"value": "DE", "count": count("c:", "DE")})
+    );
+    let mut paths: Vec<(&String, &u64)> = want.paths.iter().collect();
+    paths.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    assert_eq!(
+        s["top_paths"][0],
+        serde_json::json!({"value": paths[0].0, "count": paths[0].1})
+    );
+
+    // One hour: only the rollups of its minutes.
+    let want = in_window(1);
+    let (_, s) = get_json(&app, &admin, "/api/admin/access-log/summary?window=1h").await;
+    assert_eq!(s["source"], "rollups");
+    assert_eq!(s["scanned"], want.counts["n"]);
+    assert!(want.counts["n"] > 0 && want.counts["n"] < 3000);
+
+    // A short window whose entries were trimmed away is answered from the rollups as well.
+    let (_, s) = get_json(&app, &admin, "/api/admin/access-log/summary?window=15m").await;
+    assert_eq!(s["source"], "rollups", "{s}");
+    assert_eq!(s["scanned"], in_window_minutes(&raw, now, 15));
+}
+
+/// Entries of `raw` from the start of the minute holding `now - minutes` on.
+fn in_window_minutes(
+    raw: &[(String, std::collections::HashMap<String, String>)],
+    now: u64,
+    minutes: u64,
+) -> u64 {
+    let start_minute = (now - minutes * 60_000) / 60_000;
+    raw.iter()
+        .filter(|(_, f)| {
+            f.get("ts")
+                .and_then(|t| t.parse::<u64>().ok())
+                .is_some_and(|ts| ts / 60_000 >= start_minute)
+        })
+        .count() as u64
 }
 
 /// Opens a tail with any bearer token.

@@ -11,9 +11,11 @@
 //! connection. Prints `{"entries":…,"seconds":…,"entries_per_sec":…,"dropped":…}`.
 //!
 //! `--mode raw`: what the exactly-once script costs. The same batches are sent back to back on
-//! one connection, alternately as the plain pipeline the writer used before (`XADD` per entry
-//! plus the minute counters) and as the script; `--rounds` of each. Prints one JSON line per
-//! round and method.
+//! one connection, in turn as the plain pipeline the writer used before (`XADD` per entry
+//! plus the minute counters), as the script without the per-minute rollups, and as the
+//! script with them (as the proxy sends it); `--rounds` of each. Prints one JSON line per
+//! round and method, with the Redis server's CPU per entry (`INFO cpu` before and after: run
+//! it against a Redis of its own for that figure to mean anything).
 //!
 //! `--mode outage`: nothing lost, nothing twice, the buffer within its bound. The bench starts
 //! its own `redis-server` on `--redis-port` (append-only file, `appendfsync always`, so what
@@ -48,7 +50,9 @@ use clap::{Parser, ValueEnum};
 use tokio::sync::watch;
 use watchpost_common::keys::MINUTE_COUNTER_TTL_SECS;
 use watchpost_common::{AccessLogEntry, Decision, Keys};
-use watchpost_proxy::access_log::{self, append_batch, RedisStatus, WriterConfig, APPEND_SCRIPT};
+use watchpost_proxy::access_log::{
+    self, append_batch_with, AppendLimits, RedisStatus, WriterConfig, APPEND_SCRIPT,
+};
 use watchpost_proxy::metrics::Metrics;
 
 /// What to measure.
@@ -204,6 +208,9 @@ fn writer_config(args: &Args, redis_url: &str, buffer_bytes: usize) -> WriterCon
         keys: Keys::new(args.key_prefix.clone()),
         proxy_id: "bench".into(),
         stream_max_len: args.stream_max_len,
+        retention: None,
+        max_memory_bytes: None,
+        rollup_retention: watchpost_common::rollup::DEFAULT_ROLLUP_RETENTION,
         buffer_bytes,
         redact_query_params: Vec::new(),
         batch_max_entries: args.batch_max_entries,
@@ -370,8 +377,9 @@ fn run_raw(args: &Args) -> anyhow::Result<()> {
             .context("connect to Redis")?;
         let script = redis::Script::new(APPEND_SCRIPT);
         for round in 1..=args.rounds {
-            for method in ["pipeline", "script"] {
+            for method in ["pipeline", "script-no-rollups", "script"] {
                 let keys = Keys::new(format!("{}{method}:{round}:", args.key_prefix));
+                let cpu_before = redis_cpu_secs(&mut conn).await?;
                 let start = Instant::now();
                 for (i, batch) in batches.iter().enumerate() {
                     if method == "pipeline" {
@@ -380,13 +388,17 @@ fn run_raw(args: &Args) -> anyhow::Result<()> {
                             .await
                             .context("pipeline")?;
                     } else {
-                        let added = append_batch(
+                        let limits = AppendLimits {
+                            rollups: method == "script",
+                            ..AppendLimits::max_len(args.stream_max_len)
+                        };
+                        let added = append_batch_with(
                             &mut conn,
                             &script,
                             &keys,
                             "bench",
                             i as u64 + 1,
-                            args.stream_max_len,
+                            limits,
                             batch,
                         )
                         .await
@@ -397,6 +409,8 @@ fn run_raw(args: &Args) -> anyhow::Result<()> {
                     }
                 }
                 let seconds = start.elapsed().as_secs_f64();
+                let cpu_us_per_entry =
+                    (redis_cpu_secs(&mut conn).await? - cpu_before) * 1e6 / args.entries as f64;
                 let len: u64 = redis::cmd("XLEN")
                     .arg(keys.access_stream())
                     .query_async(&mut conn)
@@ -408,11 +422,15 @@ fn run_raw(args: &Args) -> anyhow::Result<()> {
                 let mut del = redis::cmd("DEL");
                 del.arg(keys.access_stream()).arg(keys.access_hwm());
                 for m in (ts0 / 60_000)..=((ts0 + args.entries as u64) / 60_000 + 1) {
-                    del.arg(keys.requests_in_minute(m));
+                    del.arg(keys.requests_in_minute(m))
+                        .arg(keys.rejects_in_minute(m))
+                        .arg(keys.access_rollup(m))
+                        .arg(keys.access_rollup_ips(m))
+                        .arg(keys.access_rollup_paths(m));
                 }
                 del.query_async::<()>(&mut conn).await.context("DEL")?;
                 println!(
-                    "{{\"mode\":\"raw\",\"method\":\"{method}\",\"round\":{round},\"entries\":{},\"seconds\":{seconds:.4},\"entries_per_sec\":{:.0},\"batch_max_entries\":{}}}",
+                    "{{\"mode\":\"raw\",\"method\":\"{method}\",\"round\":{round},\"entries\":{},\"seconds\":{seconds:.4},\"entries_per_sec\":{:.0},\"redis_cpu_us_per_entry\":{cpu_us_per_entry:.2},\"batch_max_entries\":{}}}",
                     args.entries,
                     args.entries as f64 / seconds,
                     args.batch_max_entries
@@ -421,6 +439,25 @@ fn run_raw(args: &Args) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// CPU seconds the Redis server has used (`INFO cpu`: `used_cpu_user + used_cpu_sys`); on a
+/// Redis of its own the difference over a run is that run's server-side cost.
+async fn redis_cpu_secs(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(conn)
+        .await
+        .context("INFO cpu")?;
+    let mut total = 0.0;
+    for line in info.lines() {
+        if let Some((k, v)) = line.trim().split_once(':') {
+            if k == "used_cpu_user" || k == "used_cpu_sys" {
+                total += v.parse::<f64>().context("INFO cpu value")?;
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// The bench's own redis-server, with an append-only file fsynced before every reply.

@@ -2,6 +2,7 @@
 //! starts its own proxy instance (own ports, own Redis key prefix).
 
 mod access_log;
+mod access_log_retention;
 mod binary;
 mod bodies;
 mod client_ip;
