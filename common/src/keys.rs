@@ -10,6 +10,12 @@ pub const ACCESS_STREAM: &str = "access";
 /// `proxy_id`, value the sequence of the last batch appended). A later cluster sharding moves
 /// the stream and this hash into one hash slot together (a shared `{…}` tag).
 pub const ACCESS_HWM: &str = "access:hwm";
+/// Suffix of the access-log index streams (`<prefix>access:ix:<field>:<value>`, see
+/// [`crate::access_index`]).
+pub const ACCESS_INDEX: &str = "access:ix:";
+/// Suffix of the registry of access-log index keys (a sorted set: member the index key, score
+/// the millisecond of its newest member).
+pub const ACCESS_INDEX_REGISTRY: &str = "access:ixkeys";
 /// Suffix of the JSON gateway config written by the admin API.
 pub const GATEWAY_CONFIG: &str = "gateway:config";
 /// Suffix of the pub/sub channel announcing a new gateway config.
@@ -69,6 +75,18 @@ impl Keys {
     /// The access-log high-water marks, `wp:access:hwm` by default.
     pub fn access_hwm(&self) -> String {
         self.key(ACCESS_HWM)
+    }
+
+    /// One access-log index stream (`field` one of [`crate::access_index::IndexField`]'s
+    /// names, `value` canonical); build it through [`crate::access_index::IndexTerm::key`].
+    /// A later cluster sharding puts the stream, the marks and the index under one hash tag.
+    pub fn access_index(&self, field: &str, value: &str) -> String {
+        format!("{}{}{}:{}", self.prefix, ACCESS_INDEX, field, value)
+    }
+
+    /// The registry of access-log index keys, `wp:access:ixkeys` by default.
+    pub fn access_index_registry(&self) -> String {
+        self.key(ACCESS_INDEX_REGISTRY)
     }
 
     /// The current gateway config (JSON), `wp:gateway:config` by default.
