@@ -27,10 +27,6 @@ async fn redis_con(app: &TestApp) -> redis::aio::MultiplexedConnection {
         .expect("Redis must be reachable")
 }
 
-fn stream_key(app: &TestApp) -> String {
-    Keys::new(app.key_prefix.clone()).access_stream()
-}
-
 fn now_ms() -> u64 {
     u64::try_from(
         SystemTime::now()
