@@ -187,11 +187,12 @@ fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<u64>, ApiError> {
 const MAX_TIME_MS: u64 = 253_402_300_799_999;
 
 /// `path` and `path_prefix` are one filter.
-fn path_filter(path: Option<String>, path_prefix: Option<String>) -> Result<Option<String>, ApiError> {
+fn path_filter(
+    path: Option<String>,
+    path_prefix: Option<String>,
+) -> Result<Option<String>, ApiError> {
     match (path, path_prefix) {
-        (Some(_), Some(_)) => Err(ApiError::bad_request(
-            "give path or path_prefix, not both",
-        )),
+        (Some(_), Some(_)) => Err(ApiError::bad_request("give path or path_prefix, not both")),
         (a, b) => Ok(a.or(b)),
     }
 }
@@ -405,7 +406,8 @@ async fn get_access_log_entry(
     _admin: PlatformAdmin,
     Path(id): Path<String>,
 ) -> Result<Json<Item>, ApiError> {
-    let id = StreamId::param("id", Some(&id))?.ok_or_else(|| ApiError::bad_request("id is required"))?;
+    let id =
+        StreamId::param("id", Some(&id))?.ok_or_else(|| ApiError::bad_request("id is required"))?;
     let key = state.keys().access_stream();
     query::by_id(&state, &key, id)
         .await?
@@ -512,6 +514,9 @@ async fn export_access_log(
     )) {
         headers.insert(axum::http::header::CONTENT_DISPOSITION, v);
     }
-    headers.insert("x-accel-buffering", axum::http::HeaderValue::from_static("no"));
+    headers.insert(
+        "x-accel-buffering",
+        axum::http::HeaderValue::from_static("no"),
+    );
     Ok(response)
 }

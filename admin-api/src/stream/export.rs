@@ -177,7 +177,9 @@ pub fn body(
                 },
                 Phase::Trailer => {
                     let end = match ex.format {
-                        Format::Ndjson => format!("{{\"export\":\"end\",\"count\":{}}}\n", ex.count),
+                        Format::Ndjson => {
+                            format!("{{\"export\":\"end\",\"count\":{}}}\n", ex.count)
+                        }
                         Format::Csv => format!("#count,{}\r\n", ex.count),
                     };
                     return Some((Ok(Bytes::from(end)), (ex, walk)));

@@ -271,15 +271,15 @@ impl Filters {
             {
                 Some(h.to_string())
             }
-            Some(h) => {
-                return Err(bad(format!(
-                    "host must be a host name (optionally with :port), 1 to 255 characters (got {h:?})"
-                )))
-            }
+            Some(h) => return Err(bad(format!(
+                "host must be a host name (optionally with :port), 1 to 255 characters (got {h:?})"
+            ))),
         };
         let request_id = match p.request_id.as_deref() {
             None => None,
-            Some(r) if !r.is_empty() && r.len() <= 128 && r.bytes().all(|b| b.is_ascii_graphic()) => {
+            Some(r)
+                if !r.is_empty() && r.len() <= 128 && r.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
                 Some(r.to_string())
             }
             Some(r) => {
@@ -367,10 +367,7 @@ impl Filters {
                 .host
                 .as_deref()
                 .is_none_or(|h| e.host.eq_ignore_ascii_case(h))
-            && self
-                .request_id
-                .as_deref()
-                .is_none_or(|r| e.request_id == r)
+            && self.request_id.as_deref().is_none_or(|r| e.request_id == r)
     }
 }
 

@@ -40,9 +40,7 @@ impl Bounds {
         to_ms: Option<u64>,
     ) -> Self {
         // id >= from-0  <=>  id > (from-1)-MAX.
-        let from = from_ms.and_then(|f| {
-            f.checked_sub(1).map(|ms| StreamId { ms, seq: u64::MAX })
-        });
+        let from = from_ms.and_then(|f| f.checked_sub(1).map(|ms| StreamId { ms, seq: u64::MAX }));
         let to = to_ms.map(|ms| StreamId { ms, seq: 0 });
         let above = match (since, from) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -64,11 +62,13 @@ impl Bounds {
     }
 
     fn lower_arg(&self) -> String {
-        self.above.map_or_else(|| "-".to_string(), |s| format!("({s}"))
+        self.above
+            .map_or_else(|| "-".to_string(), |s| format!("({s}"))
     }
 
     fn upper_arg(&self) -> String {
-        self.below.map_or_else(|| "+".to_string(), |b| format!("({b}"))
+        self.below
+            .map_or_else(|| "+".to_string(), |b| format!("({b}"))
     }
 }
 
@@ -122,11 +122,7 @@ impl Walk {
     ) -> Result<Self, ApiError> {
         let mut con = state.redis();
         let keys = state.keys();
-        let candidates: Vec<String> = filters
-            .index_terms()
-            .iter()
-            .map(|t| t.key(keys))
-            .collect();
+        let candidates: Vec<String> = filters.index_terms().iter().map(|t| t.key(keys)).collect();
         let driver = match candidates.len() {
             0 => None,
             1 => candidates.into_iter().next(),
@@ -224,7 +220,11 @@ impl Walk {
     }
 
     /// The log entries of `ids` (index ids), in the same order; trimmed ones are left out.
-    async fn fetch(&mut self, state: &AppState, ids: Vec<String>) -> Result<Vec<RawEntry>, ApiError> {
+    async fn fetch(
+        &mut self,
+        state: &AppState,
+        ids: Vec<String>,
+    ) -> Result<Vec<RawEntry>, ApiError> {
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.cmd("XRANGE")

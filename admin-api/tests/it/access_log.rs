@@ -217,7 +217,10 @@ async fn cursor_walks_visit_every_entry_exactly_once_in_order() {
         .map(|(id, _)| id.clone())
         .collect();
     let (got_post, calls) = walk(&app, &admin, "limit=100&method=post&path=/p/7", None).await;
-    assert!(got_post == want_post, "unindexed walk must match the stream");
+    assert!(
+        got_post == want_post,
+        "unindexed walk must match the stream"
+    );
     let budget = app.config.admin.access_log_scan_budget;
     assert!(
         calls >= (N as usize) / budget,

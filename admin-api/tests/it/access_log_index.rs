@@ -28,7 +28,8 @@ async fn spawn_app() -> TestApp {
 }
 
 async fn redis_con(app: &TestApp) -> redis::aio::MultiplexedConnection {
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
     redis::Client::open(app.config.redis.url.as_str())
         .expect("redis url")
         .get_multiplexed_async_connection_with_config(&config)
@@ -52,15 +53,27 @@ fn entry(i: u64) -> AccessLogEntry {
         method: if i % 3 == 0 { "POST" } else { "GET" }.into(),
         host: if i % 4 == 0 { "B.test" } else { "a.test" }.into(),
         path: format!("/p/{}/x", i % 6),
-        query: if i % 29 == 0 { "q=a,b".into() } else { String::new() },
+        query: if i % 29 == 0 {
+            "q=a,b".into()
+        } else {
+            String::new()
+        },
         status: [200, 200, 404, 403, 500, 302, 201][((i * 3) % 7) as usize],
         ip,
         ip_source: "peer".into(),
         peer: "10.0.0.1".into(),
         country: ["DE", "FR", "US", "", "DE", "JP", "DE"][(i % 7) as usize].into(),
         risk: (i % 13) as f64 / 12.0,
-        reasons: if i % 13 > 8 { vec!["ua_bot".into(), "rate".into()] } else { vec![] },
-        ua: if i % 17 == 0 { HOSTILE_UA.into() } else { "Mozilla/5.0".into() },
+        reasons: if i % 13 > 8 {
+            vec!["ua_bot".into(), "rate".into()]
+        } else {
+            vec![]
+        },
+        ua: if i % 17 == 0 {
+            HOSTILE_UA.into()
+        } else {
+            "Mozilla/5.0".into()
+        },
         ua_type: ["browser", "bot", "cli", "library", "browser"][(i % 5) as usize].into(),
         decision: match i % 11 {
             0 => Decision::Reject,
@@ -72,7 +85,11 @@ fn entry(i: u64) -> AccessLogEntry {
         upstream: String::new(),
         request_id: ulid::Ulid::new().to_string(),
         proxy_id: "p1".into(),
-        rule: if i % 19 == 0 { RULE.into() } else { String::new() },
+        rule: if i % 19 == 0 {
+            RULE.into()
+        } else {
+            String::new()
+        },
         proto: "h2".into(),
     }
 }
@@ -141,7 +158,13 @@ fn pick(values: &'static [&'static str]) -> impl Strategy<Value = Option<&'stati
 fn query_strategy() -> impl Strategy<Value = Q> {
     (
         (
-            pick(&["198.51.100.10", "198.51.100.20", "2001:DB8::7", "10.0.1.13", "203.0.113.1"]),
+            pick(&[
+                "198.51.100.10",
+                "198.51.100.20",
+                "2001:DB8::7",
+                "10.0.1.13",
+                "203.0.113.1",
+            ]),
             pick(&["de", "FR", "jp", "ZZ"]),
             pick(&["200", "404", "2xx", "4XX", "5xx", "302", "418"]),
             pick(&["allow", "reject", "flag"]),
@@ -159,7 +182,10 @@ fn query_strategy() -> impl Strategy<Value = Q> {
         ),
     )
         .prop_map(
-            |((ip, country, status, decision, ua_type, risk_min), (host, path_prefix, method, rule, from, to, limit))| Q {
+            |(
+                (ip, country, status, decision, ua_type, risk_min),
+                (host, path_prefix, method, rule, from, to, limit),
+            )| Q {
                 ip,
                 country,
                 status,
@@ -223,7 +249,9 @@ impl Q {
             || self.decision.is_some()
             || self.ua_type.is_some()
             || self.rule.is_some()
-            || self.risk_min.is_some_and(|r| r.parse::<f64>().unwrap_or(0.0) >= 0.5)
+            || self
+                .risk_min
+                .is_some_and(|r| r.parse::<f64>().unwrap_or(0.0) >= 0.5)
     }
 
     /// The reference: an independent reading of the filter semantics over raw fields.
@@ -238,7 +266,9 @@ impl Q {
         self.from.is_none_or(|at| ms >= Self::time(snap, at))
             && self.to.is_none_or(|at| ms < Self::time(snap, at))
             && self.ip.is_none_or(|ip| canon(field("ip")) == canon(ip))
-            && self.country.is_none_or(|c| field("country").eq_ignore_ascii_case(c))
+            && self
+                .country
+                .is_none_or(|c| field("country").eq_ignore_ascii_case(c))
             && self.status.is_none_or(|s| {
                 let st = field("status");
                 let s = s.to_ascii_lowercase();
@@ -252,9 +282,15 @@ impl Q {
             && self.risk_min.is_none_or(|r| {
                 field("risk").parse::<f64>().expect("risk") >= r.parse::<f64>().expect("r")
             })
-            && self.host.is_none_or(|h| field("host").eq_ignore_ascii_case(h))
-            && self.path_prefix.is_none_or(|p| field("path").starts_with(p))
-            && self.method.is_none_or(|m| field("method").eq_ignore_ascii_case(m))
+            && self
+                .host
+                .is_none_or(|h| field("host").eq_ignore_ascii_case(h))
+            && self
+                .path_prefix
+                .is_none_or(|p| field("path").starts_with(p))
+            && self
+                .method
+                .is_none_or(|m| field("method").eq_ignore_ascii_case(m))
             && self.rule.is_none_or(|r| field("rule") == r)
     }
 }
@@ -272,7 +308,14 @@ fn urlencode(s: &str) -> String {
 }
 
 async fn get_json(app: &TestApp, admin: &TestAdmin, path: &str) -> (u16, Value) {
-    json_of(app.get(path).bearer_auth(&admin.key).send().await.expect("request")).await
+    json_of(
+        app.get(path)
+            .bearer_auth(&admin.key)
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await
 }
 
 /// Follows the cursor; returns every id. `during` runs after the first page.
@@ -294,7 +337,11 @@ async fn walk(
         let (status, page) = get_json(app, admin, &url).await;
         assert_eq!(status, 200, "{url}: {page}");
         let items = page["items"].as_array().expect("items");
-        ids.extend(items.iter().map(|i| i["id"].as_str().expect("id").to_string()));
+        ids.extend(
+            items
+                .iter()
+                .map(|i| i["id"].as_str().expect("id").to_string()),
+        );
         if call == 0 {
             if let Some(f) = during() {
                 f.await;
@@ -385,7 +432,13 @@ fn indexed_pages_are_exact_for_random_filters_and_ranges_while_entries_arrive_an
         // Spread over a few milliseconds at least: several ids per millisecond and many ms.
         for part in 0..8 {
             let mut batch_seq = s.0;
-            write(&mut con, &keys, &mut batch_seq, part * (N / 8)..(part + 1) * (N / 8)).await;
+            write(
+                &mut con,
+                &keys,
+                &mut batch_seq,
+                part * (N / 8)..(part + 1) * (N / 8),
+            )
+            .await;
             s.0 = batch_seq;
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
@@ -432,7 +485,10 @@ fn indexed_pages_are_exact_for_random_filters_and_ranges_while_entries_arrive_an
                 .await
                 .expect("XRANGE");
             if let Some((id, _)) = oldest.first() {
-                assert!(id_parts(id) >= first, "{k} keeps {id} older than the stream");
+                assert!(
+                    id_parts(id) >= first,
+                    "{k} keeps {id} older than the stream"
+                );
             }
         }
     });
@@ -457,17 +513,29 @@ async fn one_entry_by_id_and_by_request_id() {
     assert_eq!(item["request_id"], fields["request_id"].as_str());
 
     let rid = &fields["request_id"];
-    let (status, item) =
-        get_json(&app, &admin, &format!("/api/admin/access-log/by-request-id/{rid}")).await;
+    let (status, item) = get_json(
+        &app,
+        &admin,
+        &format!("/api/admin/access-log/by-request-id/{rid}"),
+    )
+    .await;
     assert_eq!(status, 200, "{item}");
     assert_eq!(item["id"], id.as_str());
-    let (status, page) =
-        get_json(&app, &admin, &format!("/api/admin/access-log?request_id={rid}")).await;
+    let (status, page) = get_json(
+        &app,
+        &admin,
+        &format!("/api/admin/access-log?request_id={rid}"),
+    )
+    .await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
     assert_eq!(page["items"][0]["id"], id.as_str());
     // With another filter that the entry fails: nothing.
-    let other = if fields["method"] == "GET" { "post" } else { "get" };
+    let other = if fields["method"] == "GET" {
+        "post"
+    } else {
+        "get"
+    };
     let (_, page) = get_json(
         &app,
         &admin,
@@ -490,14 +558,24 @@ async fn one_entry_by_id_and_by_request_id() {
     )
     .await;
     assert_error(status, &body, 404, "NOT_FOUND");
-    let (status, body) =
-        get_json(&app, &admin, "/api/admin/access-log/by-request-id/not-a-ulid").await;
+    let (status, body) = get_json(
+        &app,
+        &admin,
+        "/api/admin/access-log/by-request-id/not-a-ulid",
+    )
+    .await;
     assert_error(status, &body, 404, "NOT_FOUND");
     for bad in ["abc", "1-2-3", "-1", "1-x"] {
         let (status, body) = get_json(&app, &admin, &format!("/api/admin/access-log/{bad}")).await;
         assert_error(status, &body, 400, "BAD_REQUEST");
     }
-    for bad in ["format=xml", "from=soon", "ip=1.2.3", "limit=5", "status=9xx"] {
+    for bad in [
+        "format=xml",
+        "from=soon",
+        "ip=1.2.3",
+        "limit=5",
+        "status=9xx",
+    ] {
         let (status, body) =
             get_json(&app, &admin, &format!("/api/admin/access-log/export?{bad}")).await;
         assert_error(status, &body, 400, "BAD_REQUEST");
@@ -536,7 +614,10 @@ fn parse_csv(text: &str) -> Vec<Vec<String>> {
             c => field.push(c),
         }
     }
-    assert!(field.is_empty() && row.is_empty(), "CSV ends with a line break");
+    assert!(
+        field.is_empty() && row.is_empty(),
+        "CSV ends with a line break"
+    );
     rows
 }
 
@@ -563,7 +644,9 @@ async fn exports_write_every_match_with_a_count_in_ndjson_and_csv() {
         .map(|(id, _)| id.as_str())
         .collect();
     let text = app
-        .get(&format!("/api/admin/access-log/export?country=fr&from={from}&to={to}"))
+        .get(&format!(
+            "/api/admin/access-log/export?country=fr&from={from}&to={to}"
+        ))
         .bearer_auth(&admin.key)
         .send()
         .await
@@ -578,7 +661,10 @@ async fn exports_write_every_match_with_a_count_in_ndjson_and_csv() {
     let (trailer, items) = lines.split_last().expect("a trailer");
     assert_eq!(trailer["export"], "end");
     assert_eq!(trailer["count"], want.len());
-    let got: Vec<&str> = items.iter().map(|i| i["id"].as_str().expect("id")).collect();
+    let got: Vec<&str> = items
+        .iter()
+        .map(|i| i["id"].as_str().expect("id"))
+        .collect();
     assert_eq!(got, want);
 
     // CSV, everything: hostile values come back intact.
@@ -595,7 +681,10 @@ async fn exports_write_every_match_with_a_count_in_ndjson_and_csv() {
         .starts_with("text/csv"));
     let rows = parse_csv(&response.text().await.expect("body"));
     assert_eq!(rows[0][0], "id");
-    assert_eq!(rows[0][1..], watchpost_common::ACCESS_LOG_FIELDS.map(String::from));
+    assert_eq!(
+        rows[0][1..],
+        watchpost_common::ACCESS_LOG_FIELDS.map(String::from)
+    );
     let last = rows.last().expect("trailer");
     assert_eq!(last, &vec!["#count".to_string(), snap.len().to_string()]);
     let body = &rows[1..rows.len() - 1];
@@ -646,18 +735,28 @@ async fn closing_an_export_stops_the_server_reading() {
         .await
         .expect("export");
     assert_eq!(response.status(), 200);
-    let first = response.chunk().await.expect("read").expect("a first chunk");
+    let first = response
+        .chunk()
+        .await
+        .expect("read")
+        .expect("a first chunk");
     assert!(!first.is_empty());
     assert_eq!(metric(&app, "access_log_exports_open").await, 1.0);
     drop(response);
 
     let deadline = Instant::now() + Duration::from_secs(20);
     while metric(&app, "access_log_exports_open").await != 0.0 {
-        assert!(Instant::now() < deadline, "the export kept running after the client left");
+        assert!(
+            Instant::now() < deadline,
+            "the export kept running after the client left"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let read = metric(&app, "access_log_export_entries_read_total").await;
-    assert!(read < N as f64, "read {read} of {N}: the export stopped early");
+    assert!(
+        read < N as f64,
+        "read {read} of {N}: the export stopped early"
+    );
     assert_eq!(
         metric(&app, "access_log_export_entries_read_total").await,
         read,
