@@ -101,7 +101,7 @@ QUERIES=(
     "country, 1 in 7|limit=50&country=FR"
     "status class 4xx, 1 in 17|limit=50&status=4xx"
     "risk_min=0.9, 1 in 100|limit=50&risk_min=0.9"
-    "ip 1 in 10 + status=404 (1 in 200)|limit=50&ip=198.51.100.10&status=404"
+    "ip 1 in 10 + status=404 (no entry has both: the 404 index, 50,000 ids, is walked to its end)|limit=50&ip=198.51.100.10&status=404"
     "ip 1 in 10,000 in the newest 50 %|limit=50&ip=198.51.100.77&from=\$MID"
     "unindexed only: method=POST + path prefix (budget scan)|limit=50&method=POST&path_prefix=/api/items/7"
 )
