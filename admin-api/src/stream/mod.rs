@@ -271,9 +271,11 @@ impl Filters {
             {
                 Some(h.to_string())
             }
-            Some(h) => return Err(bad(format!(
+            Some(h) => {
+                return Err(bad(format!(
                 "host must be a host name (optionally with :port), 1 to 255 characters (got {h:?})"
-            ))),
+            )))
+            }
         };
         let request_id = match p.request_id.as_deref() {
             None => None,
