@@ -1,104 +1,80 @@
 #!/usr/bin/env bash
-# Access-log query latency over a 1,000,000-entry stream: GET /api/admin/access-log through a
-# release watchpost-admin, unfiltered (top page and a deep page via `before`) side by side with
-# selective filters (one IP among ~100,000, risk_min=0.9), p50/p99 of REQUESTS calls each.
+# Access-log queries over 1,000,000 entries written through the proxy's own append script
+# (index included), on a Redis of the bench's own: GET /api/admin/access-log through a release
+# watchpost-admin, unfiltered and with single indexed filters matching 1 in 10 and 1 in 10,000
+# entries (and others), p50/p99 of REQUESTS calls each, each also as a ratio to a raw
+# `XREVRANGE <stream> + - COUNT 50` timed in the same run; an NDJSON export of the 100,000
+# entries of one IP (rate, admin RSS before/at peak); the index's Redis memory and CPU per
+# entry, against the same entries written by the same script without index references.
 #
 # Usage: benches/access-log-query.sh               (1,000,000 entries, 200 requests per query)
 #        ENTRIES=200000 REQUESTS=100 benches/access-log-query.sh
 #
-# Needs Redis at REDIS_URL (default redis://127.0.0.1:6379) and PostgreSQL at DATABASE_URL
-# (default postgres://watchpost:watchpost@127.0.0.1:5432/watchpost; the role needs CREATEDB).
-# The entries go to a scratch key prefix through one pipelined `redis-cli --pipe` of XADDs
-# with explicit ids (entry i is `<base + i>-0`), in the proxy's field order. Distribution:
-# ~100,000 client IPs, one of them (198.51.100.77) in 1 of every 1000 entries; 1 % of entries
-# score 0.95 (bots, rejected), the rest at most 0.36. The admin API runs on a scratch database
-# with a fresh admin key; the stream key, the database and the server are removed at the end.
+# Needs redis-server/redis-cli (a scratch server is started on REDIS_PORT, default 16390, no
+# persistence, and shut down at the end) and PostgreSQL at DATABASE_URL (default
+# postgres://watchpost:watchpost@127.0.0.1:5432/watchpost; the role needs CREATEDB; a scratch
+# database is created and dropped).
 #
-# Times are curl's time_total per request (connect + response) on loopback, one request at a
-# time. A filtered call examines at most `[admin] access_log_scan_budget` entries (5000 by
-# default) and may return a short page; the table says how many items one call returned.
+# Loads: `watchpost-access-log-load` (benches/src/bin/access_log_load.rs) writes the entries in
+# batches of 512 through `watchpost_proxy::access_log::append_batch` (prefix `idx:`), and the
+# same entries through the same script with no index references (prefix `raw:`, the stream
+# alone). Distribution: IP 198.51.100.10 in 1 of 10 entries, 198.51.100.77 in 1 of 10,000, the
+# rest among ~100,000 addresses; 7 countries; 1 % rejected bots at risk 0.95 (status 403); 5 %
+# 404. Times are curl's time_total per request on loopback, one request at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ENTRIES="${ENTRIES:-1000000}"
 REQUESTS="${REQUESTS:-200}"
-REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+REDIS_PORT="${REDIS_PORT:-16390}"
 DATABASE_URL="${DATABASE_URL:-postgres://watchpost:watchpost@127.0.0.1:5432/watchpost}"
 ADMIN_PORT="${ADMIN_PORT:-18481}"
-PREFIX="bench:alq:$(date +%s):$$:"
-KEY="${PREFIX}access"
+REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 DB_BASE="${DATABASE_URL%/*}"
 SCRATCH="wp_bench_access_log_$(date +%s)_$$"
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-for tool in redis-cli psql curl jq awk; do
+for tool in redis-server redis-cli psql curl jq awk; do
     command -v "$tool" >/dev/null || { echo "$tool is required" >&2; exit 1; }
 done
-redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1 || { echo "Redis is not reachable at $REDIS_URL" >&2; exit 1; }
 psql -XAtq "$DB_BASE/postgres" -c "SELECT 1" >/dev/null || { echo "PostgreSQL is not reachable" >&2; exit 1; }
 
-log "building watchpost-admin (release)"
-cargo build --release -p watchpost-admin --bin watchpost-admin >&2
+log "building watchpost-admin and watchpost-access-log-load (release)"
+cargo build --release -p watchpost-admin --bin watchpost-admin -p watchpost-benches --bin watchpost-access-log-load >&2
 TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
 ADMIN="$TARGET_DIR/release/watchpost-admin"
+LOAD="$TARGET_DIR/release/watchpost-access-log-load"
 
 WORK="$(mktemp -d)"
 ADMIN_PID=""
+REDIS_PID=""
 cleanup() {
     if [ -n "$ADMIN_PID" ]; then kill "$ADMIN_PID" 2>/dev/null || true; wait "$ADMIN_PID" 2>/dev/null || true; fi
-    redis-cli -u "$REDIS_URL" del "$KEY" >/dev/null 2>&1 || true
-    redis-cli -u "$REDIS_URL" --scan --pattern "${PREFIX}*" | while read -r k; do
-        redis-cli -u "$REDIS_URL" del "$k" >/dev/null
-    done
+    if [ -n "$REDIS_PID" ]; then kill "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true; fi
     psql -XAtq "$DB_BASE/postgres" -c "DROP DATABASE IF EXISTS \"$SCRATCH\" WITH (FORCE)" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-BASE_MS=$(( $(date +%s) * 1000 - ENTRIES ))
-log "loading $ENTRIES entries into $KEY"
-start=$(date +%s)
-LC_ALL=C awk -v n="$ENTRIES" -v base="$BASE_MS" -v key="$KEY" '
-function arg(s) { printf "$%d\r\n%s\r\n", length(s), s }
-BEGIN {
-    split("DE US FR JP BR IN GB", cc, " ")
-    for (i = 0; i < n; i++) {
-        rare = (i % 100 == 0)
-        h = (i * 7919) % 100000
-        if (i % 1000 == 123) ip = "198.51.100.77"
-        else ip = sprintf("10.%d.%d.%d", int(h / 65536), int(h / 256) % 256, h % 256)
-        risk = rare ? "0.950" : sprintf("%.3f", (i % 37) / 100)
-        printf "*43\r\n"
-        arg("XADD"); arg(key); arg((base + i) "-0")
-        arg("ts"); arg(base + i)
-        arg("method"); arg(i % 5 == 0 ? "POST" : "GET")
-        arg("host"); arg("app.example")
-        arg("path"); arg("/api/items/" (i % 500))
-        arg("query"); arg("")
-        arg("status"); arg(rare ? "403" : (i % 20 == 0 ? "404" : "200"))
-        arg("ip"); arg(ip)
-        arg("ip_source"); arg("peer")
-        arg("peer"); arg(ip)
-        arg("country"); arg(cc[(i % 7) + 1])
-        arg("risk"); arg(risk)
-        arg("reasons"); arg(rare ? "ua_bot,rate" : "")
-        arg("ua"); arg(rare ? "Mozilla/5.0 (compatible; Googlebot/2.1)" : "Mozilla/5.0 (X11; Linux x86_64) Chrome/124.0")
-        arg("ua_type"); arg(rare ? "bot" : "browser")
-        arg("decision"); arg(rare ? "reject" : "allow")
-        arg("latency_us"); arg(200 + i % 900)
-        arg("bytes_out"); arg(rare ? 90 : 1500 + i % 300)
-        arg("upstream"); arg(rare ? "" : "127.0.0.1:3000")
-        arg("request_id"); arg("req-" i)
-        arg("proxy_id"); arg("bench")
-    }
-}' | redis-cli -u "$REDIS_URL" --pipe >"$WORK/pipe.log"
-tail -n 1 "$WORK/pipe.log" >&2
-log "loaded in $(( $(date +%s) - start )) s; XLEN $(redis-cli -u "$REDIS_URL" xlen "$KEY"), $(redis-cli -u "$REDIS_URL" memory usage "$KEY" samples 0 | awk '{printf "%.0f MiB", $1 / 1048576}') in Redis"
+log "starting a scratch redis-server on port $REDIS_PORT"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" \
+    >"$WORK/redis.log" 2>&1 &
+REDIS_PID=$!
+for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+log "loading $ENTRIES entries, stream alone (same script, no index references)"
+RAW_JSON="$("$LOAD" --redis-url "$REDIS_URL" --key-prefix raw: --entries "$ENTRIES" --no-index)"
+log "$RAW_JSON"
+log "loading $ENTRIES entries through the writer's script, index included"
+IDX_JSON="$("$LOAD" --redis-url "$REDIS_URL" --key-prefix idx: --entries "$ENTRIES")"
+log "$IDX_JSON"
+STREAM_BYTES="$(redis-cli -p "$REDIS_PORT" memory usage idx:access samples 0)"
+INDEX_KEYS="$(redis-cli -p "$REDIS_PORT" zcard idx:access:ixkeys)"
 
 export DATABASE_URL="$DB_BASE/$SCRATCH"
 export REDIS_URL
-export WATCHPOST_REDIS_KEY_PREFIX="$PREFIX"
+export WATCHPOST_REDIS_KEY_PREFIX="idx:"
 export WATCHPOST_ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT"
 export WATCHPOST_ADMIN_RATE_LIMIT_PER_MINUTE=100000000
 export WATCHPOST_ADMIN_RATE_LIMIT_PER_HOUR=100000000
@@ -112,18 +88,31 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 
-DEEP="$(( BASE_MS + ENTRIES / 10 ))-0"
+RAWQ="$("$LOAD" --mode xrevrange --redis-url "$REDIS_URL" --key-prefix idx: --requests "$REQUESTS")"
+RAW_P50="$(jq .p50_ms <<<"$RAWQ")"
+RAW_P99="$(jq .p99_ms <<<"$RAWQ")"
+
+DEEP="$(redis-cli -p "$REDIS_PORT" xrevrange idx:access + - COUNT $(( ENTRIES * 9 / 10 )) | awk 'NR%2==1 && /^[0-9]+-[0-9]+$/ {id=$0} END {print id}')"
 QUERIES=(
     "unfiltered, top page|limit=50"
     "unfiltered, deep page (before 90 % down)|limit=50&before=$DEEP"
-    "one IP among ~100,000|limit=50&ip=198.51.100.77"
-    "risk_min=0.9|limit=50&risk_min=0.9"
+    "ip, 1 in 10|limit=50&ip=198.51.100.10"
+    "ip, 1 in 10,000|limit=50&ip=198.51.100.77"
+    "country, 1 in 7|limit=50&country=FR"
+    "status class 4xx, 1 in 17|limit=50&status=4xx"
+    "risk_min=0.9, 1 in 100|limit=50&risk_min=0.9"
+    "ip 1 in 10 + status=404 (no entry has both: the 404 index, 50,000 ids, is walked to its end)|limit=50&ip=198.51.100.10&status=404"
+    "ip 1 in 10,000 in the newest 50 %|limit=50&ip=198.51.100.77&from=\$MID"
+    "unindexed only: method=POST + path prefix (budget scan)|limit=50&method=POST&path_prefix=/api/items/7"
 )
+MID="$(redis-cli -p "$REDIS_PORT" xrevrange idx:access + - COUNT $(( ENTRIES / 2 )) | awk 'NR%2==1 && /^[0-9]+-[0-9]+$/ {id=$0} END {split(id, a, "-"); print a[1]}')"
 
-printf '\n| query | p50 | p99 | items per call | next_cursor |\n|---|---|---|---|---|\n'
+printf '\n| query | p50 | p99 | p50 / raw | p99 / raw | items per call | next_cursor |\n|---|---|---|---|---|---|---|\n'
+printf '| raw `XREVRANGE … COUNT 50` (redis-rs, one connection) | %.2f ms | %.2f ms | 1 | 1 | 50 | |\n' "$RAW_P50" "$RAW_P99"
 for q in "${QUERIES[@]}"; do
     name="${q%%|*}"
     params="${q#*|}"
+    params="${params//\$MID/$MID}"
     sample="$(curl -fs -H "Authorization: Bearer $TOKEN" "$URL?$params")"
     items="$(jq '.items | length' <<<"$sample")"
     cursor="$(jq -r 'if .next_cursor == null then "null" else "set" end' <<<"$sample")"
@@ -135,7 +124,33 @@ for q in "${QUERIES[@]}"; do
     n=$(wc -l <"$WORK/sorted")
     p50=$(sed -n "$(( (n * 50 + 99) / 100 ))p" "$WORK/sorted")
     p99=$(sed -n "$(( (n * 99 + 99) / 100 ))p" "$WORK/sorted")
-    printf '| %s (`%s`) | %.1f ms | %.1f ms | %s | %s |\n' "$name" "$params" \
-        "$(awk -v t="$p50" 'BEGIN{print t*1000}')" "$(awk -v t="$p99" 'BEGIN{print t*1000}')" "$items" "$cursor"
+    awk -v name="$name" -v params="$params" -v p50="$p50" -v p99="$p99" -v r50="$RAW_P50" -v r99="$RAW_P99" \
+        -v items="$items" -v cursor="$cursor" 'BEGIN {
+        printf "| %s (`%s`) | %.1f ms | %.1f ms | %.1f | %.1f | %s | %s |\n", name, params,
+            p50 * 1000, p99 * 1000, p50 * 1000 / r50, p99 * 1000 / r99, items, cursor }'
 done
 printf '\n%s requests per query, one at a time; %s entries.\n' "$REQUESTS" "$ENTRIES"
+
+log "export: every entry of 198.51.100.10 (1 in 10), NDJSON"
+rss() { awk '/VmRSS/ {print $2}' "/proc/$ADMIN_PID/status"; }
+RSS_BEFORE="$(rss)"
+( while kill -0 "$ADMIN_PID" 2>/dev/null; do rss; sleep 0.05; done ) >"$WORK/rss" &
+SAMPLER=$!
+EXPORT_TIME="$(curl -fs -o "$WORK/export.ndjson" -w '%{time_total}' -H "Authorization: Bearer $TOKEN" "$URL/export?ip=198.51.100.10")"
+kill "$SAMPLER" 2>/dev/null || true
+wait "$SAMPLER" 2>/dev/null || true
+RSS_PEAK="$(sort -n "$WORK/rss" | tail -n 1)"
+EXPORTED="$(tail -n 1 "$WORK/export.ndjson" | jq .count)"
+LINES="$(( $(wc -l <"$WORK/export.ndjson") - 1 ))"
+awk -v n="$EXPORTED" -v l="$LINES" -v t="$EXPORT_TIME" -v b="$RSS_BEFORE" -v p="$RSS_PEAK" 'BEGIN {
+    printf "\nexport: %d entries (%d lines) in %.2f s = %.0f entries/s; admin RSS %.1f MiB before, %.1f MiB peak\n",
+        n, l, t, n / t, b / 1024, p / 1024 }'
+
+printf '\nindex cost (%s index streams):\n' "$INDEX_KEYS"
+jq -rn --argjson raw "$RAW_JSON" --argjson idx "$IDX_JSON" --arg stream "$STREAM_BYTES" '
+  "| | stream alone | stream + index | ratio |\n|---|---|---|---|\n" +
+  "| Redis used_memory growth | \($raw.used_memory_delta / 1048576 | floor) MiB | \($idx.used_memory_delta / 1048576 | floor) MiB | \(($idx.used_memory_delta / $raw.used_memory_delta * 100 | floor) / 100) |\n" +
+  "| script time per entry (commandstats) | \($raw.script_usec_per_entry) µs | \($idx.script_usec_per_entry) µs | |\n" +
+  "| Redis CPU per entry (used_cpu_user+sys) | \($raw.redis_cpu_usec_per_entry) µs | \($idx.redis_cpu_usec_per_entry) µs | |\n" +
+  "| load time | \($raw.seconds) s | \($idx.seconds) s | |\n" +
+  "\n(MEMORY USAGE of the indexed stream key alone: \(($stream | tonumber) / 1048576 | floor) MiB)"'

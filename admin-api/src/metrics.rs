@@ -62,6 +62,11 @@ pub struct Metrics {
     pub sign_in_failures: IntCounterVec,
     /// `access_log_tails_open`: live tails currently open.
     pub tails_open: IntGauge,
+    /// `access_log_exports_open`: access-log exports currently streaming.
+    pub exports_open: IntGauge,
+    /// `access_log_export_entries_read_total`: entries (or index ids) exports read from Redis;
+    /// it stops rising when a client closes an export.
+    pub export_entries_read: IntCounter,
     /// `gateway_config_version`: the current gateway config version (rules included), as
     /// last read from PostgreSQL.
     pub gateway_config_version: IntGauge,
@@ -130,6 +135,14 @@ impl Metrics {
             &["reason"],
         )?;
         let tails_open = IntGauge::new("access_log_tails_open", "Live access-log tails open")?;
+        let exports_open = IntGauge::new(
+            "access_log_exports_open",
+            "Access-log exports currently streaming",
+        )?;
+        let export_entries_read = IntCounter::new(
+            "access_log_export_entries_read_total",
+            "Entries (or index ids) read from Redis by access-log exports",
+        )?;
         let gateway_config_version = IntGauge::new(
             "gateway_config_version",
             "Current gateway config version (rules included)",
@@ -150,6 +163,8 @@ impl Metrics {
         registry.register(Box::new(throttle_hits.clone()))?;
         registry.register(Box::new(sign_in_failures.clone()))?;
         registry.register(Box::new(tails_open.clone()))?;
+        registry.register(Box::new(exports_open.clone()))?;
+        registry.register(Box::new(export_entries_read.clone()))?;
         registry.register(Box::new(gateway_config_version.clone()))?;
         registry.register(Box::new(gateway_rules.clone()))?;
         // Export the labelled series from the start, at 0, so that alert expressions over
@@ -174,6 +189,8 @@ impl Metrics {
             throttle_hits,
             sign_in_failures,
             tails_open,
+            exports_open,
+            export_entries_read,
             gateway_config_version,
             gateway_rules,
         })

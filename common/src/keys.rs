@@ -13,6 +13,12 @@ pub const ACCESS_HWM: &str = "access:hwm";
 /// Suffix of the per-minute access-log rollups (`<prefix>access:rollup:<unix minute>`, a hash,
 /// with the sorted sets `…:ip` and `…:path` beside it; see [`crate::rollup`]).
 pub const ACCESS_ROLLUP: &str = "access:rollup:";
+/// Suffix of the access-log index streams (`<prefix>access:ix:<field>:<value>`, see
+/// [`crate::access_index`]).
+pub const ACCESS_INDEX: &str = "access:ix:";
+/// Suffix of the registry of access-log index keys (a sorted set: member the index key, score
+/// the millisecond of its newest member).
+pub const ACCESS_INDEX_REGISTRY: &str = "access:ixkeys";
 /// Suffix of the JSON gateway config written by the admin API.
 pub const GATEWAY_CONFIG: &str = "gateway:config";
 /// Suffix of the pub/sub channel announcing a new gateway config.
@@ -87,6 +93,18 @@ impl Keys {
     /// Hits per path in one unix minute (a bounded sorted set).
     pub fn access_rollup_paths(&self, unix_minute: u64) -> String {
         format!("{}{}{}:path", self.prefix, ACCESS_ROLLUP, unix_minute)
+    }
+
+    /// One access-log index stream (`field` one of [`crate::access_index::IndexField`]'s
+    /// names, `value` canonical); build it through [`crate::access_index::IndexTerm::key`].
+    /// A later cluster sharding puts the stream, the marks and the index under one hash tag.
+    pub fn access_index(&self, field: &str, value: &str) -> String {
+        format!("{}{}{}:{}", self.prefix, ACCESS_INDEX, field, value)
+    }
+
+    /// The registry of access-log index keys, `wp:access:ixkeys` by default.
+    pub fn access_index_registry(&self) -> String {
+        self.key(ACCESS_INDEX_REGISTRY)
     }
 
     /// The current gateway config (JSON), `wp:gateway:config` by default.

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod access_index;
 pub mod access_log;
 pub mod client_ip;
 pub mod config;

@@ -30,7 +30,7 @@
 //! small as in normal operation and the growing buffer's memory is taken on the writer's
 //! thread, never on the request path.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +39,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, timeout, Instant};
+use watchpost_common::access_index::{entry_terms, IndexTerm};
 use watchpost_common::keys::MINUTE_COUNTER_TTL_SECS;
 use watchpost_common::rollup;
 use watchpost_common::{AccessLogEntry, Decision, Keys, ACCESS_LOG_FIELDS};
@@ -55,15 +56,22 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The server-side append of one batch (see the module docs).
 ///
-/// `KEYS`: the stream, the high-water-mark hash, the per-minute counter keys, then the rollup
-/// keys (`nr` of them, see the trailer).
+/// `KEYS`: the stream, the high-water-mark hash, the per-minute counter keys, the index
+/// registry, the batch's distinct index streams ([`watchpost_common::access_index`]), then the
+/// rollup keys (`nr` of them, see the trailer).
 /// `ARGV`: proxy id, batch sequence, `MAXLEN ~` bound, counter TTL, number of fields, the
-/// field names, one increment per counter key, every entry's field values in order, then the
-/// retention-and-rollup trailer, read from the end: `min_id` (`0` = no age trim), rollup TTL
-/// (seconds), top-list size kept after a trim, `nr`, then per rollup key its kind (`h` hash,
-/// `z` sorted set), its count `m` of pairs and `m` pairs (field or member, increment); the very
-/// last argument is the trailer's length (everything from `min_id` up to it).
+/// field names, one increment per counter key, then per entry its field values in order
+/// followed by its index references (a count `k`, then `k` positions in the index-stream block
+/// of `KEYS`, 1-based), then the number of index streams, then the retention-and-rollup
+/// trailer, read from the end: `min_id` (`0` = no age trim), rollup TTL (seconds), top-list
+/// size kept after a trim, `nr`, then per rollup key its kind (`h` hash, `z` sorted set), its
+/// count `m` of pairs and `m` pairs (field or member, increment); the very last argument is
+/// the trailer's length (everything from `min_id` up to it).
 /// Returns the number of entries added: 0 when the sequence is not above the mark.
+///
+/// The index block appends, for each entry, one member with the entry's own id to each of its
+/// index streams (`redis.pcall`: an index write can never fail the batch halfway), then raises
+/// each index stream's score in the registry to the millisecond of its newest member.
 ///
 /// Sequences stay below 2^53, so Lua's numbers compare them exactly. The script's first write
 /// is its first `XADD`: a Redis out of memory refuses the script before anything is written.
@@ -76,17 +84,37 @@ local t0 = #ARGV - tonumber(ARGV[#ARGV])
 local nr = tonumber(ARGV[t0 + 3])
 -- END retention and rollups
 local nf = tonumber(ARGV[5])
-local nc = #KEYS - 2 - nr
+-- index: the argument before the trailer counts the index streams; the registry precedes
+-- them in KEYS, the rollup keys follow them
+local ni = tonumber(ARGV[t0 - 1])
+local ixbase = #KEYS - nr - ni
+local nc = ixbase - 3
+local newest = {}
+-- end index
 local xadd = {KEYS[1], 'MAXLEN', '~', ARGV[3], '*'}
 for i = 1, nf do xadd[4 + 2 * i] = ARGV[5 + i] end
 local at = 6 + nf + nc
 local n = 0
-while at + nf - 1 < t0 do
+while at + nf - 1 < t0 - 1 do
   for i = 1, nf do xadd[5 + 2 * i] = ARGV[at + i - 1] end
-  redis.call('XADD', unpack(xadd))
+  local id = redis.call('XADD', unpack(xadd))
   at = at + nf
+  -- index: this entry's members, with its own id
+  local k = tonumber(ARGV[at])
+  for j = at + 1, at + k do
+    local r = tonumber(ARGV[j])
+    redis.pcall('XADD', KEYS[ixbase + r], id, 'i', '1')
+    newest[r] = id
+  end
+  at = at + 1 + k
+  -- end index
   n = n + 1
 end
+-- index: registry scores, the newest member's millisecond
+for r, id in pairs(newest) do
+  redis.call('ZADD', KEYS[ixbase], 'GT', string.match(id, '^%d+'), KEYS[ixbase + r])
+end
+-- end index
 for i = 1, nc do
   redis.call('INCRBY', KEYS[2 + i], ARGV[5 + nf + i])
   redis.call('EXPIRE', KEYS[2 + i], ARGV[4])
@@ -96,7 +124,7 @@ if ARGV[t0] ~= '0' then redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[t0]) end
 local rttl = ARGV[t0 + 1]
 local keep = tonumber(ARGV[t0 + 2])
 local r = t0 + 4
-for k = 3 + nc, #KEYS do
+for k = #KEYS - nr + 1, #KEYS do
   local kind = ARGV[r]
   local m = tonumber(ARGV[r + 1])
   r = r + 2
@@ -120,6 +148,103 @@ end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return n
 ";
+
+/// How often each writer sweeps the access-log index: index members older than the stream's
+/// first id are gone within this interval (plus one sweep's run time) of the stream losing them.
+pub const INDEX_SWEEP_INTERVAL: Duration = Duration::from_secs(15);
+/// Index streams handled per sweep call (each call is one short script).
+pub const INDEX_SWEEP_CHUNK: usize = 500;
+
+/// One step of the index sweep (see [`sweep_index`]).
+///
+/// `KEYS`: the stream, the index registry. `ARGV`: most index streams to handle, offset into
+/// the live ones. Reads the stream's first id, whatever trimmed it (`MAXLEN`, `MINID`, a
+/// manual `XTRIM`); deletes up to `ARGV[1]` index streams whose newest member is older than
+/// that millisecond, then `XTRIM … MINID <first id>` up to `ARGV[1]` of the others from the
+/// offset. With the stream empty or gone, every index stream goes. Returns `{deleted, trimmed}`.
+///
+/// The index streams come from the registry, not `KEYS`: the whole access-log family lives in
+/// one slot (a later cluster sharding gives it one hash tag), which is what a script needs.
+pub const SWEEP_SCRIPT: &str = r"
+local limit = tonumber(ARGV[1])
+local offset = tonumber(ARGV[2])
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local dead
+if #first == 0 then
+  dead = redis.call('ZRANGE', KEYS[2], 0, limit - 1)
+else
+  local ms = string.match(first[1][1], '^%d+')
+  dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ms, 'LIMIT', 0, limit)
+end
+for _, k in ipairs(dead) do
+  redis.call('DEL', k)
+  redis.call('ZREM', KEYS[2], k)
+end
+if #first == 0 then return {#dead, 0} end
+local min_id = first[1][1]
+local ms = string.match(min_id, '^%d+')
+local live = redis.call('ZRANGEBYSCORE', KEYS[2], ms, '+inf', 'LIMIT', offset, limit)
+for _, k in ipairs(live) do
+  redis.call('XTRIM', k, 'MINID', min_id)
+end
+return {#dead, #live}
+";
+
+/// One full sweep of the access-log index: drops index streams wholly older than the stream's
+/// first id and trims the rest to it. Returns (streams deleted, streams trimmed).
+pub async fn sweep_index<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+) -> redis::RedisResult<(u64, u64)> {
+    let script = Script::new(SWEEP_SCRIPT);
+    let (mut deleted, mut trimmed) = (0u64, 0u64);
+    let mut offset = 0usize;
+    // Bounded: a registry of 5,000,000 index streams at most per sweep.
+    for _ in 0..10_000 {
+        let (dead, live): (u64, u64) = script
+            .key(keys.access_stream())
+            .key(keys.access_index_registry())
+            .arg(INDEX_SWEEP_CHUNK)
+            .arg(offset)
+            .invoke_async(conn)
+            .await?;
+        deleted += dead;
+        trimmed += live;
+        let chunk = INDEX_SWEEP_CHUNK as u64;
+        if dead < chunk && live < chunk {
+            break;
+        }
+        if dead < chunk {
+            offset += usize::try_from(live).unwrap_or(INDEX_SWEEP_CHUNK);
+        }
+    }
+    Ok((deleted, trimmed))
+}
+
+/// Sweeps the index every [`INDEX_SWEEP_INTERVAL`] until shutdown. Every proxy runs one: a
+/// sweep is idempotent, and the index is trimmed even while this proxy writes nothing.
+async fn sweep_index_loop(redis_url: String, keys: Keys, mut shutdown: watch::Receiver<bool>) {
+    let mut conn = match lazy_connection(&redis_url) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "access log: cannot create Redis client for the index sweep");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = wait_true(&mut shutdown) => return,
+            _ = sleep(INDEX_SWEEP_INTERVAL) => {}
+        }
+        match timeout(WRITE_TIMEOUT * 6, sweep_index(&mut conn, &keys)).await {
+            Ok(Ok((deleted, trimmed))) => {
+                tracing::debug!(deleted, trimmed, "access log: index swept");
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "access log: index sweep failed"),
+            Err(_) => tracing::warn!("access log: index sweep timed out"),
+        }
+    }
+}
 
 /// Whether Redis answered the last time anyone asked (the writer or the config watcher).
 #[derive(Debug, Default)]
@@ -399,6 +524,11 @@ impl LogWriter {
                 return;
             }
         };
+        tokio::spawn(sweep_index_loop(
+            self.cfg.redis_url.clone(),
+            self.cfg.keys.clone(),
+            shutdown.clone(),
+        ));
         let batch_max = self.cfg.batch_max_entries.max(1);
         let mut backoff = MIN_BACKOFF;
         let mut down_since: Option<Instant> = None;
@@ -923,16 +1053,42 @@ pub fn invocation_with(
         BTreeMap::new()
     };
     // END retention and rollups
+    // Index: the batch's distinct index streams, numbered from 1, and each entry's references.
+    let mut index: HashMap<IndexTerm, usize> = HashMap::new();
+    let mut index_keys: Vec<String> = Vec::new();
+    let mut refs: Vec<Vec<usize>> = Vec::with_capacity(batch.len());
+    let mut terms = Vec::new();
+    for entry in batch {
+        terms.clear();
+        entry_terms(entry, &mut terms);
+        let mut mine = Vec::with_capacity(terms.len());
+        for term in terms.drain(..) {
+            let next = index.len() + 1;
+            let r = *index.entry(term).or_insert_with_key(|t| {
+                index_keys.push(t.key(keys));
+                next
+            });
+            mine.push(r);
+        }
+        refs.push(mine);
+    }
     let mut inv = redis::Cmd::with_capacity(
-        12 + 2 * counters.len() + ACCESS_LOG_FIELDS.len() * (1 + batch.len()),
+        14 + 2 * counters.len()
+            + index_keys.len()
+            + ACCESS_LOG_FIELDS.len() * (1 + batch.len())
+            + refs.iter().map(|r| 1 + r.len()).sum::<usize>(),
         256 + 400 * batch.len(),
     );
     inv.arg("EVALSHA")
         .arg(script.get_hash())
-        .arg(2 + counters.len() + 3 * rollups.len())
+        .arg(3 + counters.len() + index_keys.len() + 3 * rollups.len())
         .arg(keys.access_stream())
         .arg(keys.access_hwm());
     for (key, _) in &counters {
+        inv.arg(key);
+    }
+    inv.arg(keys.access_index_registry());
+    for key in &index_keys {
         inv.arg(key);
     }
     // BEGIN retention and rollups
@@ -954,11 +1110,16 @@ pub fn invocation_with(
         inv.arg(*n);
     }
     let mut scratch = String::new();
-    for entry in batch {
+    for (entry, mine) in batch.iter().zip(&refs) {
         entry.write_fields(&mut scratch, |_, value| {
             inv.arg(value);
         });
+        inv.arg(mine.len());
+        for r in mine {
+            inv.arg(*r);
+        }
     }
+    inv.arg(index_keys.len());
     // BEGIN retention and rollups: the trailer (see APPEND_SCRIPT).
     let mut trailer_len = 4usize;
     inv.arg(limits.min_id_ms)

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::{
-    extract::State,
+    extract::{Path, State},
     http::HeaderMap,
     response::{
         sse::{KeepAlive, Sse},
@@ -23,7 +23,8 @@ use crate::{
     extract::{Json, Query},
     state::AppState,
     stream::{
-        query::{self, PageRequest},
+        export::{self, Format},
+        query::{self, Bounds, PageRequest, Walk},
         summary::{self, Summary},
         tail::{self, TailRequest, TailSlots},
         FilterParams, Filters, Item, StreamId, MAX_PAGE,
@@ -37,6 +38,9 @@ struct Slots(Arc<OnceLock<TailSlots>>);
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_access_log))
+        .routes(routes!(get_access_log_entry))
+        .routes(routes!(get_access_log_by_request_id))
+        .routes(routes!(export_access_log))
         .routes(routes!(tail_access_log))
         .routes(routes!(summarize_access_log))
         .layer(Extension(Slots::default()))
@@ -56,10 +60,23 @@ pub struct AccessLogQuery {
     pub before: Option<String>,
     /// Stream id, exclusive: only newer entries.
     pub since: Option<String>,
+    /// Start of a time range, inclusive: RFC 3339 (`2026-12-01T10:00:00Z`) or milliseconds
+    /// since the Unix epoch. Compared with the stream id's millisecond (when Redis appended
+    /// the entry).
+    pub from: Option<String>,
+    /// End of a time range, exclusive: RFC 3339 or milliseconds since the Unix epoch.
+    pub to: Option<String>,
     /// HTTP method, case-insensitive.
     pub method: Option<String>,
-    /// Path prefix, e.g. `/api/`.
+    /// Path prefix, e.g. `/api/` (same as `path_prefix`; give one of them).
     pub path: Option<String>,
+    /// Path prefix, e.g. `/api/`.
+    pub path_prefix: Option<String>,
+    /// Host, exact, case-insensitive (with `:port` if the client sent one).
+    pub host: Option<String>,
+    /// Request id (the `x-request-id` the proxy answered with), exact: at most one entry,
+    /// found from the time in the id (a ULID) without a scan budget.
+    pub request_id: Option<String>,
     /// Client IP, exact.
     pub ip: Option<String>,
     /// ISO alpha-2 country code, case-insensitive.
@@ -70,9 +87,36 @@ pub struct AccessLogQuery {
     pub ua_type: Option<String>,
     /// `allow`, `reject` or `flag` (would have been rejected; `risk_mode` = `log_only`).
     pub decision: Option<String>,
-    /// Response status, 100..=599.
+    /// Response status: a code 100..=599, or a class `1xx`..`5xx`.
     pub status: Option<String>,
     /// Gateway rule id (`rul_…`), exact: entries that rule decided or tagged.
+    #[param(pattern = "^rul_[0-9A-HJKMNP-TV-Z]{26}$")]
+    pub rule: Option<String>,
+}
+
+/// Query of `GET /api/admin/access-log/export`: the list's filters and time range, no paging.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// `ndjson` (default) or `csv`.
+    pub format: Option<String>,
+    /// Start, inclusive: RFC 3339 or milliseconds since the Unix epoch (stream id time).
+    pub from: Option<String>,
+    /// End, exclusive: RFC 3339 or milliseconds since the Unix epoch.
+    pub to: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    pub host: Option<String>,
+    pub request_id: Option<String>,
+    pub ip: Option<String>,
+    pub country: Option<String>,
+    pub risk_min: Option<String>,
+    pub ua_type: Option<String>,
+    pub decision: Option<String>,
+    /// A code 100..=599, or a class `1xx`..`5xx`.
+    pub status: Option<String>,
     #[param(pattern = "^rul_[0-9A-HJKMNP-TV-Z]{26}$")]
     pub rule: Option<String>,
 }
@@ -111,10 +155,46 @@ pub struct SummaryQuery {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AccessLogPage {
     pub items: Vec<Item>,
-    /// Pass back as `before` to continue exactly after this page; null when nothing older is
-    /// left (or the `since` bound was reached). A filtered page may be short (even empty)
-    /// with a cursor: it examined its share of entries and stopped.
+    /// Pass back as `before` (with the same filters and range) to continue exactly after this
+    /// page; null when no older match is left in the range. A page whose filters include an
+    /// indexed one (`ip`, `country`, `status`, `decision`, `ua_type`, `risk_min` ≥ 0.5, `rule`)
+    /// is always full unless it is the last. A page filtered only by unindexed ones (`method`,
+    /// `path`, `host`, `risk_min` < 0.5) examines at most `[admin] access_log_scan_budget`
+    /// entries and may be short (even empty) with a cursor.
     pub next_cursor: Option<String>,
+}
+
+/// Parses `from`/`to`: RFC 3339 or milliseconds since the Unix epoch.
+fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<u64>, ApiError> {
+    let Some(v) = raw else { return Ok(None) };
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(ms) = v.parse::<u64>() {
+            if ms <= MAX_TIME_MS {
+                return Ok(Some(ms));
+            }
+        }
+    } else if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
+        if let Ok(ms) = u64::try_from(t.timestamp_millis()) {
+            return Ok(Some(ms));
+        }
+    }
+    Err(ApiError::bad_request(format!(
+        "{name} must be an RFC 3339 time (e.g. 2026-12-01T10:00:00Z) or milliseconds since the Unix epoch, not before 1970 (got {v:?})"
+    )))
+}
+
+/// Latest accepted `from`/`to` (year 9999).
+const MAX_TIME_MS: u64 = 253_402_300_799_999;
+
+/// `path` and `path_prefix` are one filter.
+fn path_filter(
+    path: Option<String>,
+    path_prefix: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    match (path, path_prefix) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request("give path or path_prefix, not both")),
+        (a, b) => Ok(a.or(b)),
+    }
 }
 
 fn parse_limit(raw: Option<&str>) -> Result<usize, ApiError> {
@@ -152,9 +232,11 @@ async fn list_access_log(
     let limit = parse_limit(q.limit.as_deref())?;
     let before = StreamId::param("before", q.before.as_deref())?;
     let since = StreamId::param("since", q.since.as_deref())?;
+    let from = parse_time("from", q.from.as_deref())?;
+    let to = parse_time("to", q.to.as_deref())?;
     let filters = Filters::parse(&FilterParams {
         method: q.method,
-        path: q.path,
+        path: path_filter(q.path, q.path_prefix)?,
         ip: q.ip,
         country: q.country,
         risk_min: q.risk_min,
@@ -162,15 +244,28 @@ async fn list_access_log(
         decision: q.decision,
         status: q.status,
         rule: q.rule,
+        host: q.host,
+        request_id: q.request_id,
     })?;
+    let bounds = Bounds::new(before, since, from, to);
+    let key = state.keys().access_stream();
+    if let Some(rid) = filters.request_id.clone() {
+        // One request, one entry: a lookup, then the other filters.
+        let found = query::by_request_id(&state, &key, &rid, bounds).await?;
+        return Ok(Json(AccessLogPage {
+            items: found
+                .filter(|i| filters.matches(&i.entry))
+                .into_iter()
+                .collect(),
+            next_cursor: None,
+        }));
+    }
     let request = PageRequest {
         limit,
-        before,
-        since,
+        bounds,
         filters,
         budget: state.config().admin.access_log_scan_budget,
     };
-    let key = state.keys().access_stream();
     let page = query::page(&state, &key, &request).await?;
     Ok(Json(AccessLogPage {
         items: page.items,
@@ -224,6 +319,8 @@ async fn tail_access_log(
         decision: q.decision,
         status: q.status,
         rule: q.rule,
+        host: None,
+        request_id: None,
     })?;
     let admin_config = &state.config().admin;
     let slot = slots
@@ -290,4 +387,139 @@ async fn summarize_access_log(
     Ok(Json(
         summary::summarize(&state, &keys, window, now_ms, max).await?,
     ))
+}
+
+/// One access-log entry by its stream id.
+#[utoipa::path(
+    get,
+    path = "/access-log/{id}",
+    tag = "access-log",
+    params(("id" = String, Path, description = "Stream id, `<ms>-<seq>` (e.g. `1732000000000-0`); `<ms>` alone means `<ms>-0`")),
+    responses(
+        (status = 200, body = Item),
+        (status = 400, description = "Malformed id", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 404, description = "No such entry (never written, or trimmed)", body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope)
+    )
+)]
+async fn get_access_log_entry(
+    State(state): State<AppState>,
+    _admin: PlatformAdmin,
+    Path(id): Path<String>,
+) -> Result<Json<Item>, ApiError> {
+    let id =
+        StreamId::param("id", Some(&id))?.ok_or_else(|| ApiError::bad_request("id is required"))?;
+    let key = state.keys().access_stream();
+    query::by_id(&state, &key, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no access-log entry {id}")))
+}
+
+/// The access-log entry of one request, by the request id the proxy answered with
+/// (`x-request-id`). Proxy request ids are ULIDs: the entry is looked up from the time in the
+/// id, so the answer is exact and quick however long the stream is.
+#[utoipa::path(
+    get,
+    path = "/access-log/by-request-id/{request_id}",
+    tag = "access-log",
+    params(("request_id" = String, Path, description = "Request id, 1 to 128 printable characters")),
+    responses(
+        (status = 200, body = Item),
+        (status = 400, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 404, description = "No entry with this request id (never written, or trimmed)", body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope)
+    )
+)]
+async fn get_access_log_by_request_id(
+    State(state): State<AppState>,
+    _admin: PlatformAdmin,
+    Path(request_id): Path<String>,
+) -> Result<Json<Item>, ApiError> {
+    let filters = Filters::parse(&FilterParams {
+        request_id: Some(request_id),
+        ..Default::default()
+    })?;
+    let rid = filters.request_id.unwrap_or_default();
+    let key = state.keys().access_stream();
+    query::by_request_id(&state, &key, &rid, Bounds::default())
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no access-log entry with request id {rid:?}")))
+}
+
+/// Every matching entry in the range, newest first, streamed as NDJSON (one entry per line, as
+/// in the list) or CSV (a header row `id,ts,method,…` in stream field order, RFC 4180 quoting,
+/// `reasons` comma-joined). The last line says how many entries were written:
+/// `{"export":"end","count":N}` / `#count,N`; an export cut short by a failure ends with
+/// `{"export":"error",…}` / `#error,<message>` instead. Memory stays flat whatever the size;
+/// closing the connection stops the export. No scan budget: every match is written. Counts as
+/// one call against the admin rate limit.
+#[utoipa::path(
+    get,
+    path = "/access-log/export",
+    tag = "access-log",
+    params(ExportQuery),
+    responses(
+        (status = 200, description = "NDJSON (`application/x-ndjson`) or CSV (`text/csv`) of entries, then a trailer", content_type = "application/x-ndjson"),
+        (status = 400, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope)
+    )
+)]
+async fn export_access_log(
+    State(state): State<AppState>,
+    _admin: PlatformAdmin,
+    Query(q): Query<ExportQuery>,
+) -> Result<Response, ApiError> {
+    let format = match q.format.as_deref() {
+        None => Format::Ndjson,
+        Some(f) => Format::parse(f).ok_or_else(|| {
+            ApiError::bad_request(format!("format must be ndjson or csv (got {f:?})"))
+        })?,
+    };
+    let from = parse_time("from", q.from.as_deref())?;
+    let to = parse_time("to", q.to.as_deref())?;
+    let filters = Filters::parse(&FilterParams {
+        method: q.method,
+        path: path_filter(q.path, q.path_prefix)?,
+        ip: q.ip,
+        country: q.country,
+        risk_min: q.risk_min,
+        ua_type: q.ua_type,
+        decision: q.decision,
+        status: q.status,
+        rule: q.rule,
+        host: q.host,
+        request_id: q.request_id,
+    })?;
+    let bounds = Bounds::new(None, None, from, to);
+    let key = state.keys().access_stream();
+    // Planned before the response starts, so that Redis being down is a 503, not a cut body.
+    let walk = Walk::plan(&state, key.clone(), bounds, filters.clone()).await?;
+    // No archive reader yet: entries older than the stream are not exported.
+    let body = export::body(state, key, walk, format, bounds, filters, None);
+    let mut response = axum::body::Body::from_stream(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static(format.content_type()),
+    );
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!(
+        "attachment; filename=\"access-log.{}\"",
+        format.extension()
+    )) {
+        headers.insert(axum::http::header::CONTENT_DISPOSITION, v);
+    }
+    headers.insert(
+        "x-accel-buffering",
+        axum::http::HeaderValue::from_static("no"),
+    );
+    Ok(response)
 }

@@ -11,11 +11,13 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 use utoipa::ToSchema;
+use watchpost_common::access_index::{risk_bucket_for, IndexTerm};
 use watchpost_common::{AccessLogEntry, Decision};
 use watchpost_risk::UaType;
 
 use crate::error::ApiError;
 
+pub mod export;
 pub mod query;
 pub mod summary;
 pub mod tail;
@@ -117,6 +119,25 @@ pub struct FilterParams {
     pub decision: Option<String>,
     pub status: Option<String>,
     pub rule: Option<String>,
+    pub host: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// A status filter: one code, or a class (`4xx`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    Exact(u16),
+    /// The hundreds digit, 1..=5.
+    Class(u8),
+}
+
+impl StatusFilter {
+    pub fn matches(self, status: u16) -> bool {
+        match self {
+            StatusFilter::Exact(s) => status == s,
+            StatusFilter::Class(c) => status / 100 == u16::from(c) && (100..=599).contains(&status),
+        }
+    }
 }
 
 /// Validated filters; an entry must match every one that is set.
@@ -134,9 +155,13 @@ pub struct Filters {
     pub risk_min: Option<f64>,
     pub ua_type: Option<UaType>,
     pub decision: Option<Decision>,
-    pub status: Option<u16>,
+    pub status: Option<StatusFilter>,
     /// The deciding (or tagging) gateway rule's id, exact.
     pub rule: Option<String>,
+    /// Host, case-insensitive, exact.
+    pub host: Option<String>,
+    /// Request id, exact.
+    pub request_id: Option<String>,
 }
 
 impl Filters {
@@ -220,14 +245,50 @@ impl Filters {
         };
         let status = match p.status.as_deref() {
             None => None,
-            Some(s) => match s.trim().parse::<u16>() {
-                Ok(v) if (100..=599).contains(&v) => Some(v),
-                _ => {
-                    return Err(bad(format!(
-                        "status must be an integer between 100 and 599 (got {s:?})"
-                    )))
+            Some(s) => {
+                let t = s.trim().to_ascii_lowercase();
+                let class = t
+                    .strip_suffix("xx")
+                    .and_then(|d| d.parse::<u8>().ok())
+                    .filter(|d| (1..=5).contains(d) && t.len() == 3);
+                match (class, t.parse::<u16>()) {
+                    (Some(c), _) => Some(StatusFilter::Class(c)),
+                    (None, Ok(v)) if (100..=599).contains(&v) => Some(StatusFilter::Exact(v)),
+                    _ => {
+                        return Err(bad(format!(
+                            "status must be an integer between 100 and 599 or a class 1xx..5xx (got {s:?})"
+                        )))
+                    }
                 }
-            },
+            }
+        };
+        let host = match p.host.as_deref() {
+            None => None,
+            Some(h)
+                if !h.is_empty()
+                    && h.len() <= 255
+                    && h.bytes().all(|b| b.is_ascii_graphic() && b != b'/') =>
+            {
+                Some(h.to_string())
+            }
+            Some(h) => {
+                return Err(bad(format!(
+                "host must be a host name (optionally with :port), 1 to 255 characters (got {h:?})"
+            )))
+            }
+        };
+        let request_id = match p.request_id.as_deref() {
+            None => None,
+            Some(r)
+                if !r.is_empty() && r.len() <= 128 && r.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                Some(r.to_string())
+            }
+            Some(r) => {
+                return Err(bad(format!(
+                    "request_id must be 1 to 128 printable characters (got {r:?})"
+                )))
+            }
         };
         let rule = match p.rule.as_deref() {
             None => None,
@@ -248,7 +309,39 @@ impl Filters {
             decision,
             status,
             rule,
+            host,
+            request_id,
         })
+    }
+
+    /// The indexes that can drive a walk over these filters (each one a superset of the
+    /// matches); empty when none applies.
+    pub fn index_terms(&self) -> Vec<IndexTerm> {
+        let mut out = Vec::new();
+        if let Some(ip) = &self.ip {
+            out.push(IndexTerm::ip(ip));
+        }
+        if let Some(c) = &self.country {
+            out.push(IndexTerm::country(c));
+        }
+        match self.status {
+            Some(StatusFilter::Exact(s)) => out.push(IndexTerm::status(s)),
+            Some(StatusFilter::Class(c)) => out.push(IndexTerm::status_class(c)),
+            None => {}
+        }
+        if let Some(d) = self.decision {
+            out.push(IndexTerm::decision(d));
+        }
+        if let Some(t) = self.ua_type {
+            out.push(IndexTerm::ua_type(t.as_str()));
+        }
+        if let Some(b) = self.risk_min.and_then(risk_bucket_for) {
+            out.push(IndexTerm::risk(b));
+        }
+        if let Some(r) = &self.rule {
+            out.push(IndexTerm::rule(r));
+        }
+        out
     }
 
     /// True when no filter is set.
@@ -270,8 +363,13 @@ impl Filters {
             && self.risk_min.is_none_or(|r| e.risk >= r)
             && self.ua_type.is_none_or(|t| e.ua_type == t.as_str())
             && self.decision.is_none_or(|d| e.decision == d)
-            && self.status.is_none_or(|s| e.status == s)
+            && self.status.is_none_or(|s| s.matches(e.status))
             && self.rule.as_deref().is_none_or(|r| e.rule == r)
+            && self
+                .host
+                .as_deref()
+                .is_none_or(|h| e.host.eq_ignore_ascii_case(h))
+            && self.request_id.as_deref().is_none_or(|r| e.request_id == r)
     }
 }
 
@@ -401,9 +499,16 @@ impl Filters {
                 .country
                 .as_deref()
                 .is_none_or(|c| raw_field(fields, "country").eq_ignore_ascii_case(c))
+            && self.status.is_none_or(|s| {
+                raw_field(fields, "status").is_empty()
+                    || raw_field(fields, "status")
+                        .parse::<u16>()
+                        .is_ok_and(|v| s.matches(v))
+            })
             && self
-                .status
-                .is_none_or(|s| num("status").is_some_and(|v| v == f64::from(s)))
+                .request_id
+                .as_deref()
+                .is_none_or(|r| raw_field(fields, "request_id") == r)
             && self
                 .rule
                 .as_deref()
@@ -500,7 +605,19 @@ mod tests {
                 ..Default::default()
             },
             FilterParams {
-                status: Some("2xx".into()),
+                status: Some("6xx".into()),
+                ..Default::default()
+            },
+            FilterParams {
+                status: Some("4x".into()),
+                ..Default::default()
+            },
+            FilterParams {
+                host: Some("a/b".into()),
+                ..Default::default()
+            },
+            FilterParams {
+                request_id: Some("a b".into()),
                 ..Default::default()
             },
         ];
@@ -520,7 +637,7 @@ mod tests {
             ua_type: Some("cli".into()),
             decision: Some("reject".into()),
             status: Some("403".into()),
-            rule: None,
+            ..Default::default()
         })
         .expect("valid");
         let mut e = AccessLogEntry {

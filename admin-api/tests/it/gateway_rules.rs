@@ -740,11 +740,7 @@ async fn the_access_log_filters_on_the_deciding_rule() {
             },
             ..Default::default()
         };
-        let cmd = pipe.cmd("XADD").arg(&key).arg(format!("{}-0", 1_000 + i));
-        for (k, v) in e.to_fields() {
-            cmd.arg(k).arg(v);
-        }
-        cmd.ignore();
+        crate::common::xadd_indexed(&mut pipe, &keys(&app), &format!("{}-0", 1_000 + i), &e);
     }
     let () = pipe.query_async(&mut con).await.expect("XADD");
 

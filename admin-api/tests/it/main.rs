@@ -3,6 +3,7 @@
 //! and Redis key prefix, so they run in parallel.
 
 mod access_log;
+mod access_log_index;
 mod archive;
 mod audit;
 mod auth;

@@ -461,3 +461,124 @@ async fn the_stream_is_capped_near_stream_max_len() {
     assert!((10..300).contains(&len), "XLEN {len}");
     p.cleanup().await;
 }
+
+/// Ids of a stream, oldest first.
+async fn stream_ids(c: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<String> {
+    let raw: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(c)
+        .await
+        .expect("XRANGE");
+    raw.into_iter().map(|(id, _)| id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_holds_exactly_each_entrys_id_and_is_swept_with_the_stream() {
+    use watchpost_common::access_index::{entry_terms, IndexTerm};
+    let url = crate::support::redis_url();
+    let keys = Keys::new(unique_prefix("index"));
+    let mut c = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis must be reachable");
+    let script = redis::Script::new(APPEND_SCRIPT);
+    let entry = |n: u64| AccessLogEntry {
+        ip: if n % 3 == 0 {
+            "::ffff:192.0.2.1".into()
+        } else {
+            format!("192.0.2.{}", 10 + n % 4)
+        },
+        country: ["DE", "FR", ""][(n % 3) as usize].into(),
+        status: [200, 404, 503][(n % 3) as usize],
+        decision: if n % 5 == 0 {
+            Decision::Reject
+        } else {
+            Decision::Allow
+        },
+        ua_type: "cli".into(),
+        risk: (n % 10) as f64 / 10.0,
+        ..logged(n)
+    };
+    let all: Vec<AccessLogEntry> = (0..40).map(entry).collect();
+    for (seq, chunk) in all.chunks(7).enumerate() {
+        let seq = seq as u64 + 1;
+        let added = append_batch(&mut c, &script, &keys, "w", seq, 1000, chunk)
+            .await
+            .expect("script");
+        assert_eq!(added as usize, chunk.len());
+        // A retry of the same batch adds no index member either.
+        let again = append_batch(&mut c, &script, &keys, "w", seq, 1000, chunk)
+            .await
+            .expect("script");
+        assert_eq!(again, 0);
+    }
+    let ids = stream_ids(&mut c, &keys.access_stream()).await;
+    assert_eq!(ids.len(), all.len());
+
+    // Reference: for every term, the ids of the entries carrying it.
+    let reference = |from: usize| {
+        let mut want: HashMap<String, Vec<String>> = HashMap::new();
+        for (i, e) in all.iter().enumerate().skip(from) {
+            let mut terms = Vec::new();
+            entry_terms(e, &mut terms);
+            for t in terms {
+                want.entry(t.key(&keys)).or_default().push(ids[i].clone());
+            }
+        }
+        want
+    };
+    let base = c.clone();
+    let check = |want: HashMap<String, Vec<String>>| {
+        let mut c = base.clone();
+        let keys = keys.clone();
+        async move {
+            let registry: Vec<String> = redis::cmd("ZRANGE")
+                .arg(keys.access_index_registry())
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut c)
+                .await
+                .expect("ZRANGE");
+            let mut registry_sorted = registry.clone();
+            registry_sorted.sort();
+            let mut want_keys: Vec<String> = want.keys().cloned().collect();
+            want_keys.sort();
+            assert_eq!(registry_sorted, want_keys, "the registry lists every index");
+            for (key, want_ids) in want {
+                assert_eq!(stream_ids(&mut c, &key).await, want_ids, "{key}");
+            }
+        }
+    };
+    check(reference(0)).await;
+    assert!(
+        reference(0).contains_key(&IndexTerm::ip("192.0.2.1").key(&keys)),
+        "an IPv4-mapped spelling is indexed under the IPv4 address"
+    );
+
+    // Trim the stream by id (as an age-based retention would): the sweep follows its first id.
+    let cut = 25;
+    let _: u64 = redis::cmd("XTRIM")
+        .arg(keys.access_stream())
+        .arg("MINID")
+        .arg(&ids[cut])
+        .query_async(&mut c)
+        .await
+        .expect("XTRIM");
+    access_log::sweep_index(&mut c, &keys).await.expect("sweep");
+    check(reference(cut)).await;
+
+    // An emptied stream leaves no index behind.
+    let _: u64 = redis::cmd("XTRIM")
+        .arg(keys.access_stream())
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut c)
+        .await
+        .expect("XTRIM");
+    let (deleted, _) = access_log::sweep_index(&mut c, &keys).await.expect("sweep");
+    assert!(deleted > 0);
+    check(HashMap::new()).await;
+}

@@ -1,0 +1,336 @@
+//! Exports: every match in a range, newest first, streamed in constant memory (one chunk of
+//! [`super::query::CHUNK`] entries at a time) as NDJSON or CSV, ending with a trailer that
+//! states how many entries were written.
+//!
+//! Trailers: NDJSON ends with `{"export":"end","count":N}`; CSV with a row `#count,N`. A failure
+//! mid-export (Redis gone) ends the body with `{"export":"error","count":N,"error":{…}}` /
+//! `#error,<message>` instead, so a cut export is never mistaken for a complete one.
+//!
+//! The body is produced only as fast as the client reads it; when the client closes the
+//! connection, the server drops the body and no further chunk is read from Redis
+//! (`access_log_exports_open` falls, `access_log_export_entries_read_total` stops rising).
+//!
+//! Entries older than the stream (trimmed away) can come from an [`OlderEntries`] source (the
+//! archive); the export asks it, once the stream is exhausted, for the matches below the oldest
+//! id the stream still had.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use watchpost_common::ACCESS_LOG_FIELDS;
+
+use crate::error::ApiError;
+use crate::metrics::OpenTail;
+use crate::state::AppState;
+
+use super::query::{Bounds, Walk, CHUNK};
+use super::{Filters, Item, StreamId};
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Ndjson,
+    Csv,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "ndjson" => Some(Format::Ndjson),
+            "csv" => Some(Format::Csv),
+            _ => None,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Ndjson => "application/x-ndjson",
+            Format::Csv => "text/csv; charset=utf-8",
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Ndjson => "ndjson",
+            Format::Csv => "csv",
+        }
+    }
+}
+
+/// A source of entries older than the stream holds (the archive), read newest first.
+pub trait OlderEntries: Send + Sync {
+    /// Chunks of matches within `bounds` (exclusive ids; `bounds.below` is the oldest id the
+    /// stream still had), newest first.
+    fn matches(
+        &self,
+        bounds: Bounds,
+        filters: Filters,
+    ) -> BoxStream<'static, Result<Vec<Item>, ApiError>>;
+}
+
+enum Phase {
+    Header,
+    Stream(Box<Walk>),
+    Older(BoxStream<'static, Result<Vec<Item>, ApiError>>),
+    Trailer,
+    Finished,
+}
+
+struct Export {
+    state: AppState,
+    stream_key: String,
+    format: Format,
+    bounds: Bounds,
+    filters: Filters,
+    older: Option<Arc<dyn OlderEntries>>,
+    phase: Phase,
+    count: u64,
+    _open: OpenTail,
+}
+
+/// The export body: a stream of byte chunks. `walk` must have been planned over `bounds` and
+/// `filters`.
+pub fn body(
+    state: AppState,
+    stream_key: String,
+    walk: Walk,
+    format: Format,
+    bounds: Bounds,
+    filters: Filters,
+    older: Option<Arc<dyn OlderEntries>>,
+) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
+    let open = OpenTail::open(&state.metrics().exports_open);
+    let export = Export {
+        state,
+        stream_key,
+        format,
+        bounds,
+        filters,
+        older,
+        phase: Phase::Header,
+        count: 0,
+        _open: open,
+        // The walk comes in through the first phase change.
+    };
+    let start = (export, Some(walk));
+    futures::stream::unfold(start, |(mut ex, mut walk)| async move {
+        loop {
+            match std::mem::replace(&mut ex.phase, Phase::Finished) {
+                Phase::Header => {
+                    ex.phase = match walk.take() {
+                        Some(w) => Phase::Stream(Box::new(w)),
+                        None => Phase::Trailer,
+                    };
+                    if ex.format == Format::Csv {
+                        return Some((Ok(Bytes::from(csv_header())), (ex, walk)));
+                    }
+                }
+                Phase::Stream(mut w) => {
+                    if w.is_done() {
+                        ex.phase = match ex.older.clone() {
+                            Some(src) => match older_bounds(
+                                &ex.state,
+                                &ex.stream_key,
+                                ex.bounds,
+                                w.last_read.clone(),
+                            )
+                            .await
+                            {
+                                Ok(Some(b)) => Phase::Older(src.matches(b, ex.filters.clone())),
+                                Ok(None) => Phase::Trailer,
+                                Err(e) => return Some((Ok(ex.error(&e)), (ex, walk))),
+                            },
+                            None => Phase::Trailer,
+                        };
+                        continue;
+                    }
+                    let before = w.scanned;
+                    let got = w.next(&ex.state, CHUNK).await;
+                    ex.state
+                        .metrics()
+                        .export_entries_read
+                        .inc_by((w.scanned - before) as u64);
+                    match got {
+                        Ok(items) => {
+                            ex.phase = Phase::Stream(w);
+                            if items.is_empty() {
+                                continue;
+                            }
+                            let chunk = ex.render(&items);
+                            return Some((Ok(chunk), (ex, walk)));
+                        }
+                        Err(e) => return Some((Ok(ex.error(&e)), (ex, walk))),
+                    }
+                }
+                Phase::Older(mut src) => match src.next().await {
+                    Some(Ok(items)) => {
+                        ex.phase = Phase::Older(src);
+                        if items.is_empty() {
+                            continue;
+                        }
+                        let chunk = ex.render(&items);
+                        return Some((Ok(chunk), (ex, walk)));
+                    }
+                    Some(Err(e)) => return Some((Ok(ex.error(&e)), (ex, walk))),
+                    None => ex.phase = Phase::Trailer,
+                },
+                Phase::Trailer => {
+                    let end = match ex.format {
+                        Format::Ndjson => {
+                            format!("{{\"export\":\"end\",\"count\":{}}}\n", ex.count)
+                        }
+                        Format::Csv => format!("#count,{}\r\n", ex.count),
+                    };
+                    return Some((Ok(Bytes::from(end)), (ex, walk)));
+                }
+                Phase::Finished => return None,
+            }
+        }
+    })
+    .boxed()
+}
+
+/// The range left for the older source: below the oldest id the stream walk reached, or the
+/// stream's first id now (entries trimmed while the export ran are below it).
+async fn older_bounds(
+    state: &AppState,
+    stream_key: &str,
+    bounds: Bounds,
+    last_read: Option<String>,
+) -> Result<Option<Bounds>, ApiError> {
+    let mut con = state.redis();
+    let reply: redis::Value = state
+        .redis_timeout(
+            redis::cmd("XRANGE")
+                .arg(stream_key)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut con),
+        )
+        .await?;
+    let first = super::decode_entries(reply)?
+        .first()
+        .and_then(|(id, _)| StreamId::parse(id));
+    let reached = last_read.as_deref().and_then(StreamId::parse);
+    let below = [first, reached, bounds.below].into_iter().flatten().min();
+    let b = Bounds {
+        above: bounds.above,
+        below,
+    };
+    Ok((!b.is_empty()).then_some(b))
+}
+
+impl Export {
+    fn render(&mut self, items: &[Item]) -> Bytes {
+        let mut out = String::with_capacity(items.len() * 400);
+        for item in items {
+            match self.format {
+                Format::Ndjson => {
+                    // An Item always serializes (strings and numbers only).
+                    if let Ok(line) = serde_json::to_string(item) {
+                        out.push_str(&line);
+                        out.push('\n');
+                    }
+                }
+                Format::Csv => csv_row(&mut out, item),
+            }
+            self.count += 1;
+        }
+        Bytes::from(out)
+    }
+
+    /// The trailer of a failed export; the stream ends after it.
+    fn error(&mut self, e: &ApiError) -> Bytes {
+        self.phase = Phase::Finished;
+        tracing::warn!(error = %e.public_message(), count = self.count, "access log: export failed");
+        let text = match self.format {
+            Format::Ndjson => {
+                let v = serde_json::json!({
+                    "export": "error",
+                    "count": self.count,
+                    "error": { "code": e.code(), "message": e.public_message() },
+                });
+                format!("{v}\n")
+            }
+            Format::Csv => {
+                let mut row = String::from("#error,");
+                push_csv_field(&mut row, &e.public_message());
+                row.push_str("\r\n");
+                row
+            }
+        };
+        Bytes::from(text)
+    }
+}
+
+/// `id` and the entry fields, in stream order.
+fn csv_header() -> String {
+    let mut out = String::from("id");
+    for f in ACCESS_LOG_FIELDS {
+        out.push(',');
+        out.push_str(f);
+    }
+    out.push_str("\r\n");
+    out
+}
+
+fn csv_row(out: &mut String, item: &Item) {
+    push_csv_field(out, &item.id);
+    let mut scratch = String::new();
+    item.entry.write_fields(&mut scratch, |_, value| {
+        out.push(',');
+        push_csv_field(out, value);
+    });
+    out.push_str("\r\n");
+}
+
+/// RFC 4180: a field with a comma, a quote, a line break or a leading `#` (the trailer's
+/// marker) or surrounding space is quoted, quotes doubled.
+pub fn push_csv_field(out: &mut String, value: &str) {
+    let needs = value.is_empty()
+        || value.starts_with('#')
+        || value.starts_with(' ')
+        || value.ends_with(' ')
+        || value
+            .bytes()
+            .any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n'));
+    if !needs || value.is_empty() {
+        out.push_str(value);
+        return;
+    }
+    out.push('"');
+    for c in value.chars() {
+        if c == '"' {
+            out.push('"');
+        }
+        out.push(c);
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        let cases = [
+            ("plain", "plain"),
+            ("", ""),
+            ("a,b", "\"a,b\""),
+            ("say \"hi\"", "\"say \"\"hi\"\"\""),
+            ("line\nbreak", "\"line\nbreak\""),
+            ("cr\rx", "\"cr\rx\""),
+            ("#count,1", "\"#count,1\""),
+            (" pad", "\" pad\""),
+        ];
+        for (raw, want) in cases {
+            let mut s = String::new();
+            push_csv_field(&mut s, raw);
+            assert_eq!(s, want, "{raw:?}");
+        }
+    }
+}
