@@ -109,7 +109,9 @@ run_admin() { env -u DATABASE_URL -u REDIS_URL "$BIN" --config "$WORK/fuzz.toml"
 say "database $DB_NAME, Redis prefix $KEY_PREFIX, $BASE"
 ADMIN_KEY="$(run_admin create-admin --email fuzz-admin@example.com --name 'Fuzz Admin' 2>/dev/null)"
 [ -n "$ADMIN_KEY" ] || die "create-admin printed no key"
-run_admin serve >"$WORK/server.log" 2>&1 &
+# Started directly, not through run_admin: a backgrounded function runs in a subshell, and
+# $! would name that subshell, leaving the server running after cleanup's kill.
+env -u DATABASE_URL -u REDIS_URL "$BIN" --config "$WORK/fuzz.toml" serve >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 1 300); do
   curl -fsS "$BASE/healthz" >/dev/null 2>&1 && break
