@@ -224,6 +224,40 @@ pub fn read_range_newest_first(
     }))
 }
 
+/// [`read_range_newest_first`] keeping only the entries `keep` accepts: each hour's kept
+/// entries are held in memory (not the whole hour) and given back newest first. A missing
+/// `dir` is an empty archive.
+pub fn read_matches_newest_first<F>(
+    dir: impl AsRef<Path>,
+    from_ms: u64,
+    to_ms: u64,
+    keep: F,
+) -> io::Result<impl Iterator<Item = ArchivedEntry>>
+where
+    F: Fn(&ArchivedEntry) -> bool,
+{
+    let mut files = match files_in_range(dir.as_ref(), from_ms, to_ms) {
+        Ok(files) => files,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    files.reverse();
+    Ok(files.into_iter().flat_map(move |path| {
+        let mut hour: Vec<ArchivedEntry> = RangeReader {
+            files: VecDeque::from([path]),
+            current: None,
+            pending: VecDeque::new(),
+            last: None,
+            from_ms,
+            to_ms,
+        }
+        .filter(|e| keep(e))
+        .collect();
+        hour.reverse();
+        hour
+    }))
+}
+
 /// Archive files whose hour meets `from_ms ..= to_ms`, oldest first.
 fn files_in_range(dir: &Path, from_ms: u64, to_ms: u64) -> io::Result<Vec<PathBuf>> {
     let mut files: Vec<(u64, PathBuf)> = Vec::new();

@@ -457,7 +457,10 @@ async fn get_access_log_by_request_id(
 /// `reasons` comma-joined). The last line says how many entries were written:
 /// `{"export":"end","count":N}` / `#count,N`; an export cut short by a failure ends with
 /// `{"export":"error",…}` / `#error,<message>` instead. Memory stays flat whatever the size;
-/// closing the connection stops the export. No scan budget: every match is written. Counts as
+/// closing the connection stops the export. When `[archive] dir` is set, the export continues,
+/// after the stream's oldest entry, with the archived entries older than it (newest first, same
+/// filters and range, each entry once; the count includes them).
+/// No scan budget: every match is written. Counts as
 /// one call against the admin rate limit.
 #[utoipa::path(
     get,
@@ -503,8 +506,12 @@ async fn export_access_log(
     let key = state.keys().access_stream();
     // Planned before the response starts, so that Redis being down is a 503, not a cut body.
     let walk = Walk::plan(&state, key.clone(), bounds, filters.clone()).await?;
-    // No archive reader yet: entries older than the stream are not exported.
-    let body = export::body(state, key, walk, format, bounds, filters, None);
+    // Entries older than the stream come from the archive, when one is configured.
+    let older: Option<Arc<dyn export::OlderEntries>> = {
+        let dir = state.config().archive.dir.trim();
+        (!dir.is_empty()).then(|| Arc::new(export::ArchivedEntries::new(dir)) as _)
+    };
+    let body = export::body(state, key, walk, format, bounds, filters, older);
     let mut response = axum::body::Body::from_stream(body).into_response();
     let headers = response.headers_mut();
     headers.insert(
