@@ -157,10 +157,11 @@ pub struct AccessLogPage {
     pub items: Vec<Item>,
     /// Pass back as `before` (with the same filters and range) to continue exactly after this
     /// page; null when no older match is left in the range. A page whose filters include an
-    /// indexed one (`ip`, `country`, `status`, `decision`, `ua_type`, `risk_min` ≥ 0.5, `rule`)
-    /// is always full unless it is the last. A page filtered only by unindexed ones (`method`,
-    /// `path`, `host`, `risk_min` < 0.5) examines at most `[admin] access_log_scan_budget`
-    /// entries and may be short (even empty) with a cursor.
+    /// indexed one (`ip`, `country`, `status` other than 2xx, `decision` other than `allow`,
+    /// `ua_type`, `risk_min` ≥ 0.5, `rule`) is always full unless it is the last. A page
+    /// filtered only by unindexed ones (`method`, `path`, `host`, `risk_min` < 0.5, and the
+    /// common `decision=allow`, `status=2xx` or an exact 2xx status) examines at most
+    /// `[admin] access_log_scan_budget` entries and may be short (even empty) with a cursor.
     pub next_cursor: Option<String>,
 }
 
