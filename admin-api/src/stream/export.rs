@@ -72,7 +72,8 @@ pub trait OlderEntries: Send + Sync {
 /// The archive (`[archive] dir`, written by `watchpost-admin archive`) as the source of
 /// entries older than the stream. Files are read on a blocking thread, newest hour first; chunks
 /// of [`CHUNK`] matches go through a channel of two, so reading stays just ahead of the client
-/// and stops when the export is dropped. Memory holds one archived hour's matches.
+/// and stops when the export is dropped. Memory holds one gzip member of a file (see
+/// [`crate::archive::read_matches_newest_first`]) and two chunks.
 pub struct ArchivedEntries {
     dir: std::path::PathBuf,
 }
