@@ -224,6 +224,104 @@ pub fn read_range_newest_first(
     }))
 }
 
+/// [`read_range_newest_first`] keeping only the entries `keep` accepts, in constant memory:
+/// each file is read twice, first to find where its gzip members start (and, for each, the
+/// highest id before it, so that a repeated id is skipped exactly as [`read_range`] skips it),
+/// then one member at a time from the last, each member's kept entries given back newest
+/// first. Memory holds one member (one archiver round of one hour). A missing `dir` is an empty
+/// archive.
+pub fn read_matches_newest_first<F>(
+    dir: impl AsRef<Path>,
+    from_ms: u64,
+    to_ms: u64,
+    keep: F,
+) -> io::Result<impl Iterator<Item = ArchivedEntry>>
+where
+    F: Fn(&ArchivedEntry) -> bool,
+{
+    let mut files = match files_in_range(dir.as_ref(), from_ms, to_ms) {
+        Ok(files) => files,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    files.reverse();
+    let keep = std::rc::Rc::new(keep);
+    Ok(files.into_iter().flat_map(move |path| {
+        let mut members = member_starts(&path);
+        members.reverse();
+        let path2 = path.clone();
+        let keep = keep.clone();
+        members.into_iter().flat_map(move |(offset, max_before)| {
+            let mut last = max_before;
+            let mut kept: Vec<ArchivedEntry> = read_member_at(&path2, offset)
+                .into_iter()
+                .filter(|e| {
+                    let Some(id) = StreamId::parse(&e.id) else {
+                        return false;
+                    };
+                    if last.is_some_and(|l| id <= l) {
+                        return false;
+                    }
+                    last = Some(id);
+                    id.ms >= from_ms && id.ms <= to_ms && keep(e)
+                })
+                .collect();
+            kept.reverse();
+            kept
+        })
+    }))
+}
+
+/// The start offset of each readable gzip member of `path`, with the highest stream id of the
+/// members before it. Stops at a torn or unreadable member, as [`read_range`] does.
+fn member_starts(path: &Path) -> Vec<(u64, Option<StreamId>)> {
+    let mut out = Vec::new();
+    let mut members = match Members::open(path) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "archive: cannot open");
+            return out;
+        }
+    };
+    let mut max: Option<StreamId> = None;
+    loop {
+        let start = members.good_end;
+        let Some(entries) = members.next_member() else {
+            break;
+        };
+        out.push((start, max));
+        let top = entries.iter().filter_map(|e| StreamId::parse(&e.id)).max();
+        max = max.max(top);
+    }
+    out
+}
+
+/// The entries of the gzip member starting at `offset` of `path` (empty when unreadable).
+fn read_member_at(path: &Path, offset: u64) -> Vec<ArchivedEntry> {
+    use std::io::{Seek, SeekFrom};
+    let read = || -> io::Result<Option<Vec<ArchivedEntry>>> {
+        let mut file = File::open(path)?;
+        file.seek(SeekFrom::Start(offset))?;
+        let mut members = Members {
+            reader: Some(Counting {
+                inner: BufReader::with_capacity(64 * 1024, file),
+                consumed: offset,
+            }),
+            good_end: offset,
+            path: path.to_path_buf(),
+        };
+        Ok(members.next_member())
+    };
+    match read() {
+        Ok(Some(entries)) => entries,
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "archive: cannot read a member");
+            Vec::new()
+        }
+    }
+}
+
 /// Archive files whose hour meets `from_ms ..= to_ms`, oldest first.
 fn files_in_range(dir: &Path, from_ms: u64, to_ms: u64) -> io::Result<Vec<PathBuf>> {
     let mut files: Vec<(u64, PathBuf)> = Vec::new();

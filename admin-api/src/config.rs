@@ -1,5 +1,5 @@
 //! The admin API's sections of the shared TOML file: `[admin]`, `[redis]`, `[postgres]`, and
-//! `[archive]` (read by `watchpost-admin archive`).
+//! `[archive]` (read by `watchpost-admin archive`; `dir` also by `serve`, for exports).
 //!
 //! Other sections (the proxy's) are ignored; inside each of ours an unknown key is an error,
 //! so that a typo never silently falls back to a default. [`Config::validate`] runs before
@@ -139,7 +139,8 @@ impl Default for RedisConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ArchiveConfig {
     /// Directory of the archive files (`access-YYYY-MM-DDTHH.ndjson.gz`, one per UTC hour of
-    /// the entries' stream ids). Required by `archive`; default empty.
+    /// the entries' stream ids). Required by `archive`; default empty. When set, `serve` reads
+    /// it too: exports continue into the archive below the stream.
     pub dir: String,
     /// Consumer group the archiver reads the stream through. Default `archiver`.
     pub group: String,

@@ -15,6 +15,12 @@
 //! key ever written is listed in the registry `<prefix>access:ixkeys` (a sorted set scored by
 //! the millisecond of the newest member written), which the sweep uses to trim or drop index
 //! streams older than the log's first id. Key names are built only by [`Keys`].
+//!
+//! Values too common to be worth an index are not indexed ([`IndexTerm::is_indexed`]):
+//! `decision=allow`, status class `2xx` and the exact 2xx statuses. A filter on them alone is
+//! served by the bounded scan of the log, which finds a page of them within a few entries more
+//! than the page; combined with an indexed filter, the index drives and they are checked on the
+//! entries.
 
 use std::net::IpAddr;
 
@@ -120,6 +126,18 @@ impl IndexTerm {
         Self::new(IndexField::Rule, id)
     }
 
+    /// Whether entries with this value are indexed: every term but the common ones
+    /// (`decision=allow`, class `2xx`, exact 2xx statuses), which no index exists for. Readers
+    /// must not look an unindexed term up (its index is always empty).
+    pub fn is_indexed(&self) -> bool {
+        match self.field {
+            IndexField::Decision => self.value != Decision::Allow.as_str(),
+            IndexField::StatusClass => self.value != "2xx",
+            IndexField::Status => !self.value.starts_with('2') || self.value.len() != 3,
+            _ => true,
+        }
+    }
+
     /// The Redis key of this index.
     pub fn key(&self, keys: &Keys) -> String {
         keys.access_index(self.field.as_str(), &self.value)
@@ -156,7 +174,8 @@ pub fn risk_bucket_for(risk_min: f64) -> Option<u16> {
         .find(|b| f64::from(*b) <= want)
 }
 
-/// Every index an entry belongs to. Empty text values are not indexed.
+/// Every index an entry belongs to. Empty text values and the common values
+/// ([`IndexTerm::is_indexed`]) are not indexed.
 pub fn entry_terms(e: &AccessLogEntry, out: &mut Vec<IndexTerm>) {
     if !e.ip.is_empty() {
         out.push(IndexTerm::ip(&e.ip));
@@ -164,12 +183,15 @@ pub fn entry_terms(e: &AccessLogEntry, out: &mut Vec<IndexTerm>) {
     if !e.country.is_empty() {
         out.push(IndexTerm::country(&e.country));
     }
-    if (100..=599).contains(&e.status) {
+    // 2xx (the common case) is not indexed, neither exactly nor as a class.
+    if (100..=599).contains(&e.status) && !(200..=299).contains(&e.status) {
         out.push(IndexTerm::status(e.status));
         // 100..=599, so the class is 1..=5.
         out.push(IndexTerm::status_class((e.status / 100) as u8));
     }
-    out.push(IndexTerm::decision(e.decision));
+    if e.decision != Decision::Allow {
+        out.push(IndexTerm::decision(e.decision));
+    }
     if !e.ua_type.is_empty() {
         out.push(IndexTerm::ua_type(&e.ua_type));
     }
@@ -217,6 +239,48 @@ mod tests {
             ]
         );
         assert_eq!(k.access_index_registry(), "t:access:ixkeys");
+    }
+
+    #[test]
+    fn common_values_are_not_indexed() {
+        let k = Keys::new("t:");
+        let e = AccessLogEntry {
+            ip: "203.0.113.7".into(),
+            status: 200,
+            decision: Decision::Allow,
+            ..Default::default()
+        };
+        let mut terms = Vec::new();
+        entry_terms(&e, &mut terms);
+        let keys: Vec<String> = terms.iter().map(|t| t.key(&k)).collect();
+        assert_eq!(keys, ["t:access:ix:ip:203.0.113.7"]);
+        assert!(!IndexTerm::decision(Decision::Allow).is_indexed());
+        assert!(IndexTerm::decision(Decision::Flag).is_indexed());
+        assert!(!IndexTerm::status_class(2).is_indexed());
+        assert!(IndexTerm::status_class(3).is_indexed());
+        for s in [200, 201, 204, 299] {
+            assert!(!IndexTerm::status(s).is_indexed(), "{s}");
+        }
+        for s in [101, 302, 404, 503] {
+            assert!(IndexTerm::status(s).is_indexed(), "{s}");
+        }
+        // Whatever entry_terms writes is indexed.
+        for status in [100, 200, 204, 301, 404, 500, 599] {
+            for decision in [Decision::Allow, Decision::Reject, Decision::Flag] {
+                let e = AccessLogEntry {
+                    status,
+                    decision,
+                    ..Default::default()
+                };
+                terms.clear();
+                entry_terms(&e, &mut terms);
+                assert!(terms.iter().all(IndexTerm::is_indexed), "{terms:?}");
+                assert_eq!(
+                    terms.iter().any(|t| t.field == IndexField::Status),
+                    !(200..=299).contains(&status)
+                );
+            }
+        }
     }
 
     #[test]

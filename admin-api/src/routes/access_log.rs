@@ -157,10 +157,11 @@ pub struct AccessLogPage {
     pub items: Vec<Item>,
     /// Pass back as `before` (with the same filters and range) to continue exactly after this
     /// page; null when no older match is left in the range. A page whose filters include an
-    /// indexed one (`ip`, `country`, `status`, `decision`, `ua_type`, `risk_min` ≥ 0.5, `rule`)
-    /// is always full unless it is the last. A page filtered only by unindexed ones (`method`,
-    /// `path`, `host`, `risk_min` < 0.5) examines at most `[admin] access_log_scan_budget`
-    /// entries and may be short (even empty) with a cursor.
+    /// indexed one (`ip`, `country`, `status` other than 2xx, `decision` other than `allow`,
+    /// `ua_type`, `risk_min` ≥ 0.5, `rule`) is always full unless it is the last. A page
+    /// filtered only by unindexed ones (`method`, `path`, `host`, `risk_min` < 0.5, and the
+    /// common `decision=allow`, `status=2xx` or an exact 2xx status) examines at most
+    /// `[admin] access_log_scan_budget` entries and may be short (even empty) with a cursor.
     pub next_cursor: Option<String>,
 }
 
@@ -457,7 +458,10 @@ async fn get_access_log_by_request_id(
 /// `reasons` comma-joined). The last line says how many entries were written:
 /// `{"export":"end","count":N}` / `#count,N`; an export cut short by a failure ends with
 /// `{"export":"error",…}` / `#error,<message>` instead. Memory stays flat whatever the size;
-/// closing the connection stops the export. No scan budget: every match is written. Counts as
+/// closing the connection stops the export. When `[archive] dir` is set, the export continues,
+/// after the stream's oldest entry, with the archived entries older than it (newest first, same
+/// filters and range, each entry once; the count includes them).
+/// No scan budget: every match is written. Counts as
 /// one call against the admin rate limit.
 #[utoipa::path(
     get,
@@ -503,8 +507,12 @@ async fn export_access_log(
     let key = state.keys().access_stream();
     // Planned before the response starts, so that Redis being down is a 503, not a cut body.
     let walk = Walk::plan(&state, key.clone(), bounds, filters.clone()).await?;
-    // No archive reader yet: entries older than the stream are not exported.
-    let body = export::body(state, key, walk, format, bounds, filters, None);
+    // Entries older than the stream come from the archive, when one is configured.
+    let older: Option<Arc<dyn export::OlderEntries>> = {
+        let dir = state.config().archive.dir.trim();
+        (!dir.is_empty()).then(|| Arc::new(export::ArchivedEntries::new(dir)) as _)
+    };
+    let body = export::body(state, key, walk, format, bounds, filters, older);
     let mut response = axum::body::Body::from_stream(body).into_response();
     let headers = response.headers_mut();
     headers.insert(

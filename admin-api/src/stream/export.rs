@@ -69,6 +69,71 @@ pub trait OlderEntries: Send + Sync {
     ) -> BoxStream<'static, Result<Vec<Item>, ApiError>>;
 }
 
+/// The archive (`[archive] dir`, written by `watchpost-admin archive`) as the source of
+/// entries older than the stream. Files are read on a blocking thread, newest hour first; chunks
+/// of [`CHUNK`] matches go through a channel of two, so reading stays just ahead of the client
+/// and stops when the export is dropped. Memory holds one gzip member of a file (see
+/// [`crate::archive::read_matches_newest_first`]) and two chunks.
+pub struct ArchivedEntries {
+    dir: std::path::PathBuf,
+}
+
+impl ArchivedEntries {
+    pub fn new(dir: impl Into<std::path::PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+}
+
+impl OlderEntries for ArchivedEntries {
+    fn matches(
+        &self,
+        bounds: Bounds,
+        filters: Filters,
+    ) -> BoxStream<'static, Result<Vec<Item>, ApiError>> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<Item>, ApiError>>(2);
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let from_ms = bounds.above.map_or(0, |a| a.ms);
+            let to_ms = bounds.below.map_or(u64::MAX, |b| b.ms);
+            let keep = |e: &crate::archive::ArchivedEntry| {
+                StreamId::parse(&e.id).is_some_and(|id| {
+                    bounds.above.is_none_or(|a| id > a) && bounds.below.is_none_or(|b| id < b)
+                }) && filters.matches(&e.entry)
+            };
+            let entries = match crate::archive::read_matches_newest_first(
+                &dir, from_ms, to_ms, keep,
+            ) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "access log: archive unreadable");
+                    let _ = tx.blocking_send(Err(ApiError::internal("the archive is unreadable")));
+                    return;
+                }
+            };
+            let mut chunk = Vec::with_capacity(CHUNK);
+            for e in entries {
+                chunk.push(Item {
+                    id: e.id,
+                    entry: e.entry,
+                });
+                if chunk.len() == CHUNK
+                    && tx
+                        .blocking_send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))))
+                        .is_err()
+                {
+                    // The export was dropped (client gone): stop reading.
+                    return;
+                }
+            }
+            if !chunk.is_empty() {
+                let _ = tx.blocking_send(Ok(chunk));
+            }
+        });
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
+            .boxed()
+    }
+}
+
 enum Phase {
     Header,
     Stream(Box<Walk>),
@@ -86,6 +151,8 @@ struct Export {
     older: Option<Arc<dyn OlderEntries>>,
     phase: Phase,
     count: u64,
+    /// The oldest id the stream phase wrote: the older source starts below it.
+    lowest_written: Option<StreamId>,
     _open: OpenTail,
 }
 
@@ -110,6 +177,7 @@ pub fn body(
         older,
         phase: Phase::Header,
         count: 0,
+        lowest_written: None,
         _open: open,
         // The walk comes in through the first phase change.
     };
@@ -133,7 +201,7 @@ pub fn body(
                                 &ex.state,
                                 &ex.stream_key,
                                 ex.bounds,
-                                w.last_read.clone(),
+                                ex.lowest_written,
                             )
                             .await
                             {
@@ -157,6 +225,8 @@ pub fn body(
                             if items.is_empty() {
                                 continue;
                             }
+                            let oldest = items.iter().filter_map(|i| StreamId::parse(&i.id)).min();
+                            ex.lowest_written = ex.lowest_written.into_iter().chain(oldest).min();
                             let chunk = ex.render(&items);
                             return Some((Ok(chunk), (ex, walk)));
                         }
@@ -191,13 +261,17 @@ pub fn body(
     .boxed()
 }
 
-/// The range left for the older source: below the oldest id the stream walk reached, or the
-/// stream's first id now (entries trimmed while the export ran are below it).
+/// The range left for the older source: below both the stream's first id now (everything the
+/// stream still holds was examined by the walk; entries trimmed while the export ran are below
+/// it) and the oldest id the stream phase wrote (so that nothing is written twice, even an
+/// entry trimmed after it was written). Not the oldest id the walk read: an index walk may
+/// read index members of trimmed entries far below the stream, which the older source must
+/// still answer for.
 async fn older_bounds(
     state: &AppState,
     stream_key: &str,
     bounds: Bounds,
-    last_read: Option<String>,
+    lowest_written: Option<StreamId>,
 ) -> Result<Option<Bounds>, ApiError> {
     let mut con = state.redis();
     let reply: redis::Value = state
@@ -214,8 +288,10 @@ async fn older_bounds(
     let first = super::decode_entries(reply)?
         .first()
         .and_then(|(id, _)| StreamId::parse(id));
-    let reached = last_read.as_deref().and_then(StreamId::parse);
-    let below = [first, reached, bounds.below].into_iter().flatten().min();
+    let below = [first, lowest_written, bounds.below]
+        .into_iter()
+        .flatten()
+        .min();
     let b = Bounds {
         above: bounds.above,
         below,

@@ -315,7 +315,8 @@ impl Filters {
     }
 
     /// The indexes that can drive a walk over these filters (each one a superset of the
-    /// matches); empty when none applies.
+    /// matches); empty when none applies. Unindexed values (`decision=allow`, `2xx`, exact 2xx
+    /// statuses) are left out: their filter is checked on the entries of whatever walk runs.
     pub fn index_terms(&self) -> Vec<IndexTerm> {
         let mut out = Vec::new();
         if let Some(ip) = &self.ip {
@@ -341,6 +342,7 @@ impl Filters {
         if let Some(r) = &self.rule {
             out.push(IndexTerm::rule(r));
         }
+        out.retain(IndexTerm::is_indexed);
         out
     }
 

@@ -763,3 +763,131 @@ async fn closing_an_export_stops_the_server_reading() {
         "nothing is read once the export is closed"
     );
 }
+
+/// Export NDJSON lines: the items' ids and the trailer.
+async fn export_ids(app: &TestApp, admin: &TestAdmin, query: &str) -> (Vec<String>, Value) {
+    let response = app
+        .get(&format!("/api/admin/access-log/export?{query}"))
+        .bearer_auth(&admin.key)
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("body");
+    let mut lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let trailer = lines.pop().expect("a trailer");
+    let ids = lines
+        .iter()
+        .map(|i| i["id"].as_str().expect("id").to_string())
+        .collect();
+    (ids, trailer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_continue_into_the_archive_below_the_stream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let archive_dir = dir.path().display().to_string();
+    let app = TestApp::builder()
+        .configure(move |c| {
+            c.admin.rate_limit_per_minute = 1_000_000;
+            c.admin.rate_limit_per_hour = 1_000_000;
+            c.archive.dir = archive_dir;
+            c.archive.batch = 250;
+            c.archive.block_ms = 100;
+            c.archive.metrics_listen = String::new();
+        })
+        .spawn()
+        .await;
+    let admin = app.create_admin().await;
+    let keys = Keys::new(app.key_prefix.clone());
+    let mut con = redis_con(&app).await;
+    let mut seq = 0;
+    write(&mut con, &keys, &mut seq, 0..3000).await;
+    let snap = snapshot(&mut con, &keys).await;
+    assert_eq!(snap.len(), 3000);
+
+    // Archive everything, then trim the stream to its newest 1000 entries: 2000 entries are
+    // only in the archive, the newest 1000 in both (and must come out once).
+    let metrics = watchpost_admin::archive::ArchiveMetrics::new().expect("metrics");
+    let archiver = watchpost_admin::archive::Archiver::new(
+        &app.config.redis.url,
+        &keys,
+        &app.config.archive,
+        metrics.clone(),
+    )
+    .await
+    .expect("archiver");
+    let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(archiver.run(async move {
+        let _ = stop_rx.wait_for(|v| *v).await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics.entries_total.get() < 3000 {
+        assert!(
+            Instant::now() < deadline,
+            "the archiver did not archive everything"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(true);
+    task.await.expect("join").expect("archiver");
+    let _: u64 = redis::cmd("XTRIM")
+        .arg(keys.access_stream())
+        .arg("MINID")
+        .arg(&snap[2000].0)
+        .query_async(&mut con)
+        .await
+        .expect("XTRIM");
+    let left = snapshot(&mut con, &keys).await;
+    assert_eq!(left.len(), 1000);
+    assert_eq!(left[0].0, snap[2000].0);
+
+    // Everything: each entry once, newest first, the count including the archived ones.
+    let (ids, trailer) = export_ids(&app, &admin, "").await;
+    let want: Vec<&str> = snap.iter().rev().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), want.len());
+    assert_eq!(ids, want);
+    assert_eq!(trailer["export"], "end");
+    assert_eq!(trailer["count"], 3000);
+
+    // Filters (an indexed one and a checked one) and a time range across the trim point.
+    let from = id_parts(&snap[300].0).0;
+    let to = id_parts(&snap[2700].0).0;
+    let want: Vec<&str> = snap
+        .iter()
+        .rev()
+        .filter(|(id, f)| {
+            let ms = id_parts(id).0;
+            ms >= from && ms < to && f["country"] == "FR" && f["method"] == "GET"
+        })
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert!(
+        want.len() > 100,
+        "the reference has archived and stream matches"
+    );
+    let (ids, trailer) = export_ids(
+        &app,
+        &admin,
+        &format!("country=fr&method=GET&from={from}&to={to}"),
+    )
+    .await;
+    assert_eq!(ids, want);
+    assert_eq!(trailer["count"], want.len());
+
+    // A range entirely below the stream comes from the archive alone.
+    let to_old = id_parts(&snap[1000].0).0;
+    let want: Vec<&str> = snap
+        .iter()
+        .rev()
+        .filter(|(id, f)| id_parts(id).0 < to_old && f["status"] == "404")
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert!(!want.is_empty());
+    let (ids, trailer) = export_ids(&app, &admin, &format!("status=404&to={to_old}")).await;
+    assert_eq!(ids, want);
+    assert_eq!(trailer["count"], want.len());
+}

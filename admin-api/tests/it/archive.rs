@@ -156,6 +156,27 @@ async fn a_crash_mid_way_loses_and_repeats_nothing_and_files_rotate_by_hour() {
         .map(|e| e.id)
         .collect();
     assert_eq!(got, ids);
+    // Newest first one member at a time, filtered: the same entries in reverse, past the torn
+    // member.
+    let newest: Vec<String> = archive::read_matches_newest_first(dir.path(), 0, u64::MAX, |_| true)
+        .expect("read")
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(newest, ids.iter().rev().cloned().collect::<Vec<_>>());
+    let odd: Vec<String> = archive::read_matches_newest_first(dir.path(), 0, u64::MAX, |e| {
+        e.entry.path.ends_with('1') || e.entry.path.ends_with('3')
+    })
+    .expect("read")
+    .map(|e| e.id)
+    .collect();
+    let want: Vec<String> = ids
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(i, _)| i % 10 == 1 || i % 10 == 3)
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_eq!(odd, want);
     let mut raw_lines = 0;
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir.path()).expect("dir") {

@@ -142,7 +142,10 @@ fn plain_invocation<'a>(
         });
         inv.arg(0);
     }
+    // No index streams; the retention and rollup trailer with no rollups and no MINID: the
+    // stream (and its per-minute counters) alone.
     inv.arg(0);
+    inv.arg(0).arg(1).arg(1).arg(0).arg(4);
     inv
 }
 
