@@ -143,8 +143,15 @@ async fn a_crash_mid_way_loses_and_repeats_nothing_and_files_rotate_by_hour() {
 
     // A restarted archiver finishes the job.
     let metrics = ArchiveMetrics::new().expect("metrics");
-    archive_until(&keys, &cfg, metrics.clone(), |m| {
-        m.lag_entries.get() == 0 && m.entries_total.get() + first_run >= 2000
+    // Done once nothing is left to read and the files hold every entry. (Counting the two
+    // runs' `entries_total` would not do: the first run may be killed after a write reached
+    // the disk but before its counter rose, and the second then only acknowledges those.)
+    let archived = dir.path().to_path_buf();
+    archive_until(&keys, &cfg, metrics.clone(), move |m| {
+        m.lag_entries.get() == 0
+            && archive::read_range(&archived, 0, u64::MAX)
+                .map(|entries| entries.count() == 2000)
+                .unwrap_or(false)
     })
     .await;
     assert_eq!(metrics.lag_entries.get(), 0);
