@@ -165,6 +165,28 @@ pub struct AccessLogPage {
     pub next_cursor: Option<String>,
 }
 
+/// The filters of [`AccessLogQuery`] and [`ExportQuery`], which carry the same filter fields
+/// (two structs, because `deny_unknown_fields` does not combine with a flattened one).
+macro_rules! list_filters {
+    ($q:ident) => {
+        path_filter($q.path, $q.path_prefix).and_then(|path| {
+            Filters::parse(&FilterParams {
+                method: $q.method,
+                path,
+                ip: $q.ip,
+                country: $q.country,
+                risk_min: $q.risk_min,
+                ua_type: $q.ua_type,
+                decision: $q.decision,
+                status: $q.status,
+                rule: $q.rule,
+                host: $q.host,
+                request_id: $q.request_id,
+            })
+        })
+    };
+}
+
 /// Parses `from`/`to`: RFC 3339 or milliseconds since the Unix epoch.
 fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<u64>, ApiError> {
     let Some(v) = raw else { return Ok(None) };
@@ -235,19 +257,7 @@ async fn list_access_log(
     let since = StreamId::param("since", q.since.as_deref())?;
     let from = parse_time("from", q.from.as_deref())?;
     let to = parse_time("to", q.to.as_deref())?;
-    let filters = Filters::parse(&FilterParams {
-        method: q.method,
-        path: path_filter(q.path, q.path_prefix)?,
-        ip: q.ip,
-        country: q.country,
-        risk_min: q.risk_min,
-        ua_type: q.ua_type,
-        decision: q.decision,
-        status: q.status,
-        rule: q.rule,
-        host: q.host,
-        request_id: q.request_id,
-    })?;
+    let filters = list_filters!(q)?;
     let bounds = Bounds::new(before, since, from, to);
     let key = state.keys().access_stream();
     if let Some(rid) = filters.request_id.clone() {
@@ -490,19 +500,7 @@ async fn export_access_log(
     };
     let from = parse_time("from", q.from.as_deref())?;
     let to = parse_time("to", q.to.as_deref())?;
-    let filters = Filters::parse(&FilterParams {
-        method: q.method,
-        path: path_filter(q.path, q.path_prefix)?,
-        ip: q.ip,
-        country: q.country,
-        risk_min: q.risk_min,
-        ua_type: q.ua_type,
-        decision: q.decision,
-        status: q.status,
-        rule: q.rule,
-        host: q.host,
-        request_id: q.request_id,
-    })?;
+    let filters = list_filters!(q)?;
     let bounds = Bounds::new(None, None, from, to);
     let key = state.keys().access_stream();
     // Planned before the response starts, so that Redis being down is a 503, not a cut body.
