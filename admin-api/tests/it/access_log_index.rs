@@ -242,11 +242,13 @@ impl Q {
         out.join("&")
     }
 
+    /// Whether a filter is served by an index. Values so common that a scan finds a page at
+    /// once are not indexed: `decision=allow`, the class `2xx` and exact 2xx statuses.
     fn indexed(&self) -> bool {
         self.ip.is_some()
             || self.country.is_some()
-            || self.status.is_some()
-            || self.decision.is_some()
+            || self.status.is_some_and(|s| !s.starts_with('2'))
+            || self.decision.is_some_and(|d| d != "allow")
             || self.ua_type.is_some()
             || self.rule.is_some()
             || self
