@@ -6,19 +6,6 @@ pub const DEFAULT_PREFIX: &str = "wp:";
 
 /// Suffix of the access-log stream.
 pub const ACCESS_STREAM: &str = "access";
-/// Suffix of the hash beside the stream holding each proxy's access-log high-water mark (field
-/// `proxy_id`, value the sequence of the last batch appended). A later cluster sharding moves
-/// the stream and this hash into one hash slot together (a shared `{…}` tag).
-pub const ACCESS_HWM: &str = "access:hwm";
-/// Suffix of the per-minute access-log rollups (`<prefix>access:rollup:<unix minute>`, a hash,
-/// with the sorted sets `…:ip` and `…:path` beside it; see [`crate::rollup`]).
-pub const ACCESS_ROLLUP: &str = "access:rollup:";
-/// Suffix of the access-log index streams (`<prefix>access:ix:<field>:<value>`, see
-/// [`crate::access_index`]).
-pub const ACCESS_INDEX: &str = "access:ix:";
-/// Suffix of the registry of access-log index keys (a sorted set: member the index key, score
-/// the millisecond of its newest member).
-pub const ACCESS_INDEX_REGISTRY: &str = "access:ixkeys";
 /// Suffix of the JSON gateway config written by the admin API.
 pub const GATEWAY_CONFIG: &str = "gateway:config";
 /// Suffix of the pub/sub channel announcing a new gateway config.
@@ -43,7 +30,100 @@ pub const RULE_HITS_PER_MINUTE: &str = "rule:hits:";
 /// Unix epoch, kept as the maximum any proxy reported).
 pub const RULE_LAST_HIT: &str = "rule:last_hit:";
 
-/// Key names under one prefix.
+/// The keys of one access-log shard: its stream and everything the append script writes in the
+/// same call (high-water marks, per-minute counters, index streams and their registry, rollups).
+///
+/// Every name of the family comes from here, so that on a Redis Cluster all of them can carry the
+/// shard's hash tag and share one slot (a script may only touch keys of one slot). The
+/// unsharded family ([`Keys::access`]) keeps the single-node names of SPEC (`wp:access`,
+/// `wp:access:hwm`, `wp:gw:req:<minute>`, …); a tagged family ([`Keys::access_shard`]) puts
+/// `{<shard>}` after `access` and after the counters' name: `wp:access:{3}`, `wp:access:{3}:hwm`,
+/// `wp:access:{3}:ix:ip:…`, `wp:gw:req:{3}:<minute>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessKeys {
+    prefix: String,
+    /// `""` unsharded, `:{<shard>}` tagged.
+    tag: String,
+    shard: Option<u16>,
+}
+
+impl AccessKeys {
+    /// The shard number of a tagged family, `None` for the unsharded one.
+    pub fn shard(&self) -> Option<u16> {
+        self.shard
+    }
+
+    /// The access-log stream, `wp:access` unsharded.
+    pub fn stream(&self) -> String {
+        format!("{}{}{}", self.prefix, ACCESS_STREAM, self.tag)
+    }
+
+    /// The high-water marks of the proxies' batches, `wp:access:hwm` unsharded.
+    pub fn hwm(&self) -> String {
+        format!("{}{}:hwm", self.prefix, self.base())
+    }
+
+    fn base(&self) -> String {
+        format!("{ACCESS_STREAM}{}", self.tag)
+    }
+
+    /// The exact per-minute access-log counts of one unix minute (a hash).
+    pub fn rollup(&self, unix_minute: u64) -> String {
+        format!("{}{}:rollup:{}", self.prefix, self.base(), unix_minute)
+    }
+
+    /// Hits per client IP in one unix minute (a bounded sorted set).
+    pub fn rollup_ips(&self, unix_minute: u64) -> String {
+        format!("{}:ip", self.rollup(unix_minute))
+    }
+
+    /// Hits per path in one unix minute (a bounded sorted set).
+    pub fn rollup_paths(&self, unix_minute: u64) -> String {
+        format!("{}:path", self.rollup(unix_minute))
+    }
+
+    /// One index stream (`field` one of [`crate::access_index::IndexField`]'s names, `value`
+    /// canonical); build it through [`crate::access_index::IndexTerm`].
+    pub fn index(&self, field: &str, value: &str) -> String {
+        format!("{}{}:ix:{}:{}", self.prefix, self.base(), field, value)
+    }
+
+    /// The registry of this shard's index keys, `wp:access:ixkeys` unsharded.
+    pub fn index_registry(&self) -> String {
+        format!("{}{}:ixkeys", self.prefix, self.base())
+    }
+
+    /// Requests this shard counted in the given unix minute, `wp:gw:req:<minute>` unsharded.
+    pub fn requests_in_minute(&self, unix_minute: u64) -> String {
+        format!(
+            "{}{}{}{}",
+            self.prefix,
+            GATEWAY_REQUESTS_PER_MINUTE,
+            self.counter_tag(),
+            unix_minute
+        )
+    }
+
+    /// Rejects this shard counted in the given unix minute, `wp:gw:rej:<minute>` unsharded.
+    pub fn rejects_in_minute(&self, unix_minute: u64) -> String {
+        format!(
+            "{}{}{}{}",
+            self.prefix,
+            GATEWAY_REJECTS_PER_MINUTE,
+            self.counter_tag(),
+            unix_minute
+        )
+    }
+
+    /// `{3}:` tagged, empty unsharded (the counter suffixes end with `:` already).
+    fn counter_tag(&self) -> String {
+        self.shard.map_or_else(String::new, |s| format!("{{{s}}}:"))
+    }
+}
+
+/// Key names under one prefix. The `access_*` and per-minute counter methods name the keys of
+/// the unsharded access-log family ([`Keys::access`]); code that may run sharded takes an
+/// [`AccessKeys`] instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
@@ -70,41 +150,59 @@ impl Keys {
         format!("{}{}", self.prefix, suffix)
     }
 
+    /// The unsharded access-log family: the single-node names of SPEC.
+    pub fn access(&self) -> AccessKeys {
+        AccessKeys {
+            prefix: self.prefix.clone(),
+            tag: String::new(),
+            shard: None,
+        }
+    }
+
+    /// The access-log family of one shard, every name carrying the hash tag `{<shard>}`.
+    pub fn access_shard(&self, shard: u16) -> AccessKeys {
+        AccessKeys {
+            prefix: self.prefix.clone(),
+            tag: format!(":{{{shard}}}"),
+            shard: Some(shard),
+        }
+    }
+
     /// The access-log stream, `wp:access` by default.
     pub fn access_stream(&self) -> String {
-        self.key(ACCESS_STREAM)
+        self.access().stream()
     }
 
     /// The access-log high-water marks, `wp:access:hwm` by default.
     pub fn access_hwm(&self) -> String {
-        self.key(ACCESS_HWM)
+        self.access().hwm()
     }
 
     /// The exact per-minute access-log counts of one unix minute (a hash).
     pub fn access_rollup(&self, unix_minute: u64) -> String {
-        format!("{}{}{}", self.prefix, ACCESS_ROLLUP, unix_minute)
+        self.access().rollup(unix_minute)
     }
 
     /// Hits per client IP in one unix minute (a bounded sorted set).
     pub fn access_rollup_ips(&self, unix_minute: u64) -> String {
-        format!("{}{}{}:ip", self.prefix, ACCESS_ROLLUP, unix_minute)
+        self.access().rollup_ips(unix_minute)
     }
 
     /// Hits per path in one unix minute (a bounded sorted set).
     pub fn access_rollup_paths(&self, unix_minute: u64) -> String {
-        format!("{}{}{}:path", self.prefix, ACCESS_ROLLUP, unix_minute)
+        self.access().rollup_paths(unix_minute)
     }
 
     /// One access-log index stream (`field` one of [`crate::access_index::IndexField`]'s
     /// names, `value` canonical); build it through [`crate::access_index::IndexTerm::key`].
     /// A later cluster sharding puts the stream, the marks and the index under one hash tag.
     pub fn access_index(&self, field: &str, value: &str) -> String {
-        format!("{}{}{}:{}", self.prefix, ACCESS_INDEX, field, value)
+        self.access().index(field, value)
     }
 
     /// The registry of access-log index keys, `wp:access:ixkeys` by default.
     pub fn access_index_registry(&self) -> String {
-        self.key(ACCESS_INDEX_REGISTRY)
+        self.access().index_registry()
     }
 
     /// The current gateway config (JSON), `wp:gateway:config` by default.
@@ -119,18 +217,12 @@ impl Keys {
 
     /// Requests counted in the given unix minute.
     pub fn requests_in_minute(&self, unix_minute: u64) -> String {
-        format!(
-            "{}{}{}",
-            self.prefix, GATEWAY_REQUESTS_PER_MINUTE, unix_minute
-        )
+        self.access().requests_in_minute(unix_minute)
     }
 
     /// Rejected requests counted in the given unix minute.
     pub fn rejects_in_minute(&self, unix_minute: u64) -> String {
-        format!(
-            "{}{}{}",
-            self.prefix, GATEWAY_REJECTS_PER_MINUTE, unix_minute
-        )
+        self.access().rejects_in_minute(unix_minute)
     }
 
     /// Hits of one rule counted in the given unix minute.
@@ -179,6 +271,58 @@ mod tests {
         assert_eq!(k.access_rollup(7), "wp:access:rollup:7");
         assert_eq!(k.access_rollup_ips(7), "wp:access:rollup:7:ip");
         assert_eq!(k.access_rollup_paths(7), "wp:access:rollup:7:path");
+    }
+
+    #[test]
+    fn the_unsharded_family_keeps_the_single_node_names() {
+        let k = Keys::default();
+        let a = k.access();
+        assert_eq!(a.shard(), None);
+        assert_eq!(a.stream(), k.access_stream());
+        assert_eq!(a.hwm(), k.access_hwm());
+        assert_eq!(a.rollup(7), k.access_rollup(7));
+        assert_eq!(a.rollup_ips(7), k.access_rollup_ips(7));
+        assert_eq!(a.rollup_paths(7), k.access_rollup_paths(7));
+        assert_eq!(a.index("ip", "1.2.3.4"), k.access_index("ip", "1.2.3.4"));
+        assert_eq!(a.index_registry(), k.access_index_registry());
+        assert_eq!(a.requests_in_minute(7), k.requests_in_minute(7));
+        assert_eq!(a.rejects_in_minute(7), k.rejects_in_minute(7));
+    }
+
+    #[test]
+    fn a_shard_family_shares_one_hash_tag() {
+        let a = Keys::default().access_shard(3);
+        assert_eq!(a.shard(), Some(3));
+        let names = [
+            a.stream(),
+            a.hwm(),
+            a.rollup(7),
+            a.rollup_ips(7),
+            a.rollup_paths(7),
+            a.index("ip", "1.2.3.4"),
+            a.index_registry(),
+            a.requests_in_minute(7),
+            a.rejects_in_minute(7),
+        ];
+        assert_eq!(
+            names,
+            [
+                "wp:access:{3}",
+                "wp:access:{3}:hwm",
+                "wp:access:{3}:rollup:7",
+                "wp:access:{3}:rollup:7:ip",
+                "wp:access:{3}:rollup:7:path",
+                "wp:access:{3}:ix:ip:1.2.3.4",
+                "wp:access:{3}:ixkeys",
+                "wp:gw:req:{3}:7",
+                "wp:gw:rej:{3}:7",
+            ]
+        );
+        for n in names {
+            // The first `{…}` of the name is the tag Redis Cluster hashes.
+            let tag = n.split('{').nth(1).and_then(|t| t.split('}').next());
+            assert_eq!(tag, Some("3"), "{n}");
+        }
     }
 
     #[test]

@@ -12,5 +12,5 @@ pub mod rules;
 pub use access_log::{AccessLogEntry, Decision, FIELDS as ACCESS_LOG_FIELDS};
 pub use client_ip::{resolve_client_ip, ClientIp, IpSource};
 pub use gateway::{ClientIpHeader, GatewayConfig, GatewayConfigError, IpMode, RiskMode};
-pub use keys::Keys;
+pub use keys::{AccessKeys, Keys};
 pub use rules::{RuleAction, RuleDoc, RuleMatch, RuleRate};
