@@ -37,6 +37,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
+# shellcheck source=benches/lib/nginx-gateway.sh
+. benches/lib/nginx-gateway.sh
 
 DURATION="${DURATION:-10}"
 ROUNDS="${ROUNDS:-3}"
@@ -153,23 +155,13 @@ wait_for() { # seconds command...
 rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
 
 # ------------------------------------------------------------ origin and Redis ------
-common_http() { # prefix dir
-    cat <<EOF
-    client_body_temp_path $1/tmp/client_body;
-    proxy_temp_path $1/tmp/proxy;
-    fastcgi_temp_path $1/tmp/fastcgi;
-    uwsgi_temp_path $1/tmp/uwsgi;
-    scgi_temp_path $1/tmp/scgi;
-    keepalive_requests 1000000;
-EOF
-}
 cat >"$WORK/origin/nginx.conf" <<EOF
 worker_processes 1;
 pid $WORK/origin/nginx.pid;
 error_log $WORK/origin/error.log warn;
 events { worker_connections 4096; }
 http {
-$(common_http "$WORK/origin")
+$(nginx_common_http "$WORK/origin")
     access_log off;
     server {
         listen 127.0.0.1:$ORIGIN_PORT;
@@ -190,59 +182,8 @@ wait_for 10 rcli ping || die_log "$WORK/redis.log" "redis-server did not start"
 # -------------------------------------------------------------------- gateways ------
 start_gateways() { # threads
     local t="$1"
-    cat >"$WORK/nginx/nginx.conf" <<EOF
-load_module $GEOIP2_MODULE;
-worker_processes $t;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-$(common_http "$WORK/nginx")
-    geoip2 $MMDB {
-        \$geo_country country_code;
-    }
-    map \$http_x_forwarded_for \$wp_forwarded_for {
-        "" \$realip_remote_addr;
-        default "\$http_x_forwarded_for, \$realip_remote_addr";
-    }
-    map \$http_x_forwarded_for \$wp_ip_source {
-        "" peer;
-        default x-forwarded-for;
-    }
-    log_format watchpost escape=json '{"ts":"\$msec","method":"\$request_method","host":"\$host",'
-        '"path":"\$uri","query":"\$args","status":"\$status","ip":"\$remote_addr",'
-        '"ip_source":"\$wp_ip_source","peer":"\$realip_remote_addr","country":"\$geo_country",'
-        '"risk":"0.000","reasons":"","ua":"\$http_user_agent","ua_type":"browser",'
-        '"decision":"allow","latency_us":"\$request_time","bytes_out":"\$bytes_sent",'
-        '"upstream":"\$upstream_addr","request_id":"\$request_id","proxy_id":"nginx"}';
-    upstream origin {
-        server 127.0.0.1:$ORIGIN_PORT;
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        set_real_ip_from $TRUSTED_CIDR;
-        real_ip_header X-Forwarded-For;
-        real_ip_recursive on;
-        access_log $WORK/nginx/access.log watchpost buffer=64k flush=1s;
-        location / {
-            proxy_pass http://origin;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$http_host;
-            proxy_set_header X-Client-IP \$remote_addr;
-            proxy_set_header X-Client-Country \$geo_country;
-            proxy_set_header X-Request-Id \$request_id;
-            proxy_set_header X-Forwarded-For \$wp_forwarded_for;
-            proxy_set_header Forwarded "";
-            proxy_set_header X-Real-IP "";
-            proxy_set_header X-Risk-Score "";
-            add_header X-Request-Id \$request_id always;
-        }
-    }
-}
-EOF
+    nginx_gateway_conf "$WORK/nginx" "$t" "$NGINX_PORT" "$ORIGIN_PORT" "$MMDB" "$TRUSTED_CIDR" \
+        "$GEOIP2_MODULE" >"$WORK/nginx/nginx.conf"
     cat >"$WORK/proxy.toml" <<EOF
 [proxy]
 listen = "127.0.0.1:$PROXY_PORT"

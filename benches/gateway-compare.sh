@@ -66,6 +66,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
+# shellcheck source=benches/lib/nginx-gateway.sh
+. benches/lib/nginx-gateway.sh
 
 DURATION="${DURATION:-10}"
 ROUNDS="${ROUNDS:-3}"
@@ -257,75 +259,9 @@ trusted_cidrs = ["$TRUSTED_CIDR"]
 rate_limit = 1000000000.0
 EOF
 
-# The same gateway in nginx. realip rewrites $remote_addr to the client before the geoip2
-# variable is evaluated, so the lookup is of the client, as in watchpost.
-cat >"$WORK/nginx/nginx.conf" <<EOF
-load_module $GEOIP2_MODULE;
-worker_processes $PROXY_THREADS;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    client_body_temp_path $WORK/nginx/tmp/client_body;
-    proxy_temp_path $WORK/nginx/tmp/proxy;
-    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-    scgi_temp_path $WORK/nginx/tmp/scgi;
-    # nginx closes a client keep-alive connection after 1000 requests by default; watchpost
-    # does not, so neither does this gateway.
-    keepalive_requests 1000000;
-
-    geoip2 $MMDB {
-        \$geo_country country_code;
-    }
-    # watchpost sends "<client>, <trusted hops walked>, <peer>"; with one trusted hop and a
-    # single-address header that is the incoming header followed by the peer.
-    map \$http_x_forwarded_for \$wp_forwarded_for {
-        "" \$realip_remote_addr;
-        default "\$http_x_forwarded_for, \$realip_remote_addr";
-    }
-    map \$http_x_forwarded_for \$wp_ip_source {
-        "" peer;
-        default x-forwarded-for;
-    }
-    # The stream entry's 20 fields (SPEC §5); nginx has no risk score, so risk, reasons and
-    # ua_type are constants; ts and latency are nginx's own units (seconds, ms resolution).
-    log_format watchpost escape=json '{"ts":"\$msec","method":"\$request_method","host":"\$host",'
-        '"path":"\$uri","query":"\$args","status":"\$status","ip":"\$remote_addr",'
-        '"ip_source":"\$wp_ip_source","peer":"\$realip_remote_addr","country":"\$geo_country",'
-        '"risk":"0.000","reasons":"","ua":"\$http_user_agent","ua_type":"browser",'
-        '"decision":"allow","latency_us":"\$request_time","bytes_out":"\$bytes_sent",'
-        '"upstream":"\$upstream_addr","request_id":"\$request_id","proxy_id":"nginx"}';
-
-    upstream demo {
-        server 127.0.0.1:$UPSTREAM_PORT;
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        set_real_ip_from $TRUSTED_CIDR;
-        real_ip_header X-Forwarded-For;
-        real_ip_recursive on;
-        access_log $WORK/nginx/access.log watchpost buffer=64k flush=1s;
-        location / {
-            proxy_pass http://demo;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$http_host;
-            proxy_set_header X-Client-IP \$remote_addr;
-            proxy_set_header X-Client-Country \$geo_country;
-            proxy_set_header X-Request-Id \$request_id;
-            proxy_set_header X-Forwarded-For \$wp_forwarded_for;
-            # Removed like watchpost removes them (an empty value drops the header).
-            proxy_set_header Forwarded "";
-            proxy_set_header X-Real-IP "";
-            proxy_set_header X-Risk-Score "";
-            add_header X-Request-Id \$request_id always;
-        }
-    }
-}
-EOF
+# The same gateway in nginx (benches/lib/nginx-gateway.sh, shared with cpu-per-request.sh).
+nginx_gateway_conf "$WORK/nginx" "$PROXY_THREADS" "$NGINX_PORT" "$UPSTREAM_PORT" "$MMDB" "$TRUSTED_CIDR" \
+    "$GEOIP2_MODULE" >"$WORK/nginx/nginx.conf"
 
 log "starting nginx on :$NGINX_PORT and watchpost-proxy on :$PROXY_PORT"
 NGINX_ARGS=(-p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" -g 'daemon off;')
