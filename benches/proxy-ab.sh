@@ -14,6 +14,8 @@
 # .cache/geo/ when it is there, and the load sends `X-Forwarded-For: CLIENT_IP`, default
 # 193.0.6.139, from a trusted 127.0.0.0/8 peer, as in benches/cpu-per-request.sh),
 # REDIS_URL (default redis://127.0.0.1:6379, keys under a unique prefix, deleted at the end),
+# CALLGRIND=N (after the rounds, run each build once more under valgrind's callgrind and count
+# the instructions and allocator calls per request over N requests, default 0: off; see below),
 # ports BASE_PORT=18700 NEW_PORT=18710 UPSTREAM_PORT=18720 (health listeners at port + 1).
 # "new" is the working tree. The base revision is checked out as a git worktree under
 # .cache/ab/ and built there (its own target directory, kept for the next run); BASE_BIN=<path>
@@ -173,6 +175,61 @@ for i in $(seq 1 "$ROUNDS"); do
     round new "$NEW_PID" "$NEW_PORT" >>"$WORK/new.rounds"
 done
 
+# Instructions per request, which the machine's load does not change: each build runs alone
+# under `valgrind --tool=callgrind` with instrumentation off while it starts and is warmed up,
+# on for exactly the load of wrk -t1 -c$CONNECTIONS stopped after CALLGRIND requests (a wrk
+# script), then off again once the access-log writer has drained. Per request = collected
+# instructions (every thread: request path, writer, timers) ÷ the entries the build added to
+# its stream meanwhile (each request writes one). Allocator calls per request count the calls
+# of mimalloc's entry points that Rust's global allocator calls (mi_malloc_aligned,
+# mi_zalloc_aligned, mi_realloc_aligned), as the PROFILE=1 uprobes of cpu-per-request.sh do.
+CALLGRIND="${CALLGRIND:-0}"
+cg_run() { # name bin port -> "instructions_per_request allocs_per_request entries"
+    local name="$1" bin="$2" port="$3" pid out e0 e1 stream
+    out="$WORK/callgrind.$name.out"
+    stream="${PREFIX}cg-$name:access"
+    kill "$( [ "$name" = base ] && echo "$BASE_PID" || echo "$NEW_PID")" 2>/dev/null || true
+    sleep 0.5
+    RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+        "$bin" --config "$(config "$port" "cg-$name")" 2>"$WORK/cg-$name.log" &
+    pid=$!
+    PIDS+=("$pid")
+    for _ in $(seq 1 600); do
+        curl -fsS "http://127.0.0.1:$((port + 1))/healthz" >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    wrk -t1 -c"$CONNECTIONS" -d3s "${HEADERS[@]}" "http://127.0.0.1:$port/" >/dev/null
+    sleep 2
+    e0="$(redis-cli -u "$REDIS_URL" xinfo stream "$stream" 2>/dev/null | awk 'prev == "entries-added" { print; exit } { prev = $0 }')"
+    callgrind_control -i on "$pid" >/dev/null
+    printf 'local n = 0\nresponse = function() n = n + 1; if n >= %d then wrk.thread:stop() end end\n' \
+        "$CALLGRIND" >"$WORK/stop.lua"
+    wrk -t1 -c"$CONNECTIONS" -d600s -s "$WORK/stop.lua" "${HEADERS[@]}" "http://127.0.0.1:$port/" >/dev/null
+    sleep 3
+    callgrind_control -i off "$pid" >/dev/null
+    e1="$(redis-cli -u "$REDIS_URL" xinfo stream "$stream" 2>/dev/null | awk 'prev == "entries-added" { print; exit } { prev = $0 }')"
+    kill -INT "$pid" 2>/dev/null || true
+    for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    awk -v n="$((e1 - e0))" '
+        /^fn=\(/ || /^cfn=\(/ {
+            id = $1; sub(/^c?fn=/, "", id)
+            if (NF > 1) { name[id] = $2 }
+            if ($1 ~ /^cfn/) { callee = name[id] }
+        }
+        /^calls=/ { split($1, c, "="); if (callee ~ /^mi_(malloc|zalloc|realloc)_aligned$/) allocs += c[2] }
+        /^totals:/ { ir = $2 }
+        /^summary:/ { if (ir == "") ir = $2 }
+        END { printf "%.0f %.1f %d\n", ir / n, allocs / n, n }' "$out"
+}
+if [ "$CALLGRIND" -gt 0 ] 2>/dev/null; then
+    command -v valgrind >/dev/null || die "CALLGRIND needs valgrind"
+    log "callgrind: $CALLGRIND requests per build"
+    cg_run base "$BASE_BIN" "$BASE_PORT" >"$WORK/cg.base"
+    cg_run new "$NEW_BIN" "$NEW_PORT" >"$WORK/cg.new"
+    CG_BASE="$(cat "$WORK/cg.base")"
+    CG_NEW="$(cat "$WORK/cg.new")"
+fi
+
 median() { # file column
     sort -g -k"$2","$2" "$1" | awk -v c="$2" '{ v[NR] = $c } END { print v[int((NR + 1) / 2)] }'
 }
@@ -188,6 +245,17 @@ done
 awk -v a="$(median "$WORK/new.rounds" 1)" -v b="$(median "$WORK/base.rounds" 1)" \
     -v c="$(median "$WORK/new.rounds" 4)" -v d="$(median "$WORK/base.rounds" 4)" \
     'BEGIN { printf "\nnew ÷ base: throughput %.2f×, proxy CPU per request %.2f×\n", a / b, c / d }'
+echo
+if [ -n "${CG_BASE:-}" ]; then
+    echo
+    echo "Under callgrind, wrk -t1 -c$CONNECTIONS stopped after $CALLGRIND requests:"
+    echo
+    echo "| build | instructions/request | allocator calls/request | requests logged |"
+    echo "|---|---:|---:|---:|"
+    printf '| base | %s | %s | %s |\n' $CG_BASE
+    printf '| new | %s | %s | %s |\n' $CG_NEW
+    awk -v a="${CG_NEW%% *}" -v b="${CG_BASE%% *}" 'BEGIN { printf "\nnew ÷ base: instructions per request %.3f×\n", a / b }'
+fi
 echo
 echo "rounds (rps p50 p99 proxy_us redis_us non2xx):"
 paste -d'|' "$WORK/base.rounds" "$WORK/new.rounds" | sed 's/^/  base: /; s/|/   new: /'
