@@ -3,8 +3,10 @@
 //! listpack node stores repeated field names once only when they match the node's first
 //! entry, so a fixed layout saves memory.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -71,40 +73,62 @@ impl fmt::Display for Decision {
 }
 
 /// One access-log entry with typed fields.
+///
+/// The proxy builds one per request and hands it to another thread, so the fields whose values
+/// come from a small fixed set (`method` for the standard methods, `ip_source`, `ua_type`,
+/// `proto`, the reason names) are `Cow`s that borrow a `&'static str`, and `proxy_id`, the same
+/// for every entry of an instance, is shared: none of them costs an allocation per request.
+/// Entries read back from the stream own their text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct AccessLogEntry {
     /// Milliseconds since the Unix epoch.
     pub ts: u64,
-    pub method: String,
+    pub method: Cow<'static, str>,
     pub host: String,
     pub path: String,
     pub query: String,
     pub status: u16,
     pub ip: String,
-    pub ip_source: String,
+    pub ip_source: Cow<'static, str>,
     pub peer: String,
     /// ISO 3166-1 alpha-2, or empty.
     pub country: String,
     /// Risk score in [0, 1], written with 3 decimals.
     pub risk: f64,
     /// Names of the reasons that fired.
-    pub reasons: Vec<String>,
+    pub reasons: Vec<Cow<'static, str>>,
     pub ua: String,
-    pub ua_type: String,
+    pub ua_type: Cow<'static, str>,
     pub decision: Decision,
     pub latency_us: u64,
     pub bytes_out: u64,
     /// The upstream address the request went to, or empty.
     pub upstream: String,
     pub request_id: String,
-    pub proxy_id: String,
+    #[serde(with = "shared_str")]
+    pub proxy_id: Arc<str>,
     /// The id of the gateway rule that decided the request (`rul_…`), else of the first
     /// `log_only` rule it matched; empty when no rule matched. Entries written before rules
     /// existed read as empty.
     pub rule: String,
     /// The downstream protocol: `http/1.1` or `h2`. Entries written before this field read as
     /// empty.
-    pub proto: String,
+    pub proto: Cow<'static, str>,
+}
+
+/// (De)serialises an `Arc<str>` as a string (serde's own impl needs its `rc` feature).
+mod shared_str {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(value)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
+        String::deserialize(d).map(Arc::from)
+    }
 }
 
 /// A stream entry that cannot be read back as an [`AccessLogEntry`].
@@ -208,33 +232,33 @@ impl AccessLogEntry {
             .map(|r| {
                 r.split(',')
                     .filter(|s| !s.is_empty())
-                    .map(str::to_string)
+                    .map(|s| Cow::Owned(s.to_string()))
                     .collect()
             })
             .unwrap_or_default();
         Ok(Self {
             ts: num(fields, "ts")?,
-            method: text(fields, "method"),
+            method: Cow::Owned(text(fields, "method")),
             host: text(fields, "host"),
             path: text(fields, "path"),
             query: text(fields, "query"),
             status: num(fields, "status")?,
             ip: text(fields, "ip"),
-            ip_source: text(fields, "ip_source"),
+            ip_source: Cow::Owned(text(fields, "ip_source")),
             peer: text(fields, "peer"),
             country: text(fields, "country"),
             risk: num(fields, "risk")?,
             reasons,
             ua: text(fields, "ua"),
-            ua_type: text(fields, "ua_type"),
+            ua_type: Cow::Owned(text(fields, "ua_type")),
             decision,
             latency_us: num(fields, "latency_us")?,
             bytes_out: num(fields, "bytes_out")?,
             upstream: text(fields, "upstream"),
             request_id: text(fields, "request_id"),
-            proxy_id: text(fields, "proxy_id"),
+            proxy_id: Arc::from(text(fields, "proxy_id")),
             rule: text(fields, "rule"),
-            proto: text(fields, "proto"),
+            proto: Cow::Owned(text(fields, "proto")),
         })
     }
 }

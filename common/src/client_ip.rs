@@ -85,6 +85,19 @@ impl IpSource {
             IpSource::Cdn(h) => h.as_str(),
         }
     }
+
+    /// [`Self::as_str`] for an access-log entry: borrowed from a constant except for a CDN
+    /// header's name.
+    pub fn to_text(&self) -> std::borrow::Cow<'static, str> {
+        use std::borrow::Cow;
+        match self {
+            IpSource::Peer => Cow::Borrowed("peer"),
+            IpSource::XForwardedFor => Cow::Borrowed(X_FORWARDED_FOR),
+            IpSource::Forwarded => Cow::Borrowed("forwarded"),
+            IpSource::XRealIp => Cow::Borrowed(X_REAL_IP),
+            IpSource::Cdn(h) => Cow::Owned(h.as_str().to_string()),
+        }
+    }
 }
 
 /// The outcome of client-IP resolution.

@@ -268,28 +268,26 @@ impl RedisStatus {
 /// The memory an entry takes in the buffer, estimated from its fields: the struct itself plus
 /// the bytes of every text field and reason.
 pub fn entry_bytes(e: &AccessLogEntry) -> usize {
+    let texts: [&str; 13] = [
+        &e.method,
+        &e.host,
+        &e.path,
+        &e.query,
+        &e.ip,
+        &e.ip_source,
+        &e.peer,
+        &e.country,
+        &e.ua,
+        &e.ua_type,
+        &e.upstream,
+        &e.request_id,
+        &e.proxy_id,
+    ];
     std::mem::size_of::<AccessLogEntry>()
-        + [
-            &e.method,
-            &e.host,
-            &e.path,
-            &e.query,
-            &e.ip,
-            &e.ip_source,
-            &e.peer,
-            &e.country,
-            &e.ua,
-            &e.ua_type,
-            &e.upstream,
-            &e.request_id,
-            &e.proxy_id,
-        ]
-        .iter()
-        .map(|s| s.len())
-        .sum::<usize>()
+        + texts.iter().map(|s| s.len()).sum::<usize>()
         + e.reasons
             .iter()
-            .map(|r| r.len() + std::mem::size_of::<String>())
+            .map(|r| r.len() + std::mem::size_of::<std::borrow::Cow<'static, str>>())
             .sum::<usize>()
 }
 

@@ -22,6 +22,7 @@
 //!   failures to deliberate statuses (502, 504) with a JSON error body.
 //! - `logging`: enqueue the access-log entry (never waits) and count metrics.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -276,7 +277,7 @@ struct Decided {
     forwarded_for: String,
     country: String,
     score: f64,
-    reasons: Vec<String>,
+    reasons: Vec<Cow<'static, str>>,
     ua_type: &'static str,
     decision: Decision,
     /// The rule that decided the request, else the first `log_only` rule it matched.
@@ -314,6 +315,24 @@ fn peer_ip(session: &Session) -> IpAddr {
         .and_then(|a| a.as_inet())
         .map(|a| normalize_ip(a.ip()))
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// The method's name, borrowed from a constant for the standard methods (the only ones most
+/// requests use), copied otherwise.
+fn method_text(method: &http::Method) -> Cow<'static, str> {
+    use http::Method;
+    Cow::Borrowed(match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return Cow::Owned(method.as_str().to_string()),
+    })
 }
 
 /// Lossy UTF-8, cut to at most `max` bytes on a character boundary.
@@ -494,7 +513,7 @@ impl ProxyHttp for Gateway {
                 if decision == Decision::Reject {
                     refusal = Some((403, "FORBIDDEN", "request rejected", None));
                 }
-                let reasons = eval.assessment.reason_names().map(str::to_string).collect();
+                let reasons = eval.assessment.reason_names().map(Cow::Borrowed).collect();
                 (score, reasons, decision)
             }
         };
@@ -723,7 +742,7 @@ impl ProxyHttp for Gateway {
             .unwrap_or_default();
         let mut entry = AccessLogEntry {
             ts: ctx.ts_ms,
-            method: req.method.as_str().to_string(),
+            method: method_text(&req.method),
             host: text(host, MAX_HOST_BYTES),
             path: text(req.uri.path().as_bytes(), MAX_PATH_BYTES),
             query: text(req.uri.query().unwrap_or("").as_bytes(), MAX_PATH_BYTES),
@@ -739,19 +758,19 @@ impl ProxyHttp for Gateway {
             bytes_out: session.body_bytes_sent() as u64,
             upstream: std::mem::take(&mut ctx.upstream),
             request_id: std::mem::take(&mut ctx.request_id),
-            proxy_id: self.proxy_id.to_string(),
-            proto: if session.is_http2() { "h2" } else { "http/1.1" }.to_string(),
+            proxy_id: Arc::clone(&self.proxy_id),
+            proto: Cow::Borrowed(if session.is_http2() { "h2" } else { "http/1.1" }),
             ..AccessLogEntry::default()
         };
         match ctx.decided.take() {
             Some(d) => {
                 entry.ip = d.client.ip.to_string();
-                entry.ip_source = d.client.source.as_str().to_string();
+                entry.ip_source = d.client.source.to_text();
                 entry.peer = d.peer.to_string();
                 entry.country = d.country;
                 entry.risk = d.score;
                 entry.reasons = d.reasons;
-                entry.ua_type = d.ua_type.to_string();
+                entry.ua_type = Cow::Borrowed(d.ua_type);
                 entry.decision = d.decision;
                 if let Some(rule) = d.rule {
                     entry.rule = rule.to_string();
@@ -762,7 +781,7 @@ impl ProxyHttp for Gateway {
                 // The request failed before it was scored (e.g. a malformed request).
                 let peer = peer_ip(session).to_string();
                 entry.ip = peer.clone();
-                entry.ip_source = "peer".into();
+                entry.ip_source = IpSource::Peer.to_text();
                 entry.peer = peer;
             }
         }

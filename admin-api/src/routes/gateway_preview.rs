@@ -242,7 +242,7 @@ impl Replay {
                 RuleAction::LogOnly => {}
             }
         }
-        let reasons: Vec<&str> = e.reasons.iter().map(String::as_str).collect();
+        let reasons: Vec<&str> = e.reasons.iter().map(|r| r.as_ref()).collect();
         let recorded = Recorded {
             ip,
             ua: &e.ua,
@@ -473,7 +473,7 @@ mod tests {
             status: 200,
             ip: ip.into(),
             risk,
-            reasons: ev.assessment.reason_names().map(str::to_string).collect(),
+            reasons: ev.assessment.reason_names().map(Into::into).collect(),
             ua: ua.into(),
             ua_type: ev.ua_type.as_str().into(),
             decision: if risk >= threshold {
@@ -577,7 +577,7 @@ mod tests {
         oversized.reasons.clear();
         oversized.ua_type = UaType::Unknown.as_str().into();
         let mut failed = logged("198.51.100.2", "curl/8", "/", 0.8);
-        failed.ua_type = String::new();
+        failed.ua_type = Default::default();
         let mut bad_ip = logged("198.51.100.2", "curl/8", "/", 0.8);
         bad_ip.ip = "nope".into();
         let mut tally = Tally::default();

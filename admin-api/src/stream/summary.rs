@@ -119,8 +119,8 @@ impl Accumulator {
         *s.by_status_class
             .entry(rollup::status_class(e.status).to_string())
             .or_default() += 1;
-        *s.by_method.entry(e.method.clone()).or_default() += 1;
-        *s.by_ua_type.entry(e.ua_type.clone()).or_default() += 1;
+        *s.by_method.entry(e.method.to_string()).or_default() += 1;
+        *s.by_ua_type.entry(e.ua_type.to_string()).or_default() += 1;
         s.risk_histogram[rollup::risk_bucket(e.risk)] += 1;
         *self.ips.entry(e.ip.clone()).or_default() += 1;
         *self.countries.entry(e.country.clone()).or_default() += 1;

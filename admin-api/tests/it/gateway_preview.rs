@@ -428,7 +428,7 @@ async fn preview_reads_only_the_newest_entries_and_applies_published_rules() {
             e.ua_type = "unknown".into();
             e.decision = Decision::Reject;
         } else if i == SEEDED - 2 {
-            e.ua_type.clear();
+            e.ua_type = Default::default();
             e.reasons.clear();
             e.status = 400;
         }
