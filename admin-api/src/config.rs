@@ -41,6 +41,9 @@ pub struct AdminConfig {
     pub body_limit_bytes: usize,
     /// A request taking longer is answered 503 `UNAVAILABLE`. Default 30 000 ms.
     pub request_timeout_ms: u64,
+    /// Longest wait for one Redis command (or pipeline) of a request before it treats Redis as
+    /// down (503 `UNAVAILABLE`; the rate limiter lets the request through). Default 1000 ms.
+    pub redis_timeout_ms: u64,
     /// Requests per admin per fixed minute window. Default 500.
     pub rate_limit_per_minute: u64,
     /// Requests per admin per fixed hour window. Default 5000.
@@ -94,6 +97,7 @@ impl Default for AdminConfig {
             listen: "127.0.0.1:8081".into(),
             body_limit_bytes: 1024 * 1024,
             request_timeout_ms: 30_000,
+            redis_timeout_ms: 1000,
             rate_limit_per_minute: 500,
             rate_limit_per_hour: 5000,
             access_log_scan_budget: 5000,
@@ -240,6 +244,9 @@ impl Config {
         }
         if self.admin.request_timeout_ms == 0 {
             return bad("[admin] request_timeout_ms", "must be positive");
+        }
+        if !(10..=60_000).contains(&self.admin.redis_timeout_ms) {
+            return bad("[admin] redis_timeout_ms", "must be between 10 and 60000");
         }
         if self.admin.rate_limit_per_minute == 0 || self.admin.rate_limit_per_hour == 0 {
             return bad("[admin] rate_limit_per_*", "must be positive");

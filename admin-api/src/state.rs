@@ -13,9 +13,6 @@ use crate::{
     StartupError,
 };
 
-/// Longest wait for one Redis command before the request treats Redis as down.
-pub const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(1000);
-
 /// Cheap to clone; everything lives behind one `Arc`.
 #[derive(Clone)]
 pub struct AppState {
@@ -39,9 +36,10 @@ impl AppState {
         let pool = crate::db::create_pool(&config.postgres)?;
         let client = redis::Client::open(config.redis.url.as_str())
             .map_err(|e| StartupError::Config(format!("[redis] url: {e}")))?;
+        let redis_timeout = Duration::from_millis(config.admin.redis_timeout_ms);
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(1000)))
-            .set_response_timeout(Some(Duration::from_millis(1000)))
+            .set_response_timeout(Some(redis_timeout))
             // Fail the current command quickly; the manager keeps reconnecting in the
             // background, so the next request finds Redis as soon as it is back.
             .set_number_of_retries(1)
@@ -93,12 +91,13 @@ impl AppState {
         self.inner.redis.clone()
     }
 
-    /// Runs a Redis future with [`REDIS_COMMAND_TIMEOUT`]; a timeout or error is 503.
+    /// Runs a Redis future with `[admin] redis_timeout_ms`; a timeout or error is 503.
     pub async fn redis_timeout<T, F>(&self, fut: F) -> Result<T, ApiError>
     where
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let result = match tokio::time::timeout(REDIS_COMMAND_TIMEOUT, fut).await {
+        let timeout = Duration::from_millis(self.inner.config.admin.redis_timeout_ms);
+        let result = match tokio::time::timeout(timeout, fut).await {
             Ok(result) => result.map_err(ApiError::from),
             Err(_) => Err(ApiError::unavailable("redis: command timed out")),
         };

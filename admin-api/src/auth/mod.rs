@@ -16,8 +16,8 @@ pub mod tokens;
 
 pub use api_keys::{create_api_key, ApiKey, IssuedApiKey};
 pub use principal::{
-    admin_guard, authenticate, reauthenticate, scope_covers, CurrentUser, PlatformAdmin, Principal,
-    SCOPES, SCOPE_ADMIN, SCOPE_ADMIN_READ, SCOPE_RUNS,
+    admin_credential_withdrawn, admin_guard, authenticate, reauthenticate, scope_covers,
+    CurrentUser, PlatformAdmin, Principal, SCOPES, SCOPE_ADMIN, SCOPE_ADMIN_READ, SCOPE_RUNS,
 };
 pub use sessions::{issue_session, IssuedSession};
 pub use settings::AuthSettings;

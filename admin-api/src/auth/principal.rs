@@ -272,6 +272,44 @@ pub async fn reauthenticate(
     })
 }
 
+/// Resolves once `principal`'s credential no longer grants a platform admin's access,
+/// checking it again with [`reauthenticate`] every `every` (the first check one interval from
+/// now: the request was authenticated just now). The answer is the error to report:
+/// `UNAUTHORIZED` once the credential is revoked, deleted or expired or the user (or an
+/// impersonating admin) is disabled, `FORBIDDEN` once the user is no longer a platform admin.
+/// While PostgreSQL is unreachable it keeps waiting (nothing can be revoked meanwhile) and the
+/// next check that reaches it decides. For responses that outlive their request: the
+/// access-log tail and exports.
+pub async fn admin_credential_withdrawn(
+    state: &AppState,
+    principal: &Principal,
+    every: std::time::Duration,
+) -> ApiError {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate.
+    ticks.tick().await;
+    let withdrawn = loop {
+        ticks.tick().await;
+        match reauthenticate(state, principal).await {
+            Ok(p) => match require_admin(&p) {
+                Ok(()) => continue,
+                Err(e) => break e,
+            },
+            Err(e) if e.code() == crate::error::ErrorCode::Unauthorized => break e,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot re-check a credential now");
+            }
+        }
+    };
+    tracing::info!(
+        user_id = %principal.user_id,
+        code = ?withdrawn.code(),
+        "credential withdrawn: ending a long response"
+    );
+    withdrawn
+}
+
 /// The API-key scopes.
 pub const SCOPES: [&str; 3] = [SCOPE_ADMIN, SCOPE_ADMIN_READ, SCOPE_RUNS];
 /// Every `/api/admin` route (and `GET /metrics`); only for platform admins.

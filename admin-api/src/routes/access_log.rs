@@ -466,9 +466,14 @@ async fn get_access_log_by_request_id(
 /// Every matching entry in the range, newest first, streamed as NDJSON (one entry per line, as
 /// in the list) or CSV (a header row `id,ts,method,…` in stream field order, RFC 4180 quoting,
 /// `reasons` comma-joined). The last line says how many entries were written:
-/// `{"export":"end","count":N}` / `#count,N`; an export cut short by a failure ends with
-/// `{"export":"error",…}` / `#error,<message>` instead. Memory stays flat whatever the size;
-/// closing the connection stops the export. When `[archive] dir` is set, the export continues,
+/// `{"export":"end","count":N}` / `#count,N`. An export is complete only if its last line is
+/// that trailer: one cut short ends with `{"export":"error","count":N,"error":{"code",
+/// "message"}}` / `#error,<message>` instead (`UNAVAILABLE` when Redis failed, `UNAUTHORIZED` /
+/// `FORBIDDEN` when the credential was withdrawn), and a broken connection ends with no trailer.
+/// The caller's credential is checked again every 2 s, whether or not the client is reading:
+/// once the API key or session is revoked, or the user is disabled or no longer a platform
+/// admin, reading stops, chunks not yet sent are dropped and the error trailer ends the body.
+/// Memory stays flat whatever the size; closing the connection stops the export. When `[archive] dir` is set, the export continues,
 /// after the stream's oldest entry, with the archived entries older than it (newest first, same
 /// filters and range, each entry once; the count includes them).
 /// No scan budget: every match is written. Counts as
@@ -489,7 +494,7 @@ async fn get_access_log_by_request_id(
 )]
 async fn export_access_log(
     State(state): State<AppState>,
-    _admin: PlatformAdmin,
+    admin: PlatformAdmin,
     Query(q): Query<ExportQuery>,
 ) -> Result<Response, ApiError> {
     let format = match q.format.as_deref() {
@@ -510,7 +515,7 @@ async fn export_access_log(
         let dir = state.config().archive.dir.trim();
         (!dir.is_empty()).then(|| Arc::new(export::ArchivedEntries::new(dir)) as _)
     };
-    let body = export::body(state, key, walk, format, bounds, filters, older);
+    let body = export::body(state, admin.0, key, walk, format, bounds, filters, older);
     let mut response = axum::body::Body::from_stream(body).into_response();
     let headers = response.headers_mut();
     headers.insert(

@@ -10,6 +10,15 @@
 //! connection, the server drops the body and no further chunk is read from Redis
 //! (`access_log_exports_open` falls, `access_log_export_entries_read_total` stops rising).
 //!
+//! An export outlives the request that authenticated it, so, like the live tail, it checks the
+//! caller's credential again every [`RECHECK_INTERVAL`]
+//! ([`crate::auth::admin_credential_withdrawn`]). The check runs on a task of its own next to
+//! the task that reads Redis, not in the body the client pulls: a client that stops reading
+//! does not stop it. Once the credential is revoked (or the user disabled or no longer a
+//! platform admin), reading stops at once, chunks produced but not yet taken by the connection
+//! are dropped, and the body ends with the error trailer (`UNAUTHORIZED` / `FORBIDDEN`, the
+//! count being the entries the body held before it).
+//!
 //! Entries older than the stream (trimmed away) can come from an [`OlderEntries`] source (the
 //! archive); the export asks it, once the stream is exhausted, for the matches below the oldest
 //! id the stream still had.
@@ -20,11 +29,13 @@ use axum::body::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 use watchpost_common::ACCESS_LOG_FIELDS;
 
+use crate::auth::{admin_credential_withdrawn, Principal};
 use crate::error::ApiError;
 use crate::metrics::OpenTail;
 use crate::state::AppState;
 
 use super::query::{Bounds, Walk, CHUNK};
+use super::tail::RECHECK_INTERVAL;
 use super::{Filters, Item, StreamId};
 
 /// Output format.
@@ -156,10 +167,26 @@ struct Export {
     _open: OpenTail,
 }
 
-/// The export body: a stream of byte chunks. `walk` must have been planned over `bounds` and
-/// `filters`.
+/// A part of the body and the number of entries in it.
+struct Piece {
+    bytes: Bytes,
+    entries: u64,
+}
+
+impl Piece {
+    /// Header or trailer text: no entries.
+    fn text(bytes: Bytes) -> Self {
+        Self { bytes, entries: 0 }
+    }
+}
+
+/// The export body of `principal`'s request: a stream of byte chunks. `walk` must have been
+/// planned over `bounds` and `filters`. Reading and the credential re-check run on a task of
+/// their own (see the module's documentation); the body takes chunks from it one at a time.
+#[allow(clippy::too_many_arguments)]
 pub fn body(
     state: AppState,
+    principal: Principal,
     stream_key: String,
     walk: Walk,
     format: Format,
@@ -167,6 +194,108 @@ pub fn body(
     filters: Filters,
     older: Option<Arc<dyn OlderEntries>>,
 ) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
+    let pieces = pieces(
+        state.clone(),
+        stream_key,
+        walk,
+        format,
+        bounds,
+        filters,
+        older,
+    );
+    guarded(state, principal, format, pieces)
+}
+
+/// Runs `pieces` on a task of its own, a chunk ahead of the connection at most, ending it when
+/// `principal`'s credential is withdrawn whether or not the client reads; the returned body
+/// then ends with the error trailer.
+fn guarded(
+    state: AppState,
+    principal: Principal,
+    format: Format,
+    mut pieces: BoxStream<'static, Piece>,
+) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(1);
+    let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<ApiError>();
+    tokio::spawn(async move {
+        let pump = async {
+            while let Some(piece) = pieces.next().await {
+                if tx.send(piece).await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            e = admin_credential_withdrawn(&state, &principal, RECHECK_INTERVAL) => {
+                tracing::info!(user_id = %principal.user_id, "access log: export cut, credential withdrawn");
+                let _ = cut_tx.send(e);
+            }
+            // Client gone: the body (and with it the receiver) was dropped.
+            () = tx.closed() => {}
+            () = pump => {}
+        }
+        // Dropping `pieces` here ends the reading (and `access_log_exports_open` falls).
+    });
+    struct Reader {
+        rx: tokio::sync::mpsc::Receiver<Piece>,
+        /// `None` once the reading task ended without a cut.
+        cut: Option<tokio::sync::oneshot::Receiver<ApiError>>,
+        /// Entries in the chunks handed to the connection.
+        delivered: u64,
+        format: Format,
+        ended: bool,
+    }
+    let reader = Reader {
+        rx,
+        cut: Some(cut_rx),
+        delivered: 0,
+        format,
+        ended: false,
+    };
+    futures::stream::unfold(reader, |mut r| async move {
+        if r.ended {
+            return None;
+        }
+        loop {
+            let next = match r.cut.as_mut() {
+                // A cut wins over chunks already produced: nothing produced before it reaches
+                // the client after it.
+                Some(cut) => tokio::select! {
+                    biased;
+                    withdrawn = cut => match withdrawn {
+                        Ok(e) => {
+                            r.ended = true;
+                            let trailer = error_trailer(r.format, r.delivered, &e);
+                            return Some((Ok(trailer), r));
+                        }
+                        Err(_) => {
+                            r.cut = None;
+                            continue;
+                        }
+                    },
+                    piece = r.rx.recv() => piece,
+                },
+                None => r.rx.recv().await,
+            };
+            let piece = next?;
+            r.delivered += piece.entries;
+            return Some((Ok(piece.bytes), r));
+        }
+    })
+    .boxed()
+}
+
+/// The export's chunks, read as the consumer asks for them.
+fn pieces(
+    state: AppState,
+    stream_key: String,
+    walk: Walk,
+    format: Format,
+    bounds: Bounds,
+    filters: Filters,
+    older: Option<Arc<dyn OlderEntries>>,
+) -> BoxStream<'static, Piece> {
     let open = OpenTail::open(&state.metrics().exports_open);
     let export = Export {
         state,
@@ -191,7 +320,7 @@ pub fn body(
                         None => Phase::Trailer,
                     };
                     if ex.format == Format::Csv {
-                        return Some((Ok(Bytes::from(csv_header())), (ex, walk)));
+                        return Some((Piece::text(Bytes::from(csv_header())), (ex, walk)));
                     }
                 }
                 Phase::Stream(mut w) => {
@@ -207,7 +336,7 @@ pub fn body(
                             {
                                 Ok(Some(b)) => Phase::Older(src.matches(b, ex.filters.clone())),
                                 Ok(None) => Phase::Trailer,
-                                Err(e) => return Some((Ok(ex.error(&e)), (ex, walk))),
+                                Err(e) => return Some((Piece::text(ex.error(&e)), (ex, walk))),
                             },
                             None => Phase::Trailer,
                         };
@@ -228,9 +357,9 @@ pub fn body(
                             let oldest = items.iter().filter_map(|i| StreamId::parse(&i.id)).min();
                             ex.lowest_written = ex.lowest_written.into_iter().chain(oldest).min();
                             let chunk = ex.render(&items);
-                            return Some((Ok(chunk), (ex, walk)));
+                            return Some((chunk, (ex, walk)));
                         }
-                        Err(e) => return Some((Ok(ex.error(&e)), (ex, walk))),
+                        Err(e) => return Some((Piece::text(ex.error(&e)), (ex, walk))),
                     }
                 }
                 Phase::Older(mut src) => match src.next().await {
@@ -240,9 +369,9 @@ pub fn body(
                             continue;
                         }
                         let chunk = ex.render(&items);
-                        return Some((Ok(chunk), (ex, walk)));
+                        return Some((chunk, (ex, walk)));
                     }
-                    Some(Err(e)) => return Some((Ok(ex.error(&e)), (ex, walk))),
+                    Some(Err(e)) => return Some((Piece::text(ex.error(&e)), (ex, walk))),
                     None => ex.phase = Phase::Trailer,
                 },
                 Phase::Trailer => {
@@ -252,7 +381,7 @@ pub fn body(
                         }
                         Format::Csv => format!("#count,{}\r\n", ex.count),
                     };
-                    return Some((Ok(Bytes::from(end)), (ex, walk)));
+                    return Some((Piece::text(Bytes::from(end)), (ex, walk)));
                 }
                 Phase::Finished => return None,
             }
@@ -300,7 +429,7 @@ async fn older_bounds(
 }
 
 impl Export {
-    fn render(&mut self, items: &[Item]) -> Bytes {
+    fn render(&mut self, items: &[Item]) -> Piece {
         let mut out = String::with_capacity(items.len() * 400);
         for item in items {
             match self.format {
@@ -315,31 +444,40 @@ impl Export {
             }
             self.count += 1;
         }
-        Bytes::from(out)
+        Piece {
+            bytes: Bytes::from(out),
+            entries: items.len() as u64,
+        }
     }
 
     /// The trailer of a failed export; the stream ends after it.
     fn error(&mut self, e: &ApiError) -> Bytes {
         self.phase = Phase::Finished;
         tracing::warn!(error = %e.public_message(), count = self.count, "access log: export failed");
-        let text = match self.format {
-            Format::Ndjson => {
-                let v = serde_json::json!({
-                    "export": "error",
-                    "count": self.count,
-                    "error": { "code": e.code(), "message": e.public_message() },
-                });
-                format!("{v}\n")
-            }
-            Format::Csv => {
-                let mut row = String::from("#error,");
-                push_csv_field(&mut row, &e.public_message());
-                row.push_str("\r\n");
-                row
-            }
-        };
-        Bytes::from(text)
+        error_trailer(self.format, self.count, e)
     }
+}
+
+/// The trailer of an export cut short after `count` entries: by a failure, or by the caller's
+/// credential being withdrawn.
+fn error_trailer(format: Format, count: u64, e: &ApiError) -> Bytes {
+    let text = match format {
+        Format::Ndjson => {
+            let v = serde_json::json!({
+                "export": "error",
+                "count": count,
+                "error": { "code": e.code(), "message": e.public_message() },
+            });
+            format!("{v}\n")
+        }
+        Format::Csv => {
+            let mut row = String::from("#error,");
+            push_csv_field(&mut row, &e.public_message());
+            row.push_str("\r\n");
+            row
+        }
+    };
+    Bytes::from(text)
 }
 
 /// `id` and the entry fields, in stream order.

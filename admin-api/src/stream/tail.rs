@@ -24,8 +24,8 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
-    auth::{reauthenticate, Principal},
-    error::{ApiError, ErrorCode},
+    auth::{admin_credential_withdrawn, Principal},
+    error::ApiError,
     state::AppState,
 };
 
@@ -161,32 +161,9 @@ pub async fn open(
 /// Resolves, with the `error` event to send last, once `principal`'s credential no longer
 /// grants the tail: checked every [`RECHECK_INTERVAL`].
 async fn credential_withdrawn(state: &AppState, principal: &Principal) -> Event {
-    let mut ticks = tokio::time::interval(RECHECK_INTERVAL);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is immediate, and the request was authenticated just now.
-    ticks.tick().await;
-    let (code, message) = loop {
-        ticks.tick().await;
-        match reauthenticate(state, principal).await {
-            Ok(p) if p.is_platform_admin() => continue,
-            Ok(_) => {
-                break (
-                    ErrorCode::Forbidden,
-                    "platform_admin role required".to_string(),
-                )
-            }
-            Err(e) if e.code() == ErrorCode::Unauthorized => break (e.code(), e.public_message()),
-            Err(e) => {
-                tracing::debug!(error = %e, "access-log tail: cannot re-check the credential now");
-            }
-        }
-    };
-    tracing::info!(
-        user_id = %principal.user_id,
-        code = ?code,
-        "access-log tail: credential withdrawn, ending the stream"
-    );
-    let body = serde_json::json!({"code": code, "message": message});
+    let e = admin_credential_withdrawn(state, principal, RECHECK_INTERVAL).await;
+    tracing::info!(user_id = %principal.user_id, "access-log tail: ending the stream");
+    let body = serde_json::json!({"code": e.code(), "message": e.public_message()});
     Event::default().event("error").data(body.to_string())
 }
 

@@ -19,10 +19,30 @@ async fn spawn_app() -> TestApp {
         .await
 }
 
+/// Like [`spawn_app`], for tests that read tens of thousands of entries: a Redis command may
+/// take up to 20 s. On a loaded machine (load average above 10 on 2 cores) a debug build
+/// decoding a 1,000-entry reply, or a pipeline of 1,000 fetches, can exceed the default
+/// second, and the page would be a 503 although nothing is wrong. These tests check which
+/// entries come back, not how fast; Redis being unreachable is tested by `redis_down_is_503`.
+async fn spawn_patient_app() -> TestApp {
+    TestApp::builder()
+        .configure(|c| {
+            c.admin.rate_limit_per_minute = 1_000_000;
+            c.admin.rate_limit_per_hour = 1_000_000;
+            c.admin.redis_timeout_ms = 20_000;
+        })
+        .spawn()
+        .await
+}
+
+/// The test's own connection, patient for the same reason as [`spawn_patient_app`] (pipelines
+/// of 1,000 `XADD`s with their index members).
 async fn redis_con(app: &TestApp) -> redis::aio::MultiplexedConnection {
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
     redis::Client::open(app.config.redis.url.as_str())
         .expect("redis url")
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("Redis must be reachable")
 }
@@ -125,7 +145,7 @@ async fn walk(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cursor_walks_visit_every_entry_exactly_once_in_order() {
-    let app = spawn_app().await;
+    let app = spawn_patient_app().await;
     let admin = app.create_admin().await;
     const N: u64 = 20_000;
     let base = 1_700_000_000_000u64;

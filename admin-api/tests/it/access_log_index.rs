@@ -22,6 +22,10 @@ async fn spawn_app() -> TestApp {
         .configure(|c| {
             c.admin.rate_limit_per_minute = 1_000_000;
             c.admin.rate_limit_per_hour = 1_000_000;
+            // Chunks of 1,000 entries on a loaded test machine (debug build, several exports
+            // sharing one connection) can take over the default second: these tests check
+            // results, not latency. Redis being down is tested elsewhere.
+            c.admin.redis_timeout_ms = 20_000;
         })
         .spawn()
         .await
@@ -892,4 +896,219 @@ async fn exports_continue_into_the_archive_below_the_stream() {
     let (ids, trailer) = export_ids(&app, &admin, &format!("status=404&to={to_old}")).await;
     assert_eq!(ids, want);
     assert_eq!(trailer["count"], want.len());
+}
+
+/// An export read over a plain HTTP/1.1 connection whose receive buffer is small and fixed
+/// (no autotuning): while the test does not read, the server is held back by TCP within a few
+/// MiB, as with a client that stops reading.
+struct RawExport {
+    stream: tokio::net::TcpStream,
+    /// Bytes read so far after the response head.
+    body: Vec<u8>,
+}
+
+/// Opens an export as `token` and reads the response head (200), then leaves the body unread.
+async fn open_export_as(app: &TestApp, token: &str, query: &str) -> RawExport {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr: std::net::SocketAddr = app
+        .base_url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("base url is an address");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    let request = format!(
+        "GET /api/admin/access-log/export?{query} HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let split = loop {
+        let n = stream.read(&mut buf).await.expect("read the head");
+        assert!(n > 0, "connection closed before the response head");
+        head.extend_from_slice(&buf[..n]);
+        if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let text = String::from_utf8_lossy(&head[..split]).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    RawExport {
+        stream,
+        body: head[split..].to_vec(),
+    }
+}
+
+/// Reads the rest of the export and decodes the chunked body; panics unless it ends with the
+/// last (empty) chunk.
+async fn read_rest(mut export: RawExport) -> String {
+    use tokio::io::AsyncReadExt;
+    export
+        .stream
+        .read_to_end(&mut export.body)
+        .await
+        .expect("read the body");
+    let raw = export.body;
+    let mut out = Vec::new();
+    let mut at = 0;
+    loop {
+        let line_end = raw[at..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|p| at + p)
+            .expect("a chunk size line: the body was cut off");
+        let size_text = std::str::from_utf8(&raw[at..line_end]).expect("size");
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .expect("hex chunk size");
+        at = line_end + 2;
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&raw[at..at + size]);
+        at += size + 2;
+    }
+    String::from_utf8(out).expect("UTF-8 body")
+}
+
+/// Checks an NDJSON export cut by a withdrawn credential: whole entry lines, then an error
+/// trailer with `code` whose count is the number of entries written, fewer than `total`.
+#[track_caller]
+fn assert_ndjson_cut(text: &str, code: &str, total: u64, case: &str) {
+    let mut lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{case}: {e}: {l:?}")))
+        .collect();
+    let trailer = lines.pop().unwrap_or_else(|| panic!("{case}: empty body"));
+    assert_eq!(trailer["export"], "error", "{case}: {trailer}");
+    assert_eq!(trailer["error"]["code"], code, "{case}: {trailer}");
+    assert_eq!(trailer["count"], lines.len(), "{case}: {trailer}");
+    assert!(
+        (lines.len() as u64) < total,
+        "{case}: the export was written in full ({total}) before it was cut"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["id"].is_string() && l.get("export").is_none()),
+        "{case}: only entries before the trailer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_ends_when_its_credential_is_withdrawn_even_while_the_client_is_not_reading() {
+    let app = spawn_app().await;
+    let boss = app.create_admin().await;
+    let key_revoked = app.create_admin().await;
+    let disabled = app.create_admin().await;
+    let demoted = app.create_admin().await;
+    let session_admin = app.create_user().await;
+    app.db()
+        .await
+        .execute(
+            "UPDATE users SET role = 'platform_admin' WHERE id = $1",
+            &[&session_admin.id],
+        )
+        .await
+        .expect("promote");
+    let keys = Keys::new(app.key_prefix.clone());
+    let mut con = redis_con(&app).await;
+    let mut seq = 0;
+    // Several times what the connection's buffers hold: an unread export stalls.
+    const N: u64 = 40_000;
+    write(&mut con, &keys, &mut seq, 0..N).await;
+
+    let control = open_export_as(&app, &boss.key, "").await;
+    let exports = [
+        open_export_as(&app, &key_revoked.key, "format=csv").await,
+        open_export_as(&app, &disabled.key, "").await,
+        open_export_as(&app, &demoted.key, "").await,
+        open_export_as(&app, &session_admin.token, "").await,
+    ];
+    let open = metric(&app, "access_log_exports_open").await;
+    if open != 5.0 {
+        for r in exports {
+            let t = read_rest(r).await;
+            eprintln!(
+                "DEBUG {} lines, last {:?}",
+                t.lines().count(),
+                t.lines().last()
+            );
+        }
+        panic!("open {open}");
+    }
+
+    // Revoke the key through the API, disable one user, demote another, sign a session out.
+    let key_id: String = app
+        .db()
+        .await
+        .query_one(
+            "SELECT id FROM api_keys WHERE user_id = $1",
+            &[&key_revoked.id],
+        )
+        .await
+        .expect("key id")
+        .get(0);
+    let response = app
+        .delete(&format!("/api/admin/api-keys/{key_id}"))
+        .bearer_auth(&boss.key)
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(response.status(), 204);
+    for (user, change) in [
+        (&disabled.id, serde_json::json!({"status": "disabled"})),
+        (&demoted.id, serde_json::json!({"role": "user"})),
+    ] {
+        let response = app
+            .patch(&format!("/api/admin/users/{user}"))
+            .bearer_auth(&boss.key)
+            .json(&change)
+            .send()
+            .await
+            .expect("patch");
+        assert_eq!(response.status(), 200, "{change}");
+    }
+    let response = app
+        .delete("/api/auth/sessions/current")
+        .bearer_auth(&session_admin.token)
+        .send()
+        .await
+        .expect("sign out");
+    assert_eq!(response.status(), 204);
+
+    // Nobody reads: the server must end the four exports on its own; the control goes on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&app, "access_log_exports_open").await != 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "exports of withdrawn credentials stayed open while their clients did not read"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let [csv, a, b, c] = exports;
+    let csv = read_rest(csv).await;
+    let rows = parse_csv(&csv);
+    let (last, entries) = rows.split_last().expect("rows");
+    assert_eq!(last[0], "#error", "API key revoked: {last:?}");
+    assert!(
+        entries.len() > 1 && (entries.len() as u64) <= N,
+        "API key revoked: header and some entries, not all: {}",
+        entries.len()
+    );
+    assert!(entries[1..].iter().all(|r| !r[0].starts_with('#')));
+    assert_ndjson_cut(&read_rest(a).await, "UNAUTHORIZED", N, "user disabled");
+    assert_ndjson_cut(&read_rest(b).await, "FORBIDDEN", N, "user demoted");
+    assert_ndjson_cut(&read_rest(c).await, "UNAUTHORIZED", N, "session revoked");
+
+    // The export whose credential still holds is complete.
+    let text = read_rest(control).await;
+    let trailer: Value =
+        serde_json::from_str(text.lines().last().expect("a trailer")).expect("JSON trailer");
+    assert_eq!(trailer["export"], "end");
+    assert_eq!(trailer["count"], N);
+    assert_eq!(text.lines().count() as u64, N + 1);
 }
