@@ -9,6 +9,15 @@
 #
 # Usage: benches/access-log-query.sh               (1,000,000 entries, 200 requests per query)
 #        ENTRIES=200000 REQUESTS=100 benches/access-log-query.sh
+#        ADMIN_BASE=path/to/other/watchpost-admin benches/access-log-query.sh
+#
+# ADMIN_BIN, LOAD_BIN: prebuilt binaries to use instead of building release ones (e.g. a
+# debug loader: it changes the load time and the raw XREVRANGE reference, not Redis's work).
+# ADMIN_BASE: a second watchpost-admin binary (e.g. a release build of the previous revision)
+# served on ADMIN_PORT+1 against the same Redis and database; every query alternates one call
+# to each (same noise for both), each export runs on both, and every row is printed for both
+# ("base" rows) with the ratio this/base. QUERIES_ONLY=1 skips the index-cost loads' second
+# (stream-alone) load and table.
 #
 # Needs redis-server/redis-cli (a scratch server is started on REDIS_PORT, default 16390, no
 # persistence, and shut down at the end) and PostgreSQL at DATABASE_URL (default
@@ -40,16 +49,21 @@ for tool in redis-server redis-cli psql curl jq awk; do
 done
 psql -XAtq "$DB_BASE/postgres" -c "SELECT 1" >/dev/null || { echo "PostgreSQL is not reachable" >&2; exit 1; }
 
-log "building watchpost-admin and watchpost-access-log-load (release)"
-cargo build --release -p watchpost-admin --bin watchpost-admin -p watchpost-benches --bin watchpost-access-log-load >&2
+# ADMIN_BIN / LOAD_BIN: use these binaries instead of building release ones.
+if [ -z "${ADMIN_BIN:-}" ] || [ -z "${LOAD_BIN:-}" ]; then
+    log "building watchpost-admin and watchpost-access-log-load (release)"
+    cargo build --release -p watchpost-admin --bin watchpost-admin -p watchpost-benches --bin watchpost-access-log-load >&2
+fi
 TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-ADMIN="$TARGET_DIR/release/watchpost-admin"
-LOAD="$TARGET_DIR/release/watchpost-access-log-load"
+ADMIN="${ADMIN_BIN:-$TARGET_DIR/release/watchpost-admin}"
+LOAD="${LOAD_BIN:-$TARGET_DIR/release/watchpost-access-log-load}"
 
 WORK="$(mktemp -d)"
 ADMIN_PID=""
 REDIS_PID=""
+BASE_PID=""
 cleanup() {
+    if [ -n "$BASE_PID" ]; then kill "$BASE_PID" 2>/dev/null || true; wait "$BASE_PID" 2>/dev/null || true; fi
     if [ -n "$ADMIN_PID" ]; then kill "$ADMIN_PID" 2>/dev/null || true; wait "$ADMIN_PID" 2>/dev/null || true; fi
     if [ -n "$REDIS_PID" ]; then kill "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true; fi
     psql -XAtq "$DB_BASE/postgres" -c "DROP DATABASE IF EXISTS \"$SCRATCH\" WITH (FORCE)" >/dev/null 2>&1 || true
@@ -63,9 +77,11 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --d
 REDIS_PID=$!
 for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
-log "loading $ENTRIES entries, stream alone (same script, no index references)"
-RAW_JSON="$("$LOAD" --redis-url "$REDIS_URL" --key-prefix raw: --entries "$ENTRIES" --no-index)"
-log "$RAW_JSON"
+if [ -z "${QUERIES_ONLY:-}" ]; then
+    log "loading $ENTRIES entries, stream alone (same script, no index references)"
+    RAW_JSON="$("$LOAD" --redis-url "$REDIS_URL" --key-prefix raw: --entries "$ENTRIES" --no-index)"
+    log "$RAW_JSON"
+fi
 log "loading $ENTRIES entries through the writer's script, index included"
 IDX_JSON="$("$LOAD" --redis-url "$REDIS_URL" --key-prefix idx: --entries "$ENTRIES")"
 log "$IDX_JSON"
@@ -87,7 +103,18 @@ for _ in $(seq 1 100); do
     curl -fs "http://127.0.0.1:$ADMIN_PORT/healthz" >/dev/null 2>&1 && break
     sleep 0.1
 done
+if [ -n "${ADMIN_BASE:-}" ]; then
+    BASE_PORT=$(( ADMIN_PORT + 1 ))
+    WATCHPOST_ADMIN_LISTEN="127.0.0.1:$BASE_PORT" "$ADMIN_BASE" serve >"$WORK/admin-base.log" 2>&1 &
+    BASE_PID=$!
+    BASE_URL="http://127.0.0.1:$BASE_PORT/api/admin/access-log"
+    for _ in $(seq 1 100); do
+        curl -fs "http://127.0.0.1:$BASE_PORT/healthz" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+fi
 
+printf 'load average at the start: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
 RAWQ="$("$LOAD" --mode xrevrange --redis-url "$REDIS_URL" --key-prefix idx: --requests "$REQUESTS")"
 RAW_P50="$(jq .p50_ms <<<"$RAWQ")"
 RAW_P99="$(jq .p99_ms <<<"$RAWQ")"
@@ -109,6 +136,15 @@ MID="$(redis-cli -p "$REDIS_PORT" xrevrange idx:access + - COUNT $(( ENTRIES / 2
 
 printf '\n| query | p50 | p99 | p50 / raw | p99 / raw | items per call | next_cursor |\n|---|---|---|---|---|---|---|\n'
 printf '| raw `XREVRANGE … COUNT 50` (redis-rs, one connection) | %.2f ms | %.2f ms | 1 | 1 | 50 | |\n' "$RAW_P50" "$RAW_P99"
+# p50 and p99 of the times (seconds) in file $1, in ms, as "p50 p99".
+percentiles() {
+    sort -n "$1" >"$WORK/sorted"
+    local n p50 p99
+    n=$(wc -l <"$WORK/sorted")
+    p50=$(sed -n "$(( (n * 50 + 99) / 100 ))p" "$WORK/sorted")
+    p99=$(sed -n "$(( (n * 99 + 99) / 100 ))p" "$WORK/sorted")
+    awk -v a="$p50" -v b="$p99" 'BEGIN { printf "%.3f %.3f\n", a * 1000, b * 1000 }'
+}
 for q in "${QUERIES[@]}"; do
     name="${q%%|*}"
     params="${q#*|}"
@@ -117,35 +153,57 @@ for q in "${QUERIES[@]}"; do
     items="$(jq '.items | length' <<<"$sample")"
     cursor="$(jq -r 'if .next_cursor == null then "null" else "set" end' <<<"$sample")"
     : >"$WORK/times"
+    : >"$WORK/times-base"
     for _ in $(seq 1 "$REQUESTS"); do
         curl -fs -o /dev/null -w '%{time_total}\n' -H "Authorization: Bearer $TOKEN" "$URL?$params" >>"$WORK/times"
+        if [ -n "$BASE_PID" ]; then
+            curl -fs -o /dev/null -w '%{time_total}\n' -H "Authorization: Bearer $TOKEN" "$BASE_URL?$params" >>"$WORK/times-base"
+        fi
     done
-    sort -n "$WORK/times" >"$WORK/sorted"
-    n=$(wc -l <"$WORK/sorted")
-    p50=$(sed -n "$(( (n * 50 + 99) / 100 ))p" "$WORK/sorted")
-    p99=$(sed -n "$(( (n * 99 + 99) / 100 ))p" "$WORK/sorted")
+    read -r p50 p99 < <(percentiles "$WORK/times")
     awk -v name="$name" -v params="$params" -v p50="$p50" -v p99="$p99" -v r50="$RAW_P50" -v r99="$RAW_P99" \
         -v items="$items" -v cursor="$cursor" 'BEGIN {
         printf "| %s (`%s`) | %.1f ms | %.1f ms | %.1f | %.1f | %s | %s |\n", name, params,
-            p50 * 1000, p99 * 1000, p50 * 1000 / r50, p99 * 1000 / r99, items, cursor }'
+            p50, p99, p50 / r50, p99 / r99, items, cursor }'
+    if [ -n "$BASE_PID" ]; then
+        read -r b50 b99 < <(percentiles "$WORK/times-base")
+        awk -v p50="$b50" -v p99="$b99" -v r50="$RAW_P50" -v r99="$RAW_P99" -v a50="$p50" -v a99="$p99" 'BEGIN {
+            printf "| … base | %.1f ms | %.1f ms | %.1f | %.1f | this/base p50 %.2f | p99 %.2f |\n",
+                p50, p99, p50 / r50, p99 / r99, a50 / p50, a99 / p99 }'
+    fi
 done
 printf '\n%s requests per query, one at a time; %s entries.\n' "$REQUESTS" "$ENTRIES"
 
-log "export: every entry of 198.51.100.10 (1 in 10), NDJSON"
-rss() { awk '/VmRSS/ {print $2}' "/proc/$ADMIN_PID/status"; }
-RSS_BEFORE="$(rss)"
-( while kill -0 "$ADMIN_PID" 2>/dev/null; do rss; sleep 0.05; done ) >"$WORK/rss" &
-SAMPLER=$!
-EXPORT_TIME="$(curl -fs -o "$WORK/export.ndjson" -w '%{time_total}' -H "Authorization: Bearer $TOKEN" "$URL/export?ip=198.51.100.10")"
-kill "$SAMPLER" 2>/dev/null || true
-wait "$SAMPLER" 2>/dev/null || true
-RSS_PEAK="$(sort -n "$WORK/rss" | tail -n 1)"
-EXPORTED="$(tail -n 1 "$WORK/export.ndjson" | jq .count)"
-LINES="$(( $(wc -l <"$WORK/export.ndjson") - 1 ))"
-awk -v n="$EXPORTED" -v l="$LINES" -v t="$EXPORT_TIME" -v b="$RSS_BEFORE" -v p="$RSS_PEAK" 'BEGIN {
-    printf "\nexport: %d entries (%d lines) in %.2f s = %.0f entries/s; admin RSS %.1f MiB before, %.1f MiB peak\n",
-        n, l, t, n / t, b / 1024, p / 1024 }'
+rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# export LABEL PID URL PARAMS: one NDJSON export, its rate and the admin's RSS before / at peak.
+export_run() {
+    local label="$1" pid="$2" url="$3" params="$4" before sampler peak t n lines
+    before="$(rss "$pid")"
+    ( while kill -0 "$pid" 2>/dev/null; do rss "$pid"; sleep 0.05; done ) >"$WORK/rss" &
+    sampler=$!
+    t="$(curl -fs -o "$WORK/export.ndjson" -w '%{time_total}' -H "Authorization: Bearer $TOKEN" "$url/export?$params")"
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+    peak="$(sort -n "$WORK/rss" | tail -n 1)"
+    n="$(tail -n 1 "$WORK/export.ndjson" | jq .count)"
+    lines="$(( $(wc -l <"$WORK/export.ndjson") - 1 ))"
+    awk -v label="$label" -v n="$n" -v l="$lines" -v t="$t" -v b="$before" -v p="$peak" 'BEGIN {
+        printf "| %s | %d (%d lines) | %.2f s | %.0f entries/s | %.1f MiB | %.1f MiB |\n",
+            label, n, l, t, n / t, b / 1024, p / 1024 }'
+}
+# The millisecond of the 100,000th newest entry: an unfiltered export of about 100,000 entries.
+NEWEST_100K="$(redis-cli -p "$REDIS_PORT" xrevrange idx:access + - COUNT 100000 | awk 'NR%2==1 && /^[0-9]+-[0-9]+$/ {id=$0} END {split(id, a, "-"); print a[1]}')"
+log "exports: every entry of 198.51.100.10 (1 in 10), and everything from the 100,000th newest entry; NDJSON"
+printf '\n| export | entries | time | rate | admin RSS before | admin RSS peak |\n|---|---|---|---|---|---|\n'
+for round in 1 2; do
+    export_run "ip 1 in 10 (\`ip=198.51.100.10\`), round $round" "$ADMIN_PID" "$URL" "ip=198.51.100.10"
+    if [ -n "$BASE_PID" ]; then export_run "… base, round $round" "$BASE_PID" "$BASE_URL" "ip=198.51.100.10"; fi
+    export_run "unfiltered (\`from=$NEWEST_100K\`), round $round" "$ADMIN_PID" "$URL" "from=$NEWEST_100K"
+    if [ -n "$BASE_PID" ]; then export_run "… base, round $round" "$BASE_PID" "$BASE_URL" "from=$NEWEST_100K"; fi
+done
+printf '\nload average at the end: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
 
+if [ -n "${QUERIES_ONLY:-}" ]; then exit 0; fi
 printf '\nindex cost (%s index streams):\n' "$INDEX_KEYS"
 jq -rn --argjson raw "$RAW_JSON" --argjson idx "$IDX_JSON" --arg stream "$STREAM_BYTES" '
   "| | stream alone | stream + index | ratio |\n|---|---|---|---|\n" +

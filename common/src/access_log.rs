@@ -204,62 +204,64 @@ impl AccessLogEntry {
     /// missing numbers as 0 (entries written by an older proxy stay readable); a present but
     /// unreadable number or decision is an error.
     pub fn from_fields(fields: &HashMap<String, String>) -> Result<Self, DecodeError> {
-        fn text(f: &HashMap<String, String>, k: &str) -> String {
-            f.get(k).cloned().unwrap_or_default()
-        }
+        Self::from_pairs(fields.iter().map(|(k, v)| (k.as_str(), v.clone())))
+    }
+
+    /// [`Self::from_fields`] over the (name, value) pairs of a stream entry as Redis returns
+    /// them, taking the values without copying them: no map, no allocation per text field.
+    /// Unknown names are ignored; a name given twice keeps its last value, as in a map.
+    pub fn from_pairs<K: AsRef<str>>(
+        pairs: impl IntoIterator<Item = (K, String)>,
+    ) -> Result<Self, DecodeError> {
         fn num<T: std::str::FromStr + Default>(
-            f: &HashMap<String, String>,
-            k: &'static str,
+            field: &'static str,
+            value: String,
         ) -> Result<T, DecodeError> {
-            match f.get(k) {
-                None => Ok(T::default()),
-                Some(v) if v.is_empty() => Ok(T::default()),
-                Some(v) => v.parse().map_err(|_| DecodeError {
-                    field: k,
-                    value: v.clone(),
-                }),
+            if value.is_empty() {
+                return Ok(T::default());
+            }
+            value.parse().map_err(|_| DecodeError { field, value })
+        }
+        let mut e = Self::default();
+        for (name, value) in pairs {
+            match name.as_ref() {
+                "ts" => e.ts = num("ts", value)?,
+                "method" => e.method = Cow::Owned(value),
+                "host" => e.host = value,
+                "path" => e.path = value,
+                "query" => e.query = value,
+                "status" => e.status = num("status", value)?,
+                "ip" => e.ip = value,
+                "ip_source" => e.ip_source = Cow::Owned(value),
+                "peer" => e.peer = value,
+                "country" => e.country = value,
+                "risk" => e.risk = num("risk", value)?,
+                "reasons" => {
+                    e.reasons = value
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(|s| Cow::Owned(s.to_string()))
+                        .collect();
+                }
+                "ua" => e.ua = value,
+                "ua_type" => e.ua_type = Cow::Owned(value),
+                "decision" => {
+                    e.decision = Decision::parse(&value).ok_or(DecodeError {
+                        field: "decision",
+                        value,
+                    })?;
+                }
+                "latency_us" => e.latency_us = num("latency_us", value)?,
+                "bytes_out" => e.bytes_out = num("bytes_out", value)?,
+                "upstream" => e.upstream = value,
+                "request_id" => e.request_id = value,
+                "proxy_id" => e.proxy_id = Arc::from(value),
+                "rule" => e.rule = value,
+                "proto" => e.proto = Cow::Owned(value),
+                _ => {}
             }
         }
-        let decision = match fields.get("decision") {
-            None => Decision::Allow,
-            Some(v) => Decision::parse(v).ok_or_else(|| DecodeError {
-                field: "decision",
-                value: v.clone(),
-            })?,
-        };
-        let reasons = fields
-            .get("reasons")
-            .map(|r| {
-                r.split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(|s| Cow::Owned(s.to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(Self {
-            ts: num(fields, "ts")?,
-            method: Cow::Owned(text(fields, "method")),
-            host: text(fields, "host"),
-            path: text(fields, "path"),
-            query: text(fields, "query"),
-            status: num(fields, "status")?,
-            ip: text(fields, "ip"),
-            ip_source: Cow::Owned(text(fields, "ip_source")),
-            peer: text(fields, "peer"),
-            country: text(fields, "country"),
-            risk: num(fields, "risk")?,
-            reasons,
-            ua: text(fields, "ua"),
-            ua_type: Cow::Owned(text(fields, "ua_type")),
-            decision,
-            latency_us: num(fields, "latency_us")?,
-            bytes_out: num(fields, "bytes_out")?,
-            upstream: text(fields, "upstream"),
-            request_id: text(fields, "request_id"),
-            proxy_id: Arc::from(text(fields, "proxy_id")),
-            rule: text(fields, "rule"),
-            proto: Cow::Owned(text(fields, "proto")),
-        })
+        Ok(e)
     }
 }
 
@@ -310,7 +312,38 @@ mod tests {
             .collect();
         assert_eq!(map["risk"], "0.250");
         assert_eq!(map["reasons"], "ua_cli,rate");
-        assert_eq!(AccessLogEntry::from_fields(&map), Ok(e));
+        assert_eq!(AccessLogEntry::from_fields(&map), Ok(e.clone()));
+        let pairs = e.to_fields().into_iter().map(|(k, v)| (k.to_string(), v));
+        assert_eq!(AccessLogEntry::from_pairs(pairs), Ok(e));
+    }
+
+    #[test]
+    fn pairs_read_like_a_map() {
+        // Missing fields are empty or 0, unknown ones ignored, a repeated one keeps its last
+        // value, an empty number is 0.
+        let pairs = [
+            ("status", "404"),
+            ("x-unknown", "1"),
+            ("status", "500"),
+            ("risk", ""),
+            ("ip", "192.0.2.1"),
+        ];
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let from_pairs =
+            AccessLogEntry::from_pairs(pairs.iter().map(|(k, v)| (*k, v.to_string())));
+        assert_eq!(from_pairs, AccessLogEntry::from_fields(&map));
+        let e = from_pairs.expect("readable");
+        assert_eq!((e.status, e.risk, e.ip.as_str()), (500, 0.0, "192.0.2.1"));
+        assert_eq!(e.decision, Decision::Allow);
+        assert!(e.method.is_empty() && e.reasons.is_empty());
+        for bad in [("ts", "-1"), ("decision", ""), ("latency_us", "1.5")] {
+            let err = AccessLogEntry::from_pairs([(bad.0, bad.1.to_string())])
+                .expect_err("unreadable");
+            assert_eq!(err.field, bad.0);
+        }
     }
 
     #[test]

@@ -430,22 +430,31 @@ async fn older_bounds(
 
 impl Export {
     fn render(&mut self, items: &[Item]) -> Piece {
-        let mut out = String::with_capacity(items.len() * 400);
-        for item in items {
-            match self.format {
-                Format::Ndjson => {
+        // Entries are ~500 bytes in either format: one allocation per chunk, not per entry.
+        let capacity = items.len() * 640;
+        let bytes = match self.format {
+            Format::Ndjson => {
+                let mut out = Vec::with_capacity(capacity);
+                for item in items {
                     // An Item always serializes (strings and numbers only).
-                    if let Ok(line) = serde_json::to_string(item) {
-                        out.push_str(&line);
-                        out.push('\n');
+                    if serde_json::to_writer(&mut out, item).is_ok() {
+                        out.push(b'\n');
                     }
                 }
-                Format::Csv => csv_row(&mut out, item),
+                out
             }
-            self.count += 1;
-        }
+            Format::Csv => {
+                let mut out = String::with_capacity(capacity);
+                let mut scratch = String::new();
+                for item in items {
+                    csv_row(&mut out, &mut scratch, item);
+                }
+                out.into_bytes()
+            }
+        };
+        self.count += items.len() as u64;
         Piece {
-            bytes: Bytes::from(out),
+            bytes: Bytes::from(bytes),
             entries: items.len() as u64,
         }
     }
@@ -491,10 +500,9 @@ fn csv_header() -> String {
     out
 }
 
-fn csv_row(out: &mut String, item: &Item) {
+fn csv_row(out: &mut String, scratch: &mut String, item: &Item) {
     push_csv_field(out, &item.id);
-    let mut scratch = String::new();
-    item.entry.write_fields(&mut scratch, |_, value| {
+    item.entry.write_fields(scratch, |_, value| {
         out.push(',');
         push_csv_field(out, value);
     });

@@ -5,7 +5,6 @@
 //! to it. Each call is bounded: a page examines at most `[admin] access_log_scan_budget`
 //! entries, a summary at most `[admin] access_log_summary_max_entries`.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -455,8 +454,7 @@ fn text(v: redis::Value) -> String {
 /// Turns a raw entry into an [`Item`]; an entry the proxy could not have written (an
 /// unreadable number) is logged and skipped rather than failing the page.
 pub(crate) fn to_item((id, fields): RawEntry) -> Option<Item> {
-    let map: HashMap<String, String> = fields.into_iter().collect();
-    match AccessLogEntry::from_fields(&map) {
+    match AccessLogEntry::from_pairs(fields) {
         Ok(entry) => Some(Item { id, entry }),
         Err(e) => {
             tracing::warn!(stream.id = %id, error = %e, "access log: skipping unreadable entry");

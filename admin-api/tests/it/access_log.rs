@@ -1033,3 +1033,50 @@ async fn a_tail_ends_when_its_key_is_revoked_through_the_api() {
     let events = read_to_end(tail).await;
     assert_closed_with(&events, "UNAUTHORIZED", "API key revoked");
 }
+
+/// The access-log page counts against the admin rate limit like every other admin call: past
+/// the limit it is a 429 envelope with the limit headers and no entries.
+#[tokio::test]
+async fn the_access_log_page_is_rate_limited_like_other_admin_calls() {
+    let app = TestApp::builder()
+        .configure(|c| {
+            c.admin.rate_limit_per_minute = 2;
+            c.admin.rate_limit_per_hour = 100;
+        })
+        .spawn()
+        .await;
+    let admin = app.create_admin().await;
+    xadd_all(&app, &[(format!("{}-0", now_ms()), synthetic(1))]).await;
+    // The windows are fixed minutes: start early in one so that all requests share it.
+    let second = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        % 60;
+    if second >= 50 {
+        tokio::time::sleep(Duration::from_secs(61 - second)).await;
+    }
+    for expected_remaining in ["1", "0"] {
+        let response = app
+            .get("/api/admin/access-log")
+            .bearer_auth(&admin.key)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.headers()["ratelimit-remaining"], expected_remaining);
+        let (status, page) = json_of(response).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["items"].as_array().expect("items").len(), 1);
+    }
+    let response = app
+        .get("/api/admin/access-log")
+        .bearer_auth(&admin.key)
+        .send()
+        .await
+        .expect("request");
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(response.headers()["ratelimit-remaining"], "0");
+    let (status, body) = json_of(response).await;
+    assert_error(status, &body, 429, "RATE_LIMITED");
+    assert!(body.get("items").is_none(), "{body}");
+}
