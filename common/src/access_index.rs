@@ -159,7 +159,6 @@ pub fn batch_postings(keys: &AccessKeys, batch: &[AccessLogEntry]) -> Vec<Postin
         .collect()
 }
 
-
 /// Risk buckets, in thousandths: an entry whose written risk (3 decimals) is at or above a
 /// bucket is indexed under it. A `risk_min` filter is served by the highest bucket not above it
 /// (and checked on the entries).
@@ -465,8 +464,24 @@ mod tests {
     #[test]
     fn malformed_offsets_are_refused() {
         for bad in [
-            "", ",", "1,", ",1", "a", "-1", "1-", "5-3", "3,3", "4,2", "0-3,3", "1--2", " 1",
-            "1 ", "+1", "99999999999", "0-4294967295", "1,2-1",
+            "",
+            ",",
+            "1,",
+            ",1",
+            "a",
+            "-1",
+            "1-",
+            "5-3",
+            "3,3",
+            "4,2",
+            "0-3,3",
+            "1--2",
+            " 1",
+            "1 ",
+            "+1",
+            "99999999999",
+            "0-4294967295",
+            "1,2-1",
         ] {
             assert_eq!(decode_offsets(bad), None, "{bad:?}");
         }

@@ -41,9 +41,9 @@ use redis::Script;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, timeout, Instant};
 use watchpost_common::access_index::batch_postings;
+use watchpost_common::keys::AccessKeys;
 use watchpost_common::keys::MINUTE_COUNTER_TTL_SECS;
 use watchpost_common::rollup;
-use watchpost_common::keys::AccessKeys;
 use watchpost_common::{AccessLogEntry, Decision, Keys, ACCESS_LOG_FIELDS};
 
 use crate::metrics::{Metrics, WriteErrorKind};

@@ -287,7 +287,11 @@ impl Walk {
 
     /// Up to `count` matching ids from the index, highest first (reading one round of postings
     /// when fewer are pending); lowers the walk's upper bound to the last one.
-    async fn next_ids(&mut self, state: &AppState, count: usize) -> Result<Vec<StreamId>, ApiError> {
+    async fn next_ids(
+        &mut self,
+        state: &AppState,
+        count: usize,
+    ) -> Result<Vec<StreamId>, ApiError> {
         let Some(ix) = self.index.as_mut() else {
             return Ok(Vec::new());
         };
@@ -425,7 +429,11 @@ fn merge(ix: &mut IndexWalk, bounds: Bounds) {
                 let Some((_, mine)) = c.buf.pop_front() else {
                     continue;
                 };
-                offsets = if n == 0 { mine } else { intersect(&offsets, &mine) };
+                offsets = if n == 0 {
+                    mine
+                } else {
+                    intersect(&offsets, &mine)
+                };
             }
             for off in offsets.into_iter().rev() {
                 let Some(seq) = top.seq.checked_add(u64::from(off)) else {
@@ -622,8 +630,14 @@ mod tests {
     fn merge_intersects_postings_by_base_within_the_bounds() {
         let mut ix = IndexWalk {
             cursors: vec![
-                cursor(&[((9, 0), &[0, 1, 2]), ((7, 4), &[1, 3]), ((5, 0), &[0])], true),
-                cursor(&[((9, 0), &[1, 2, 5]), ((8, 0), &[0]), ((7, 4), &[0, 3])], false),
+                cursor(
+                    &[((9, 0), &[0, 1, 2]), ((7, 4), &[1, 3]), ((5, 0), &[0])],
+                    true,
+                ),
+                cursor(
+                    &[((9, 0), &[1, 2, 5]), ((8, 0), &[0]), ((7, 4), &[0, 3])],
+                    false,
+                ),
             ],
             pending: VecDeque::new(),
             merged: false,

@@ -550,7 +550,11 @@ async fn two_ips_of_one_bucket_never_mix() {
     for round in 0..6u64 {
         let batch: Vec<AccessLogEntry> = (0..40u64)
             .map(|i| AccessLogEntry {
-                ip: if (i + round) % 3 == 0 { a.clone() } else { b.clone() },
+                ip: if (i + round) % 3 == 0 {
+                    a.clone()
+                } else {
+                    b.clone()
+                },
                 ..entry(round * 40 + i)
             })
             .collect();

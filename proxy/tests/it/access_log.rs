@@ -501,7 +501,11 @@ async fn index_ids(
             for (field, offsets) in fields {
                 let offsets = decode_offsets(&offsets).expect("well-formed offsets");
                 let ids = out.entry((key.clone(), field)).or_default();
-                ids.extend(offsets.iter().map(|o| format!("{ms}-{}", seq + u64::from(*o))));
+                ids.extend(
+                    offsets
+                        .iter()
+                        .map(|o| format!("{ms}-{}", seq + u64::from(*o))),
+                );
             }
         }
     }
