@@ -5,19 +5,17 @@
 # entries (and others), p50/p99 of REQUESTS calls each, each also as a ratio to a raw
 # `XREVRANGE <stream> + - COUNT 50` timed in the same run; an NDJSON export of the 100,000
 # entries of one IP (rate, admin RSS before/at peak); the index's Redis memory and CPU per
-# entry, against the same entries written by the same script without index references.
+# entry, against the same entries written by the same script without postings.
 #
 # Usage: benches/access-log-query.sh               (1,000,000 entries, 200 requests per query)
-#        ENTRIES=200000 REQUESTS=100 benches/access-log-query.sh
+#        ENTRIES=200000 REQUESTS=100 PROFILE=debug benches/access-log-query.sh
 #        ADMIN_BASE=path/to/other/watchpost-admin benches/access-log-query.sh
 #
-# ADMIN_BIN, LOAD_BIN: prebuilt binaries to use instead of building release ones (e.g. a
-# debug loader: it changes the load time and the raw XREVRANGE reference, not Redis's work).
 # ADMIN_BASE: a second watchpost-admin binary (e.g. a release build of the previous revision)
 # served on ADMIN_PORT+1 against the same Redis and database; every query alternates one call
 # to each (same noise for both), each export runs on both, and every row is printed for both
-# ("base" rows) with the ratio this/base. QUERIES_ONLY=1 skips the index-cost loads' second
-# (stream-alone) load and table.
+# ("base" rows) with the ratio this/base. QUERIES_ONLY=1 loads only the indexed stream and
+# skips the index-cost table.
 #
 # Needs redis-server/redis-cli (a scratch server is started on REDIS_PORT, default 16390, no
 # persistence, and shut down at the end) and PostgreSQL at DATABASE_URL (default
@@ -25,9 +23,10 @@
 # database is created and dropped).
 #
 # Loads: `watchpost-access-log-load` (benches/src/bin/access_log_load.rs) writes the entries in
-# batches of 512 through `watchpost_proxy::access_log::append_batch` (prefix `idx:`), and the
-# same entries through the same script with no index references (prefix `raw:`, the stream
-# alone). Distribution: IP 198.51.100.10 in 1 of 10 entries, 198.51.100.77 in 1 of 10,000, the
+# batches of 512 (the writer's batch_max_entries, which it fills at max load) through
+# `watchpost_proxy::access_log::append_batch_with`: index and rollups (prefix `idx:`, the one
+# queried), index alone (`idxnr:`), and the same entries through the same script with no
+# postings (`raw:`, the stream alone); then batches of 64, stream alone and index alone. Distribution: IP 198.51.100.10 in 1 of 10 entries, 198.51.100.77 in 1 of 10,000, the
 # rest among ~100,000 addresses; 7 countries; 1 % rejected bots at risk 0.95 (status 403); 5 %
 # 404. Times are curl's time_total per request on loopback, one request at a time.
 set -euo pipefail
@@ -38,6 +37,11 @@ REQUESTS="${REQUESTS:-200}"
 REDIS_PORT="${REDIS_PORT:-16390}"
 DATABASE_URL="${DATABASE_URL:-postgres://watchpost:watchpost@127.0.0.1:5432/watchpost}"
 ADMIN_PORT="${ADMIN_PORT:-18481}"
+# Cargo profile of watchpost-admin, and of the load generator (CLIENT_PROFILE=debug reuses a
+# debug build of the benches crate, which carries Pingora; Redis's own time and memory do not
+# depend on it).
+PROFILE="${PROFILE:-release}"
+CLIENT_PROFILE="${CLIENT_PROFILE:-$PROFILE}"
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 DB_BASE="${DATABASE_URL%/*}"
 SCRATCH="wp_bench_access_log_$(date +%s)_$$"
@@ -49,14 +53,18 @@ for tool in redis-server redis-cli psql curl jq awk; do
 done
 psql -XAtq "$DB_BASE/postgres" -c "SELECT 1" >/dev/null || { echo "PostgreSQL is not reachable" >&2; exit 1; }
 
-# ADMIN_BIN / LOAD_BIN: use these binaries instead of building release ones.
-if [ -z "${ADMIN_BIN:-}" ] || [ -z "${LOAD_BIN:-}" ]; then
-    log "building watchpost-admin and watchpost-access-log-load (release)"
-    cargo build --release -p watchpost-admin --bin watchpost-admin -p watchpost-benches --bin watchpost-access-log-load >&2
-fi
+for knob in PROFILE CLIENT_PROFILE; do
+    [[ "${!knob}" == release || "${!knob}" == debug ]] || { echo "$knob must be release or debug" >&2; exit 1; }
+done
+profile_flag() { [ "$1" = release ] && echo --release || true; }
+log "building watchpost-admin ($PROFILE) and watchpost-access-log-load ($CLIENT_PROFILE)"
+# shellcheck disable=SC2046 # the flag is one word or nothing
+cargo build $(profile_flag "$PROFILE") -p watchpost-admin --bin watchpost-admin >&2
+# shellcheck disable=SC2046
+cargo build $(profile_flag "$CLIENT_PROFILE") -p watchpost-benches --bin watchpost-access-log-load >&2
 TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-ADMIN="${ADMIN_BIN:-$TARGET_DIR/release/watchpost-admin}"
-LOAD="${LOAD_BIN:-$TARGET_DIR/release/watchpost-access-log-load}"
+ADMIN="$TARGET_DIR/$PROFILE/watchpost-admin"
+LOAD="$TARGET_DIR/$CLIENT_PROFILE/watchpost-access-log-load"
 
 WORK="$(mktemp -d)"
 ADMIN_PID=""
@@ -78,15 +86,29 @@ REDIS_PID=$!
 for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 if [ -z "${QUERIES_ONLY:-}" ]; then
-    log "loading $ENTRIES entries, stream alone (same script, no index references)"
-    RAW_JSON="$("$LOAD" --redis-url "$REDIS_URL" --key-prefix raw: --entries "$ENTRIES" --no-index)"
-    log "$RAW_JSON"
+log "loading $ENTRIES entries, stream alone (same script, no postings), batches of 512"
+RAW_JSON="$("$LOAD" --redis-url "$REDIS_URL" --key-prefix raw: --entries "$ENTRIES" --no-index)"
+log "$RAW_JSON"
+log "loading $ENTRIES entries through the writer's script, index without rollups, batches of 512"
+IDXNR_JSON="$("$LOAD" --redis-url "$REDIS_URL" --key-prefix idxnr: --entries "$ENTRIES" --no-rollups)"
+log "$IDXNR_JSON"
 fi
-log "loading $ENTRIES entries through the writer's script, index included"
+log "loading $ENTRIES entries through the writer's script, index and rollups, batches of 512"
 IDX_JSON="$("$LOAD" --redis-url "$REDIS_URL" --key-prefix idx: --entries "$ENTRIES")"
 log "$IDX_JSON"
+if [ -z "${QUERIES_ONLY:-}" ]; then
+log "loading $ENTRIES entries in batches of 64, stream alone and index without rollups"
+RAW64_JSON="$("$LOAD" --redis-url "$REDIS_URL" --key-prefix raw64: --entries "$ENTRIES" --batch 64 --no-index)"
+log "$RAW64_JSON"
+IDX64_JSON="$("$LOAD" --redis-url "$REDIS_URL" --key-prefix idx64: --entries "$ENTRIES" --batch 64 --no-rollups)"
+log "$IDX64_JSON"
+fi
 STREAM_BYTES="$(redis-cli -p "$REDIS_PORT" memory usage idx:access samples 0)"
-INDEX_KEYS="$(redis-cli -p "$REDIS_PORT" zcard idx:access:ixkeys)"
+INDEX_KEYS="$(redis-cli -p "$REDIS_PORT" scard idx:access:ixset)"
+# The loads are not needed any more: drop them so that the queries run on the same server size.
+for prefix in raw: idxnr: raw64: idx64:; do
+    redis-cli -p "$REDIS_PORT" --scan --pattern "$prefix*" | xargs -r -n 500 redis-cli -p "$REDIS_PORT" unlink >/dev/null
+done
 
 export DATABASE_URL="$DB_BASE/$SCRATCH"
 export REDIS_URL
@@ -128,7 +150,7 @@ QUERIES=(
     "country, 1 in 7|limit=50&country=FR"
     "status class 4xx, 1 in 17|limit=50&status=4xx"
     "risk_min=0.9, 1 in 100|limit=50&risk_min=0.9"
-    "ip 1 in 10 + status=404 (no entry has both: the 404 index, 50,000 ids, is walked to its end)|limit=50&ip=198.51.100.10&status=404"
+    "ip 1 in 10 + status=404 (no entry has both: both indexes are merged to their end)|limit=50&ip=198.51.100.10&status=404"
     "ip 1 in 10,000 in the newest 50 %|limit=50&ip=198.51.100.77&from=\$MID"
     "unindexed only: method=POST + path prefix (budget scan)|limit=50&method=POST&path_prefix=/api/items/7"
 )
@@ -204,11 +226,14 @@ done
 printf '\nload average at the end: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
 
 if [ -n "${QUERIES_ONLY:-}" ]; then exit 0; fi
-printf '\nindex cost (%s index streams):\n' "$INDEX_KEYS"
-jq -rn --argjson raw "$RAW_JSON" --argjson idx "$IDX_JSON" --arg stream "$STREAM_BYTES" '
-  "| | stream alone | stream + index | ratio |\n|---|---|---|---|\n" +
-  "| Redis used_memory growth | \($raw.used_memory_delta / 1048576 | floor) MiB | \($idx.used_memory_delta / 1048576 | floor) MiB | \(($idx.used_memory_delta / $raw.used_memory_delta * 100 | floor) / 100) |\n" +
-  "| script time per entry (commandstats) | \($raw.script_usec_per_entry) µs | \($idx.script_usec_per_entry) µs | |\n" +
-  "| Redis CPU per entry (used_cpu_user+sys) | \($raw.redis_cpu_usec_per_entry) µs | \($idx.redis_cpu_usec_per_entry) µs | |\n" +
-  "| load time | \($raw.seconds) s | \($idx.seconds) s | |\n" +
-  "\n(MEMORY USAGE of the indexed stream key alone: \(($stream | tonumber) / 1048576 | floor) MiB)"'
+printf '\nindex cost (%s postings streams):\n' "$INDEX_KEYS"
+jq -rn --argjson raw "$RAW_JSON" --argjson nr "$IDXNR_JSON" --argjson idx "$IDX_JSON" \
+    --argjson raw64 "$RAW64_JSON" --argjson idx64 "$IDX64_JSON" --arg stream "$STREAM_BYTES" '
+  def mib: . / 1048576 | floor;
+  def ratio(a; b): ((a / b * 100) | floor) / 100;
+  "| | stream alone | stream + index | ratio | stream + index + rollups | stream alone, batches of 64 | stream + index, batches of 64 | ratio |\n|---|---|---|---|---|---|---|---|\n" +
+  "| Redis used_memory growth | \($raw.used_memory_delta | mib) MiB | \($nr.used_memory_delta | mib) MiB | \(ratio($nr.used_memory_delta; $raw.used_memory_delta)) | \($idx.used_memory_delta | mib) MiB | \($raw64.used_memory_delta | mib) MiB | \($idx64.used_memory_delta | mib) MiB | \(ratio($idx64.used_memory_delta; $raw64.used_memory_delta)) |\n" +
+  "| script time per entry (commandstats) | \($raw.script_usec_per_entry) µs | \($nr.script_usec_per_entry) µs | | \($idx.script_usec_per_entry) µs | \($raw64.script_usec_per_entry) µs | \($idx64.script_usec_per_entry) µs | |\n" +
+  "| Redis CPU per entry (used_cpu_user+sys) | \($raw.redis_cpu_usec_per_entry) µs | \($nr.redis_cpu_usec_per_entry) µs | | \($idx.redis_cpu_usec_per_entry) µs | \($raw64.redis_cpu_usec_per_entry) µs | \($idx64.redis_cpu_usec_per_entry) µs | |\n" +
+  "| load time | \($raw.seconds) s | \($nr.seconds) s | | \($idx.seconds) s | \($raw64.seconds) s | \($idx64.seconds) s | |\n" +
+  "\n(MEMORY USAGE of the indexed stream key alone: \(($stream | tonumber) | mib) MiB)"'

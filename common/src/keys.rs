@@ -82,15 +82,42 @@ impl AccessKeys {
         format!("{}:path", self.rollup(unix_minute))
     }
 
-    /// One index stream (`field` one of [`crate::access_index::IndexField`]'s names, `value`
-    /// canonical); build it through [`crate::access_index::IndexTerm`].
+    /// One index stream of the old format (one member per entry), `wp:access:ix:<field>:<value>`
+    /// unsharded. Nothing writes these any more: the sweep deletes the keys listed in
+    /// [`Self::index_registry`].
     pub fn index(&self, field: &str, value: &str) -> String {
         format!("{}{}:ix:{}:{}", self.prefix, self.base(), field, value)
     }
 
-    /// The registry of this shard's index keys, `wp:access:ixkeys` unsharded.
+    /// The registry of the old-format index keys (a sorted set), `wp:access:ixkeys` unsharded;
+    /// only the sweep reads it, to delete what it lists.
     pub fn index_registry(&self) -> String {
         format!("{}{}:ixkeys", self.prefix, self.base())
+    }
+
+    /// The postings stream of one low-cardinality index value (`field` one of
+    /// [`crate::access_index::IndexField`]'s names, `value` canonical),
+    /// `wp:access:px:<field>:<value>` unsharded; build it through
+    /// [`crate::access_index::IndexTerm::key`].
+    pub fn postings(&self, field: &str, value: &str) -> String {
+        format!("{}{}:px:{}:{}", self.prefix, self.base(), field, value)
+    }
+
+    /// The postings stream of one client-IP bucket ([`crate::access_index::IP_BUCKETS`] of
+    /// them), `wp:access:px:ipb64:<bucket>` unsharded. The bucket count is part of the name.
+    pub fn ip_bucket(&self, bucket: u32) -> String {
+        format!(
+            "{}{}:px:ipb{}:{}",
+            self.prefix,
+            self.base(),
+            crate::access_index::IP_BUCKETS,
+            bucket
+        )
+    }
+
+    /// The registry of this family's postings streams (a set), `wp:access:ixset` unsharded.
+    pub fn postings_registry(&self) -> String {
+        format!("{}{}:ixset", self.prefix, self.base())
     }
 
     /// Requests this shard counted in the given unix minute, `wp:gw:req:<minute>` unsharded.

@@ -8,8 +8,9 @@
 //! Delivery: every batch goes out exactly once. The [`LogWriter`] owns its Redis connection and
 //! sends each batch as one call of [`APPEND_SCRIPT`] (`EVALSHA`, loading the script when Redis
 //! does not know it): the batch carries this proxy's `proxy_id` and a batch sequence number, and
-//! the script appends the batch (`XADD <stream> MAXLEN ~ N * <fields in fixed order>` per entry,
-//! plus the per-minute request and reject counters) only if the sequence is above the proxy's
+//! the script appends the batch (one `XADD` per entry, `<fields in fixed order>` under contiguous
+//! ids of one millisecond, then `XTRIM MAXLEN ~ N`, the index postings and the per-minute
+//! request and reject counters) only if the sequence is above the proxy's
 //! high-water mark kept beside the stream (`<prefix>access:hwm`, field `proxy_id`), which it then
 //! raises, all atomically. A failed batch (Redis down, timeout, reply lost) is kept and sent
 //! again with the same sequence, with backoff, until Redis takes it; when the first attempt had
@@ -30,7 +31,7 @@
 //! small as in normal operation and the growing buffer's memory is taken on the writer's
 //! thread, never on the request path.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +40,8 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, timeout, Instant};
-use watchpost_common::access_index::{entry_terms, IndexTerm};
+use watchpost_common::access_index::batch_postings;
+use watchpost_common::keys::AccessKeys;
 use watchpost_common::keys::MINUTE_COUNTER_TTL_SECS;
 use watchpost_common::rollup;
 use watchpost_common::{AccessLogEntry, Decision, Keys, ACCESS_LOG_FIELDS};
@@ -56,25 +58,29 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The server-side append of one batch (see the module docs).
 ///
-/// `KEYS`: the stream, the high-water-mark hash, the per-minute counter keys, the index
-/// registry, the batch's distinct index streams ([`watchpost_common::access_index`]), then the
+/// `KEYS`: the stream, the high-water-mark hash, the per-minute counter keys, the postings
+/// registry, the batch's postings streams ([`watchpost_common::access_index`]), then the
 /// rollup keys (`nr` of them, see the trailer).
 /// `ARGV`: proxy id, batch sequence, `MAXLEN ~` bound, counter TTL, number of fields, the
-/// field names, one increment per counter key, then per entry its field values in order
-/// followed by its index references (a count `k`, then `k` positions in the index-stream block
-/// of `KEYS`, 1-based), then the number of index streams, then the retention-and-rollup
-/// trailer, read from the end: `min_id` (`0` = no age trim), rollup TTL (seconds), top-list
-/// size kept after a trim, `nr`, then per rollup key its kind (`h` hash, `z` sorted set), its
-/// count `m` of pairs and `m` pairs (field or member, increment); the very last argument is
-/// the trailer's length (everything from `min_id` up to it).
-/// Returns the number of entries added: 0 when the sequence is not above the mark.
+/// field names, one increment per counter key, then per entry its field values in order, then
+/// the postings block (per postings stream, in `KEYS` order: its count `m` of fields, then `m`
+/// pairs of field and encoded offsets), then the number of postings streams and the postings
+/// block's length, then the retention-and-rollup trailer, read from the end: `min_id` (`0` = no
+/// age trim), rollup TTL (seconds), top-list size kept after a trim, `nr`, then per rollup key
+/// its kind (`h` hash, `z` sorted set), its count `m` of pairs and `m` pairs (field or member,
+/// increment); the very last argument is the trailer's length (everything from `min_id` up to
+/// it). Returns the number of entries added: 0 when the sequence is not above the mark.
 ///
-/// The index block appends, for each entry, one member with the entry's own id to each of its
-/// index streams (`redis.pcall`: an index write can never fail the batch halfway), then raises
-/// each index stream's score in the registry to the millisecond of its newest member.
+/// Contiguous ids: the batch's first entry is appended with `*`; entry `i` then gets the
+/// explicit id `ms-(seq+i)` of the first one's `ms-seq` (nothing interleaves in a script), so
+/// an entry is named by the batch's base id and its offset. Each postings stream gets ONE entry
+/// under the base id (`redis.pcall`: an index write can never fail the batch halfway), and one
+/// variadic `SADD` lists the streams in the registry. The stream is trimmed by `MAXLEN ~` once
+/// per batch, after its entries.
 ///
-/// Sequences stay below 2^53, so Lua's numbers compare them exactly. The script's first write
-/// is its first `XADD`: a Redis out of memory refuses the script before anything is written.
+/// Sequences (batch and id) stay below 2^53, so Lua's numbers hold them exactly. The script's
+/// first write is its first `XADD`: a Redis out of memory refuses the script before anything
+/// is written.
 pub const APPEND_SCRIPT: &str = r"
 local hwm = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') or 0
 local seq = tonumber(ARGV[2])
@@ -84,35 +90,47 @@ local t0 = #ARGV - tonumber(ARGV[#ARGV])
 local nr = tonumber(ARGV[t0 + 3])
 -- END retention and rollups
 local nf = tonumber(ARGV[5])
--- index: the argument before the trailer counts the index streams; the registry precedes
--- them in KEYS, the rollup keys follow them
-local ni = tonumber(ARGV[t0 - 1])
+-- index: the two arguments before the trailer count the postings streams and the postings
+-- block's arguments; the registry precedes the streams in KEYS, the rollup keys follow them
+local ni = tonumber(ARGV[t0 - 2])
+local pstart = t0 - 2 - tonumber(ARGV[t0 - 1])
 local ixbase = #KEYS - nr - ni
 local nc = ixbase - 3
-local newest = {}
 -- end index
-local xadd = {KEYS[1], 'MAXLEN', '~', ARGV[3], '*'}
-for i = 1, nf do xadd[4 + 2 * i] = ARGV[5 + i] end
+local xadd = {KEYS[1], '*'}
+for i = 1, nf do xadd[1 + 2 * i] = ARGV[5 + i] end
 local at = 6 + nf + nc
 local n = 0
-while at + nf - 1 < t0 - 1 do
-  for i = 1, nf do xadd[5 + 2 * i] = ARGV[at + i - 1] end
-  local id = redis.call('XADD', unpack(xadd))
-  at = at + nf
-  -- index: this entry's members, with its own id
-  local k = tonumber(ARGV[at])
-  for j = at + 1, at + k do
-    local r = tonumber(ARGV[j])
-    redis.pcall('XADD', KEYS[ixbase + r], id, 'i', '1')
-    newest[r] = id
+local base, ms, s0
+while at + nf - 1 < pstart do
+  for i = 1, nf do xadd[2 + 2 * i] = ARGV[at + i - 1] end
+  if n == 0 then
+    base = redis.call('XADD', unpack(xadd))
+    ms, s0 = string.match(base, '^(%d+)-(%d+)$')
+    s0 = tonumber(s0)
+  else
+    xadd[2] = ms .. '-' .. string.format('%d', s0 + n)
+    redis.call('XADD', unpack(xadd))
   end
-  at = at + 1 + k
-  -- end index
+  at = at + nf
   n = n + 1
 end
--- index: registry scores, the newest member's millisecond
-for r, id in pairs(newest) do
-  redis.call('ZADD', KEYS[ixbase], 'GT', string.match(id, '^%d+'), KEYS[ixbase + r])
+if n > 0 then
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[3])
+end
+-- index: one posting per postings stream under the base id, then the registry
+if n > 0 and ni > 0 then
+  local p = pstart
+  local reg = {}
+  for r = 1, ni do
+    local m = tonumber(ARGV[p])
+    local post = {KEYS[ixbase + r], base}
+    for j = 1, 2 * m do post[2 + j] = ARGV[p + j] end
+    p = p + 1 + 2 * m
+    redis.pcall('XADD', unpack(post))
+    reg[r] = KEYS[ixbase + r]
+  end
+  redis.call('SADD', KEYS[ixbase], unpack(reg))
 end
 -- end index
 for i = 1, nc do
@@ -152,70 +170,80 @@ return n
 /// How often each writer sweeps the access-log index: index members older than the stream's
 /// first id are gone within this interval (plus one sweep's run time) of the stream losing them.
 pub const INDEX_SWEEP_INTERVAL: Duration = Duration::from_secs(15);
-/// Index streams handled per sweep call (each call is one short script).
+/// Postings streams (and old-format index keys) handled per sweep call (each call is one short
+/// script).
 pub const INDEX_SWEEP_CHUNK: usize = 500;
 
 /// One step of the index sweep (see [`sweep_index`]).
 ///
-/// `KEYS`: the stream, the index registry. `ARGV`: most index streams to handle, offset into
-/// the live ones. Reads the stream's first id, whatever trimmed it (`MAXLEN`, `MINID`, a
-/// manual `XTRIM`); deletes up to `ARGV[1]` index streams whose newest member is older than
-/// that millisecond, then `XTRIM … MINID <first id>` up to `ARGV[1]` of the others from the
-/// offset. With the stream empty or gone, every index stream goes. Returns `{deleted, trimmed}`.
+/// `KEYS`: the stream, the postings registry (a set), the old-format registry (a sorted set).
+/// `ARGV`: the registry's `SSCAN` cursor, most keys to handle. Reads the stream's first id,
+/// whatever trimmed it (`MAXLEN`, `MINID`, a manual `XTRIM`); `XTRIM … MINID <first ms>-0` each
+/// postings stream of one `SSCAN` step (a posting's ids all share its base's millisecond, so a
+/// posting at the first millisecond stays and the reader skips its trimmed entries), and `DEL`s
+/// and `SREM`s the ones left empty. With the stream empty or gone, every postings stream goes.
+/// It also deletes up to `ARGV[2]` keys of the old format (one stream per value, one member per
+/// entry) listed in the old registry, which nothing writes any more. Returns `{next cursor,
+/// deleted, trimmed}`.
 ///
-/// The index streams come from the registry, not `KEYS`: the whole access-log family lives in
-/// one slot (a later cluster sharding gives it one hash tag), which is what a script needs.
+/// The postings streams come from the registry, not `KEYS`: the whole access-log family lives in
+/// one slot (a cluster sharding gives it one hash tag), which is what a script needs.
 pub const SWEEP_SCRIPT: &str = r"
-local limit = tonumber(ARGV[1])
-local offset = tonumber(ARGV[2])
-local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-local dead
-if #first == 0 then
-  dead = redis.call('ZRANGE', KEYS[2], 0, limit - 1)
-else
-  local ms = string.match(first[1][1], '^%d+')
-  dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ms, 'LIMIT', 0, limit)
-end
-for _, k in ipairs(dead) do
+local limit = tonumber(ARGV[2])
+local deleted, trimmed = 0, 0
+local old = redis.call('ZRANGE', KEYS[3], 0, limit - 1)
+for _, k in ipairs(old) do
   redis.call('DEL', k)
-  redis.call('ZREM', KEYS[2], k)
+  redis.call('ZREM', KEYS[3], k)
+  deleted = deleted + 1
 end
-if #first == 0 then return {#dead, 0} end
-local min_id = first[1][1]
-local ms = string.match(min_id, '^%d+')
-local live = redis.call('ZRANGEBYSCORE', KEYS[2], ms, '+inf', 'LIMIT', offset, limit)
-for _, k in ipairs(live) do
-  redis.call('XTRIM', k, 'MINID', min_id)
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local scan = redis.call('SSCAN', KEYS[2], ARGV[1], 'COUNT', limit)
+local min_id
+if #first > 0 then min_id = string.match(first[1][1], '^%d+') .. '-0' end
+for _, k in ipairs(scan[2]) do
+  local empty = true
+  if min_id then
+    redis.pcall('XTRIM', k, 'MINID', min_id)
+    trimmed = trimmed + 1
+    local len = redis.pcall('XLEN', k)
+    empty = type(len) == 'number' and len == 0
+  end
+  if empty then
+    redis.call('DEL', k)
+    redis.call('SREM', KEYS[2], k)
+    deleted = deleted + 1
+  end
 end
-return {#dead, #live}
+return {scan[1], deleted, trimmed}
 ";
 
-/// One full sweep of the access-log index: drops index streams wholly older than the stream's
-/// first id and trims the rest to it. Returns (streams deleted, streams trimmed).
+/// One full sweep of one access-log stream's index: trims every postings stream to the
+/// stream's first millisecond, drops the empty ones and the old-format index. Returns
+/// (keys deleted, streams trimmed).
 pub async fn sweep_index<C: ConnectionLike>(
     conn: &mut C,
-    keys: &Keys,
+    keys: &AccessKeys,
 ) -> redis::RedisResult<(u64, u64)> {
     let script = Script::new(SWEEP_SCRIPT);
     let (mut deleted, mut trimmed) = (0u64, 0u64);
-    let mut offset = 0usize;
-    // Bounded: a registry of 5,000,000 index streams at most per sweep.
+    let mut cursor = "0".to_string();
+    // Bounded: the registry holds IP_BUCKETS streams plus one per indexed value; the old
+    // registry is emptied a chunk per call.
     for _ in 0..10_000 {
-        let (dead, live): (u64, u64) = script
-            .key(keys.access_stream())
-            .key(keys.access_index_registry())
+        let (next, dead, live): (String, u64, u64) = script
+            .key(keys.stream())
+            .key(keys.postings_registry())
+            .key(keys.index_registry())
+            .arg(&cursor)
             .arg(INDEX_SWEEP_CHUNK)
-            .arg(offset)
             .invoke_async(conn)
             .await?;
         deleted += dead;
         trimmed += live;
-        let chunk = INDEX_SWEEP_CHUNK as u64;
-        if dead < chunk && live < chunk {
+        cursor = next;
+        if cursor == "0" && dead < INDEX_SWEEP_CHUNK as u64 {
             break;
-        }
-        if dead < chunk {
-            offset += usize::try_from(live).unwrap_or(INDEX_SWEEP_CHUNK);
         }
     }
     Ok((deleted, trimmed))
@@ -236,7 +264,7 @@ async fn sweep_index_loop(redis_url: String, keys: Keys, mut shutdown: watch::Re
             _ = wait_true(&mut shutdown) => return,
             _ = sleep(INDEX_SWEEP_INTERVAL) => {}
         }
-        match timeout(WRITE_TIMEOUT * 6, sweep_index(&mut conn, &keys)).await {
+        match timeout(WRITE_TIMEOUT * 6, sweep_index(&mut conn, &keys.access())).await {
             Ok(Ok((deleted, trimmed))) => {
                 tracing::debug!(deleted, trimmed, "access log: index swept");
             }
@@ -1028,6 +1056,18 @@ pub fn invocation_with(
     limits: AppendLimits,
     batch: &[AccessLogEntry],
 ) -> redis::Cmd {
+    invocation_for(script, &keys.access(), proxy_id, seq, limits, batch)
+}
+
+/// [`invocation_with`] for one access-log family (stream, marks, counters, index, rollups).
+pub fn invocation_for(
+    script: &Script,
+    keys: &AccessKeys,
+    proxy_id: &str,
+    seq: u64,
+    limits: AppendLimits,
+    batch: &[AccessLogEntry],
+) -> redis::Cmd {
     // minute -> (requests, rejects)
     let mut minutes: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     for entry in batch {
@@ -1051,49 +1091,34 @@ pub fn invocation_with(
         BTreeMap::new()
     };
     // END retention and rollups
-    // Index: the batch's distinct index streams, numbered from 1, and each entry's references.
-    let mut index: HashMap<IndexTerm, usize> = HashMap::new();
-    let mut index_keys: Vec<String> = Vec::new();
-    let mut refs: Vec<Vec<usize>> = Vec::with_capacity(batch.len());
-    let mut terms = Vec::new();
-    for entry in batch {
-        terms.clear();
-        entry_terms(entry, &mut terms);
-        let mut mine = Vec::with_capacity(terms.len());
-        for term in terms.drain(..) {
-            let next = index.len() + 1;
-            let r = *index.entry(term).or_insert_with_key(|t| {
-                index_keys.push(t.key(keys));
-                next
-            });
-            mine.push(r);
-        }
-        refs.push(mine);
-    }
+    // Index: one posting per postings stream the batch touches, computed here; the script
+    // only puts them under the batch's base id.
+    let postings = batch_postings(keys, batch);
+    let postings_args: usize = postings.iter().map(|p| 1 + 2 * p.fields.len()).sum();
     let mut inv = redis::Cmd::with_capacity(
-        14 + 2 * counters.len()
-            + index_keys.len()
+        16 + 2 * counters.len()
+            + postings.len()
             + ACCESS_LOG_FIELDS.len() * (1 + batch.len())
-            + refs.iter().map(|r| 1 + r.len()).sum::<usize>(),
+            + postings_args,
         256 + 400 * batch.len(),
     );
     inv.arg("EVALSHA")
         .arg(script.get_hash())
-        .arg(3 + counters.len() + index_keys.len() + 3 * rollups.len())
-        .arg(keys.access_stream())
-        .arg(keys.access_hwm());
+        .arg(3 + counters.len() + postings.len() + 3 * rollups.len())
+        .arg(keys.stream())
+        .arg(keys.hwm());
     for (key, _) in &counters {
         inv.arg(key);
     }
-    inv.arg(keys.access_index_registry());
-    for key in &index_keys {
-        inv.arg(key);
+    inv.arg(keys.postings_registry());
+    for p in &postings {
+        inv.arg(&p.key);
     }
     // BEGIN retention and rollups
     for minute in rollups.keys() {
-        inv.arg(keys.access_rollup(*minute))
-            .arg(keys.access_rollup_ips(*minute))
-            .arg(keys.access_rollup_paths(*minute));
+        inv.arg(keys.rollup(*minute))
+            .arg(keys.rollup_ips(*minute))
+            .arg(keys.rollup_paths(*minute));
     }
     // END retention and rollups
     inv.arg(proxy_id)
@@ -1108,16 +1133,18 @@ pub fn invocation_with(
         inv.arg(*n);
     }
     let mut scratch = String::new();
-    for (entry, mine) in batch.iter().zip(&refs) {
+    for entry in batch {
         entry.write_fields(&mut scratch, |_, value| {
             inv.arg(value);
         });
-        inv.arg(mine.len());
-        for r in mine {
-            inv.arg(*r);
+    }
+    for p in &postings {
+        inv.arg(p.fields.len());
+        for (field, offsets) in &p.fields {
+            inv.arg(field).arg(offsets);
         }
     }
-    inv.arg(index_keys.len());
+    inv.arg(postings.len()).arg(postings_args);
     // BEGIN retention and rollups: the trailer (see APPEND_SCRIPT).
     let mut trailer_len = 4usize;
     inv.arg(limits.min_id_ms)

@@ -98,7 +98,12 @@ fn entry(i: u64) -> AccessLogEntry {
     }
 }
 
-/// Appends entries `range` through the proxy's script, in batches of 250.
+/// Batch sizes the writes cycle through (the batch sequence picks one): single entries, small
+/// and large batches, so that postings hold one offset, sparse offsets and long runs.
+const BATCH_SIZES: [usize; 7] = [250, 1, 37, 512, 2, 64, 9];
+
+/// Appends entries `range` through the proxy's script, in batches of [`BATCH_SIZES`], now and
+/// then a millisecond apart.
 async fn write(
     con: &mut redis::aio::MultiplexedConnection,
     keys: &Keys,
@@ -107,12 +112,19 @@ async fn write(
 ) {
     let script = redis::Script::new(APPEND_SCRIPT);
     let all: Vec<AccessLogEntry> = range.map(entry).collect();
-    for batch in all.chunks(250) {
+    let mut at = 0;
+    while at < all.len() {
+        let size = BATCH_SIZES[(*seq % BATCH_SIZES.len() as u64) as usize].min(all.len() - at);
+        let batch = &all[at..at + size];
         *seq += 1;
         let n = append_batch(con, &script, keys, "p1", *seq, 10_000_000, batch)
             .await
             .expect("append");
         assert_eq!(n as usize, batch.len());
+        at += size;
+        if *seq % 5 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 }
 
@@ -469,16 +481,14 @@ fn indexed_pages_are_exact_for_random_filters_and_ranges_while_entries_arrive_an
     check_cases(&rt, &app, &admin, &keys, &seq, 10, false);
     rt.block_on(async {
         let mut con = redis_con(&app).await;
-        sweep_index(&mut con, &keys).await.expect("sweep");
+        sweep_index(&mut con, &keys.access()).await.expect("sweep");
         let snap = snapshot(&mut con, &keys).await;
-        let first = id_parts(&snap[0].0);
-        let index_keys: Vec<String> = redis::cmd("ZRANGE")
-            .arg(keys.access_index_registry())
-            .arg(0)
-            .arg(-1)
+        let first_ms = id_parts(&snap[0].0).0;
+        let index_keys: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys.access().postings_registry())
             .query_async(&mut con)
             .await
-            .expect("ZRANGE");
+            .expect("SMEMBERS");
         assert!(!index_keys.is_empty());
         for k in index_keys {
             let oldest: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
@@ -492,14 +502,83 @@ fn indexed_pages_are_exact_for_random_filters_and_ranges_while_entries_arrive_an
                 .expect("XRANGE");
             if let Some((id, _)) = oldest.first() {
                 assert!(
-                    id_parts(id) >= first,
-                    "{k} keeps {id} older than the stream"
+                    id_parts(id).0 >= first_ms,
+                    "{k} keeps {id} older than the stream's first millisecond"
                 );
             }
         }
     });
     check_cases(&rt, &app, &admin, &keys, &seq, 10, true);
+
+    // Trim by count to a length that cuts a batch in two (as MAXLEN does): the entries below
+    // the cut are skipped whether or not the sweep has run.
+    rt.block_on(async {
+        let mut con = redis_con(&app).await;
+        let len: u64 = redis::cmd("XLEN")
+            .arg(keys.access_stream())
+            .query_async(&mut con)
+            .await
+            .expect("XLEN");
+        let _: u64 = redis::cmd("XTRIM")
+            .arg(keys.access_stream())
+            .arg("MAXLEN")
+            .arg(len * 2 / 3 + 3)
+            .query_async(&mut con)
+            .await
+            .expect("XTRIM");
+    });
+    check_cases(&rt, &app, &admin, &keys, &seq, 8, false);
+    rt.block_on(async {
+        let mut con = redis_con(&app).await;
+        sweep_index(&mut con, &keys.access()).await.expect("sweep");
+    });
+    check_cases(&rt, &app, &admin, &keys, &seq, 8, true);
     rt.block_on(async move { drop(app) });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ips_of_one_bucket_never_mix() {
+    use watchpost_common::access_index::{canonical_ip, ip_bucket};
+    let app = spawn_app().await;
+    let admin = app.create_admin().await;
+    let keys = Keys::new(app.key_prefix.clone());
+    let mut con = redis_con(&app).await;
+    // Two addresses that share a bucket (the hash is fixed, so this always finds a pair).
+    let a = "203.0.113.7".to_string();
+    let b = (0..=255u32)
+        .flat_map(|x| (0..=255u32).map(move |y| format!("10.9.{x}.{y}")))
+        .find(|ip| ip_bucket(&canonical_ip(ip)) == ip_bucket(&a))
+        .expect("a colliding address");
+    let script = redis::Script::new(APPEND_SCRIPT);
+    let mut seq = 0;
+    for round in 0..6u64 {
+        let batch: Vec<AccessLogEntry> = (0..40u64)
+            .map(|i| AccessLogEntry {
+                ip: if (i + round) % 3 == 0 {
+                    a.clone()
+                } else {
+                    b.clone()
+                },
+                ..entry(round * 40 + i)
+            })
+            .collect();
+        seq += 1;
+        append_batch(&mut con, &script, &keys, "p1", seq, 10_000_000, &batch)
+            .await
+            .expect("append");
+    }
+    let snap = snapshot(&mut con, &keys).await;
+    for ip in [&a, &b] {
+        let want: Vec<String> = snap
+            .iter()
+            .rev()
+            .filter(|(_, f)| f["ip"] == *ip)
+            .map(|(id, _)| id.clone())
+            .collect();
+        assert!(!want.is_empty());
+        let got = walk(&app, &admin, &format!("ip={ip}&limit=7"), 7, true, || None).await;
+        assert_eq!(got, want, "{ip}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

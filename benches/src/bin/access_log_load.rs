@@ -1,6 +1,8 @@
 //! `watchpost-access-log-load`: fills an access-log stream through the proxy's own append
-//! script (`watchpost_proxy::access_log::append_batch`, index included), or through the same
-//! script with no index references (`--no-index`, the stream alone), and reports what Redis
+//! script (`watchpost_proxy::access_log::append_batch_with`, index and rollups included; the
+//! rollups left out with `--no-rollups`), or through the same script with no postings
+//! (`--no-index`, the stream alone), in batches of `--batch` (512, the writer's
+//! `batch_max_entries`, which it fills at max load), and reports what Redis
 //! spent: `{"entries":…,"seconds":…,"script_usec_per_entry":…,"redis_cpu_usec_per_entry":…,
 //! "used_memory_delta":…}`. `script_usec_per_entry` is `INFO commandstats` time inside
 //! `EVALSHA`/`EVAL`; `redis_cpu_usec_per_entry` is the server's `used_cpu_user + used_cpu_sys`
@@ -21,7 +23,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use watchpost_common::keys::MINUTE_COUNTER_TTL_SECS;
 use watchpost_common::{AccessLogEntry, Decision, Keys, ACCESS_LOG_FIELDS};
-use watchpost_proxy::access_log::{append_batch, APPEND_SCRIPT};
+use watchpost_proxy::access_log::{append_batch_with, AppendLimits, APPEND_SCRIPT};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -41,9 +43,12 @@ struct Args {
     entries: u64,
     #[arg(long, default_value_t = 512)]
     batch: usize,
-    /// The stream alone: the same script, no index references.
+    /// The stream alone: the same script, no postings (and no rollups).
     #[arg(long)]
     no_index: bool,
+    /// The index without the per-minute rollups the writer also adds (to measure each apart).
+    #[arg(long)]
+    no_rollups: bool,
     #[arg(long, default_value_t = 200)]
     requests: usize,
 }
@@ -123,7 +128,7 @@ fn plain_invocation<'a>(
     for m in minutes.keys() {
         inv.key(keys.requests_in_minute(*m));
     }
-    inv.key(keys.access_index_registry());
+    inv.key(keys.access().postings_registry());
     inv.arg("bench")
         .arg(seq)
         .arg(10_000_000u64)
@@ -140,11 +145,10 @@ fn plain_invocation<'a>(
         e.write_fields(&mut scratch, |_, v| {
             inv.arg(v);
         });
-        inv.arg(0);
     }
-    // No index streams; the retention and rollup trailer with no rollups and no MINID: the
-    // stream (and its per-minute counters) alone.
-    inv.arg(0);
+    // No postings (none, an empty block); the retention and rollup trailer with no rollups and
+    // no MINID: the stream (and its per-minute counters) alone.
+    inv.arg(0).arg(0);
     inv.arg(0).arg(1).arg(1).arg(0).arg(4);
     inv
 }
@@ -218,7 +222,12 @@ async fn main() -> anyhow::Result<()> {
                         .invoke_async(&mut con)
                         .await?
                 } else {
-                    append_batch(&mut con, &script, &keys, "bench", seq, 10_000_000, &batch).await?
+                    let limits = AppendLimits {
+                        rollups: !args.no_rollups,
+                        ..AppendLimits::max_len(10_000_000)
+                    };
+                    append_batch_with(&mut con, &script, &keys, "bench", seq, limits, &batch)
+                        .await?
                 };
                 anyhow::ensure!(n as usize == batch.len(), "batch {seq} added {n}");
             }
@@ -227,9 +236,10 @@ async fn main() -> anyhow::Result<()> {
             let cpu = |s: &str| info_field(s, "used_cpu_user") + info_field(s, "used_cpu_sys");
             let n = args.entries as f64;
             println!(
-                "{{\"entries\":{},\"index\":{},\"seconds\":{:.2},\"script_usec_per_entry\":{:.2},\"redis_cpu_usec_per_entry\":{:.2},\"used_memory_delta\":{}}}",
+                "{{\"entries\":{},\"index\":{},\"rollups\":{},\"seconds\":{:.2},\"script_usec_per_entry\":{:.2},\"redis_cpu_usec_per_entry\":{:.2},\"used_memory_delta\":{}}}",
                 args.entries,
                 !args.no_index,
+                !args.no_index && !args.no_rollups,
                 seconds,
                 (script_usec(&after) - script_usec(&before)) / n,
                 (cpu(&after) - cpu(&before)) * 1e6 / n,

@@ -474,11 +474,50 @@ async fn stream_ids(c: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec
     raw.into_iter().map(|(id, _)| id).collect()
 }
 
+/// Every (postings stream, field) of the index, expanded into the ids its postings name.
+async fn index_ids(
+    c: &mut redis::aio::MultiplexedConnection,
+    keys: &watchpost_common::keys::AccessKeys,
+) -> HashMap<(String, String), Vec<String>> {
+    use watchpost_common::access_index::decode_offsets;
+    let registry: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys.postings_registry())
+        .query_async(c)
+        .await
+        .expect("SMEMBERS");
+    let mut out: HashMap<(String, String), Vec<String>> = HashMap::new();
+    for key in registry {
+        let postings: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query_async(c)
+            .await
+            .expect("XRANGE");
+        assert!(!postings.is_empty(), "{key} is registered but empty");
+        for (base, fields) in postings {
+            let (ms, seq) = base.split_once('-').expect("id");
+            let seq: u64 = seq.parse().expect("seq");
+            for (field, offsets) in fields {
+                let offsets = decode_offsets(&offsets).expect("well-formed offsets");
+                let ids = out.entry((key.clone(), field)).or_default();
+                ids.extend(
+                    offsets
+                        .iter()
+                        .map(|o| format!("{ms}-{}", seq + u64::from(*o))),
+                );
+            }
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_index_holds_exactly_each_entrys_id_and_is_swept_with_the_stream() {
     use watchpost_common::access_index::{entry_terms, IndexTerm};
     let url = crate::support::redis_url();
     let keys = Keys::new(unique_prefix("index"));
+    let family = keys.access();
     let mut c = redis::Client::open(url.as_str())
         .expect("url")
         .get_multiplexed_async_connection()
@@ -503,62 +542,53 @@ async fn the_index_holds_exactly_each_entrys_id_and_is_swept_with_the_stream() {
         ..logged(n)
     };
     let all: Vec<AccessLogEntry> = (0..40).map(entry).collect();
-    for (seq, chunk) in all.chunks(7).enumerate() {
-        let seq = seq as u64 + 1;
+    // Batches of 1 to 9 entries, some in later milliseconds.
+    let mut seq = 0u64;
+    let mut at = 0usize;
+    while at < all.len() {
+        let size = (1 + seq as usize * 4 % 9).min(all.len() - at);
+        let chunk = &all[at..at + size];
+        seq += 1;
         let added = append_batch(&mut c, &script, &keys, "w", seq, 1000, chunk)
             .await
             .expect("script");
         assert_eq!(added as usize, chunk.len());
-        // A retry of the same batch adds no index member either.
+        // A retry of the same batch adds no entry and no posting either.
         let again = append_batch(&mut c, &script, &keys, "w", seq, 1000, chunk)
             .await
             .expect("script");
         assert_eq!(again, 0);
+        at += size;
+        if seq % 3 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
     let ids = stream_ids(&mut c, &keys.access_stream()).await;
     assert_eq!(ids.len(), all.len());
 
     // Reference: for every term, the ids of the entries carrying it.
     let reference = |from: usize| {
-        let mut want: HashMap<String, Vec<String>> = HashMap::new();
+        let mut want: HashMap<(String, String), Vec<String>> = HashMap::new();
         for (i, e) in all.iter().enumerate().skip(from) {
             let mut terms = Vec::new();
             entry_terms(e, &mut terms);
             for t in terms {
-                want.entry(t.key(&keys)).or_default().push(ids[i].clone());
+                want.entry((t.key(&family), t.posting_field().to_string()))
+                    .or_default()
+                    .push(ids[i].clone());
             }
         }
         want
     };
-    let base = c.clone();
-    let check = |want: HashMap<String, Vec<String>>| {
-        let mut c = base.clone();
-        let keys = keys.clone();
-        async move {
-            let registry: Vec<String> = redis::cmd("ZRANGE")
-                .arg(keys.access_index_registry())
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut c)
-                .await
-                .expect("ZRANGE");
-            let mut registry_sorted = registry.clone();
-            registry_sorted.sort();
-            let mut want_keys: Vec<String> = want.keys().cloned().collect();
-            want_keys.sort();
-            assert_eq!(registry_sorted, want_keys, "the registry lists every index");
-            for (key, want_ids) in want {
-                assert_eq!(stream_ids(&mut c, &key).await, want_ids, "{key}");
-            }
-        }
-    };
-    check(reference(0)).await;
+    assert_eq!(index_ids(&mut c, &family).await, reference(0));
+    let mapped = IndexTerm::ip("192.0.2.1");
     assert!(
-        reference(0).contains_key(&IndexTerm::ip("192.0.2.1").key(&keys)),
+        reference(0).contains_key(&(mapped.key(&family), "192.0.2.1".to_string())),
         "an IPv4-mapped spelling is indexed under the IPv4 address"
     );
 
-    // Trim the stream by id (as an age-based retention would): the sweep follows its first id.
+    // Trim the stream by id (as an age-based retention would): the sweep trims every postings
+    // stream to the first id's millisecond; what is left names the entries from there on.
     let cut = 25;
     let _: u64 = redis::cmd("XTRIM")
         .arg(keys.access_stream())
@@ -567,8 +597,15 @@ async fn the_index_holds_exactly_each_entrys_id_and_is_swept_with_the_stream() {
         .query_async(&mut c)
         .await
         .expect("XTRIM");
-    access_log::sweep_index(&mut c, &keys).await.expect("sweep");
-    check(reference(cut)).await;
+    access_log::sweep_index(&mut c, &family)
+        .await
+        .expect("sweep");
+    let first_ms = ids[cut].split('-').next().expect("ms").to_string();
+    let same_ms = ids
+        .iter()
+        .position(|id| id.split('-').next() == Some(first_ms.as_str()))
+        .expect("first ms");
+    assert_eq!(index_ids(&mut c, &family).await, reference(same_ms));
 
     // An emptied stream leaves no index behind.
     let _: u64 = redis::cmd("XTRIM")
@@ -578,7 +615,71 @@ async fn the_index_holds_exactly_each_entrys_id_and_is_swept_with_the_stream() {
         .query_async(&mut c)
         .await
         .expect("XTRIM");
-    let (deleted, _) = access_log::sweep_index(&mut c, &keys).await.expect("sweep");
+    let (deleted, _) = access_log::sweep_index(&mut c, &family)
+        .await
+        .expect("sweep");
     assert!(deleted > 0);
-    check(HashMap::new()).await;
+    assert!(index_ids(&mut c, &family).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_gets_contiguous_ids_and_the_sweep_drops_the_old_index_format() {
+    let url = crate::support::redis_url();
+    let keys = Keys::new(unique_prefix("contig"));
+    let family = keys.access();
+    let mut c = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis must be reachable");
+    // An old-format index, as the previous version wrote it.
+    let old_key = family.index("ip", "192.0.2.1");
+    let _: () = redis::pipe()
+        .cmd("XADD")
+        .arg(&old_key)
+        .arg("1-1")
+        .arg("i")
+        .arg("1")
+        .ignore()
+        .cmd("ZADD")
+        .arg(family.index_registry())
+        .arg(1)
+        .arg(&old_key)
+        .ignore()
+        .query_async(&mut c)
+        .await
+        .expect("old index");
+    let script = redis::Script::new(APPEND_SCRIPT);
+    for (seq, size) in [(1u64, 1usize), (2, 64), (3, 7)] {
+        let batch: Vec<AccessLogEntry> = (0..size as u64).map(logged).collect();
+        let added = append_batch(&mut c, &script, &keys, "w", seq, 1000, &batch)
+            .await
+            .expect("script");
+        assert_eq!(added as usize, size);
+    }
+    let ids = stream_ids(&mut c, &keys.access_stream()).await;
+    assert_eq!(ids.len(), 72);
+    let parts: Vec<(u64, u64)> = ids
+        .iter()
+        .map(|id| {
+            let (a, b) = id.split_once('-').expect("id");
+            (a.parse().expect("ms"), b.parse().expect("seq"))
+        })
+        .collect();
+    for batch in [&parts[1..65], &parts[65..72]] {
+        for w in batch.windows(2) {
+            assert_eq!(w[1].0, w[0].0, "one millisecond per batch");
+            assert_eq!(w[1].1, w[0].1 + 1, "contiguous sequences");
+        }
+    }
+    access_log::sweep_index(&mut c, &family)
+        .await
+        .expect("sweep");
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg(&old_key)
+        .arg(family.index_registry())
+        .query_async(&mut c)
+        .await
+        .expect("EXISTS");
+    assert_eq!(exists, 0, "the old index and its registry are gone");
 }

@@ -581,37 +581,32 @@ pub async fn balance(app: &TestApp, org: &str) -> i64 {
 }
 
 /// Queues, on `pipe`, an access-log entry under an explicit stream id together with its index
-/// members, exactly as the proxy's append script lays them out (same index keys, same ids,
-/// registry scored by the millisecond). Tests that need chosen ids use it; tests of the writer
-/// itself go through `watchpost_proxy::access_log::append_batch`.
+/// postings, exactly as the proxy's append script lays out a batch of one entry (the entry's id
+/// is the batch's base id, its offset 0; same postings streams, same registry). Tests that need
+/// chosen ids use it; tests of the writer itself go through
+/// `watchpost_proxy::access_log::append_batch`.
 pub fn xadd_indexed(
     pipe: &mut redis::Pipeline,
     keys: &watchpost_common::Keys,
     id: &str,
     e: &watchpost_common::AccessLogEntry,
 ) {
-    use watchpost_common::access_index::{entry_terms, INDEX_MEMBER_FIELD, INDEX_MEMBER_VALUE};
-    let cmd = pipe.cmd("XADD").arg(keys.access_stream()).arg(id);
+    use watchpost_common::access_index::batch_postings;
+    let family = keys.access();
+    let cmd = pipe.cmd("XADD").arg(family.stream()).arg(id);
     for (k, v) in e.to_fields() {
         cmd.arg(k).arg(v);
     }
     cmd.ignore();
-    let ms = id.split('-').next().unwrap_or("0");
-    let mut terms = Vec::new();
-    entry_terms(e, &mut terms);
-    for t in terms {
-        let key = t.key(keys);
-        pipe.cmd("XADD")
-            .arg(&key)
-            .arg(id)
-            .arg(INDEX_MEMBER_FIELD)
-            .arg(INDEX_MEMBER_VALUE)
-            .ignore();
-        pipe.cmd("ZADD")
-            .arg(keys.access_index_registry())
-            .arg("GT")
-            .arg(ms)
-            .arg(&key)
+    for p in batch_postings(&family, std::slice::from_ref(e)) {
+        let cmd = pipe.cmd("XADD").arg(&p.key).arg(id);
+        for (field, offsets) in &p.fields {
+            cmd.arg(field).arg(offsets);
+        }
+        cmd.ignore();
+        pipe.cmd("SADD")
+            .arg(family.postings_registry())
+            .arg(&p.key)
             .ignore();
     }
 }
