@@ -127,6 +127,9 @@ impl AccessKeys {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
+    /// On a Redis Cluster the access-log family is the tagged family of shard 0, so that the
+    /// append script and the admin's index reads touch one slot.
+    cluster: bool,
 }
 
 impl Default for Keys {
@@ -136,10 +139,26 @@ impl Default for Keys {
 }
 
 impl Keys {
+    /// Names for one Redis node: the names of SPEC.
     pub fn new(prefix: impl Into<String>) -> Self {
         Self {
             prefix: prefix.into(),
+            cluster: false,
         }
+    }
+
+    /// Names for a Redis Cluster: as [`Keys::new`], except that the access-log family
+    /// ([`Keys::access`]) is shard 0's, every name carrying the hash tag `{0}`.
+    pub fn for_cluster(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            cluster: true,
+        }
+    }
+
+    /// Whether these names are for a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
     }
 
     pub fn prefix(&self) -> &str {
@@ -150,8 +169,12 @@ impl Keys {
         format!("{}{}", self.prefix, suffix)
     }
 
-    /// The unsharded access-log family: the single-node names of SPEC.
+    /// The access-log family: the single-node names of SPEC, or on a cluster shard 0's tagged
+    /// family (one hash slot for the stream and everything written with it).
     pub fn access(&self) -> AccessKeys {
+        if self.cluster {
+            return self.access_shard(0);
+        }
         AccessKeys {
             prefix: self.prefix.clone(),
             tag: String::new(),
