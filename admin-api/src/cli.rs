@@ -105,9 +105,10 @@ pub async fn run(cli: Cli, env: &[(String, String)]) -> Result<(), StartupError>
         Command::Archive => {
             let metrics = crate::archive::ArchiveMetrics::new()
                 .map_err(|e| StartupError::Config(format!("metrics: {e}")))?;
-            let keys = watchpost_common::Keys::new(config.redis.key_prefix.clone());
+            let target = config.redis.target();
+            let keys = target.keys(config.redis.key_prefix.clone());
             let archiver = crate::archive::Archiver::new(
-                &config.redis.url,
+                &target,
                 &keys,
                 &config.archive,
                 metrics.clone(),

@@ -248,21 +248,47 @@ impl Keys {
         self.access().rejects_in_minute(unix_minute)
     }
 
-    /// Hits of one rule counted in the given unix minute.
+    /// Hits of one rule counted in the given unix minute. On a cluster the rule id is the hash
+    /// tag (`<prefix>rule:hits:{<rule id>}:<minute>`): one rule's counters and last hit share a
+    /// slot, so they are written and read together.
     pub fn rule_hits_in_minute(&self, rule_id: &str, unix_minute: u64) -> String {
         format!(
             "{}{}{}:{}",
-            self.prefix, RULE_HITS_PER_MINUTE, rule_id, unix_minute
+            self.prefix,
+            RULE_HITS_PER_MINUTE,
+            self.tagged(rule_id),
+            unix_minute
         )
     }
 
-    /// When one rule last matched (milliseconds since the Unix epoch).
+    /// When one rule last matched (milliseconds since the Unix epoch); on a cluster
+    /// `<prefix>rule:last_hit:{<rule id>}`.
     pub fn rule_last_hit(&self, rule_id: &str) -> String {
-        format!("{}{}{}", self.prefix, RULE_LAST_HIT, rule_id)
+        format!("{}{}{}", self.prefix, RULE_LAST_HIT, self.tagged(rule_id))
     }
 
-    /// An admin rate-limit bucket.
+    /// `{part}` on a cluster (a hash tag), `part` on one node.
+    fn tagged(&self, part: &str) -> String {
+        if self.cluster {
+            format!("{{{part}}}")
+        } else {
+            part.to_string()
+        }
+    }
+
+    /// An admin rate-limit bucket. On a cluster the actor is the hash tag
+    /// (`<prefix>rl:{<actor>}:<window>:<bucket>`), so that one `MULTI` counts both windows.
     pub fn admin_rate_limit(&self, actor: &str, window: &str, bucket: u64) -> String {
+        if self.cluster {
+            return format!(
+                "{}{}{}:{}:{}",
+                self.prefix,
+                ADMIN_RATE_LIMIT,
+                self.tagged(actor),
+                window,
+                bucket
+            );
+        }
         format!(
             "{}{}{}:{}:{}",
             self.prefix, ADMIN_RATE_LIMIT, actor, window, bucket
@@ -346,6 +372,27 @@ mod tests {
             let tag = n.split('{').nth(1).and_then(|t| t.split('}').next());
             assert_eq!(tag, Some("3"), "{n}");
         }
+    }
+
+    #[test]
+    fn cluster_names_share_a_slot_where_they_are_written_together() {
+        let k = Keys::for_cluster("wp:");
+        assert_eq!(k.access_stream(), "wp:access:{0}");
+        assert_eq!(k.access_hwm(), "wp:access:{0}:hwm");
+        assert_eq!(k.requests_in_minute(7), "wp:gw:req:{0}:7");
+        assert_eq!(k.rule_hits_in_minute("rul_1", 7), "wp:rule:hits:{rul_1}:7");
+        assert_eq!(k.rule_last_hit("rul_1"), "wp:rule:last_hit:{rul_1}");
+        assert_eq!(k.admin_rate_limit("usr_1", "m", 7), "wp:rl:{usr_1}:m:7");
+        assert_eq!(k.admin_rate_limit("usr_1", "h", 1), "wp:rl:{usr_1}:h:1");
+        // Single keys keep their names.
+        assert_eq!(k.gateway_config(), "wp:gateway:config");
+        assert_eq!(k.gateway_config_changed(), "wp:gateway:config:changed");
+        assert_eq!(k.public_throttle("sign_in", "1.2.3.4", 7), "wp:throttle:sign_in:1.2.3.4:7");
+        // One node: the names of SPEC.
+        let n = Keys::new("wp:");
+        assert_eq!(n.rule_hits_in_minute("rul_1", 7), "wp:rule:hits:rul_1:7");
+        assert_eq!(n.rule_last_hit("rul_1"), "wp:rule:last_hit:rul_1");
+        assert_eq!(n.admin_rate_limit("usr_1", "m", 7), "wp:rl:usr_1:m:7");
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! entries: it may end short with a `next_cursor` at the last id read. Indexed pages have no
 //! budget: they end with `limit` items or at the end of the range.
 
-use redis::aio::ConnectionManager;
+use watchpost_common::RedisConn;
 
 use crate::{error::ApiError, state::AppState};
 
@@ -98,7 +98,7 @@ pub struct PageResult {
 
 /// A walk over matches, newest first, one chunk at a time.
 pub struct Walk {
-    con: ConnectionManager,
+    con: RedisConn,
     stream: String,
     /// The index stream driving the walk, if any.
     driver: Option<String>,
