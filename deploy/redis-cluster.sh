@@ -7,8 +7,10 @@
 #   deploy/redis-cluster.sh nodes <base-port>         # prints the cluster_nodes TOML value
 #
 # Data lives in [dir] (default: a directory named after the base port under $TMPDIR); nothing
-# is saved to disk (`--save ''`, no AOF), but each node keeps its nodes.conf there so that a
-# killed master restarted on the same port rejoins the cluster. `start` is idempotent: a
+# is saved to disk (`--save ''`, no AOF) unless WATCHPOST_CLUSTER_AOF=1 (append-only file,
+# fsync on every write: a master killed and restarted keeps every acknowledged write). Each node
+# keeps its nodes.conf there so that a killed master restarted on the same port rejoins the
+# cluster. `start` is idempotent: a
 # running node is kept, a cluster already formed is not formed again, and it returns once
 # every master reports cluster_state:ok. Needs redis-server and redis-cli (Debian's
 # redis-server and redis-tools, which deploy/setup.sh installs).
@@ -29,10 +31,12 @@ start_node() {
   local port=$1 d="$dir/$1"
   mkdir -p "$d"
   if up "$port"; then return 0; fi
+  local aof=(--appendonly no)
+  [ "${WATCHPOST_CLUSTER_AOF:-0}" = 1 ] && aof=(--appendonly yes --appendfsync always)
   redis-server --port "$port" --bind 127.0.0.1 --dir "$d" --daemonize yes \
     --pidfile "$d/redis.pid" --logfile "$d/redis.log" \
     --cluster-enabled yes --cluster-config-file "$d/nodes.conf" --cluster-node-timeout 2000 \
-    --save '' --appendonly no --maxmemory-policy noeviction >/dev/null
+    --save '' "${aof[@]}" --maxmemory-policy noeviction >/dev/null
   for _ in $(seq 1 50); do up "$port" && return 0; sleep 0.1; done
   die "redis-server on port $port did not answer (see $d/redis.log)"
 }

@@ -37,9 +37,9 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use prometheus::{IntCounter, IntGauge, Registry, TextEncoder};
 use redis::aio::ConnectionManager;
-use watchpost_common::{ConnOptions, RedisConn, RedisTarget};
 use serde::{Deserialize, Serialize};
 use watchpost_common::{AccessLogEntry, Keys};
+use watchpost_common::{ConnOptions, RedisConn, RedisTarget};
 
 use crate::config::ArchiveConfig;
 use crate::StartupError;
@@ -499,8 +499,7 @@ impl Archiver {
                 .connect(ConnOptions {
                     connect_timeout: Duration::from_secs(1),
                     // `XREADGROUP … BLOCK` holds a reply for up to `block_ms`.
-                    response_timeout: Duration::from_millis(cfg.block_ms)
-                        + Duration::from_secs(2),
+                    response_timeout: Duration::from_millis(cfg.block_ms) + Duration::from_secs(2),
                     retries: 3,
                     max_delay: Duration::from_secs(1),
                 })

@@ -107,13 +107,9 @@ pub async fn run(cli: Cli, env: &[(String, String)]) -> Result<(), StartupError>
                 .map_err(|e| StartupError::Config(format!("metrics: {e}")))?;
             let target = config.redis.target();
             let keys = target.keys(config.redis.key_prefix.clone());
-            let archiver = crate::archive::Archiver::new(
-                &target,
-                &keys,
-                &config.archive,
-                metrics.clone(),
-            )
-            .await?;
+            let archiver =
+                crate::archive::Archiver::new(&target, &keys, &config.archive, metrics.clone())
+                    .await?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 server::shutdown_signal().await;

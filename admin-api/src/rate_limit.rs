@@ -286,7 +286,8 @@ async fn count_throttles(
     items: &[(Throttle, &str)],
     minute: u64,
 ) -> Result<Vec<u64>, ApiError> {
-    let key = |(t, subject): &(Throttle, &str)| state.keys().public_throttle(t.scope(), subject, minute);
+    let key =
+        |(t, subject): &(Throttle, &str)| state.keys().public_throttle(t.scope(), subject, minute);
     if con.is_cluster() {
         let mut counts = Vec::with_capacity(items.len());
         for item in items {

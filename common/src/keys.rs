@@ -387,7 +387,10 @@ mod tests {
         // Single keys keep their names.
         assert_eq!(k.gateway_config(), "wp:gateway:config");
         assert_eq!(k.gateway_config_changed(), "wp:gateway:config:changed");
-        assert_eq!(k.public_throttle("sign_in", "1.2.3.4", 7), "wp:throttle:sign_in:1.2.3.4:7");
+        assert_eq!(
+            k.public_throttle("sign_in", "1.2.3.4", 7),
+            "wp:throttle:sign_in:1.2.3.4:7"
+        );
         // One node: the names of SPEC.
         let n = Keys::new("wp:");
         assert_eq!(n.rule_hits_in_minute("rul_1", 7), "wp:rule:hits:rul_1:7");

@@ -225,11 +225,7 @@ pub async fn sweep_index<C: ConnectionLike>(
 
 /// Sweeps the index every [`INDEX_SWEEP_INTERVAL`] until shutdown. Every proxy runs one: a
 /// sweep is idempotent, and the index is trimmed even while this proxy writes nothing.
-async fn sweep_index_loop(
-    redis: RedisTarget,
-    keys: Keys,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn sweep_index_loop(redis: RedisTarget, keys: Keys, mut shutdown: watch::Receiver<bool>) {
     let mut conn = match lazy_connection(&redis) {
         Ok(c) => c,
         Err(e) => {

@@ -468,7 +468,9 @@ impl Settings {
             let why = if node.trim().is_empty() {
                 Some("empty".to_string())
             } else {
-                redis::Client::open(node.as_str()).err().map(|e| e.to_string())
+                redis::Client::open(node.as_str())
+                    .err()
+                    .map(|e| e.to_string())
             };
             if let Some(why) = why {
                 return Err(bad(

@@ -418,14 +418,13 @@ async fn hits(state: &AppState, ids: &[&str]) -> Vec<Hits> {
         let mut con = con;
         state.redis_timeout(pipe.query_async(&mut con)).await
     };
-    let replies: Vec<Vec<Option<String>>> =
-        match read {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "gateway rules: could not read hit counters");
-                return vec![Hits::default(); ids.len()];
-            }
-        };
+    let replies: Vec<Vec<Option<String>>> = match read {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "gateway rules: could not read hit counters");
+            return vec![Hits::default(); ids.len()];
+        }
+    };
     let number = |v: &Option<String>| v.as_deref().and_then(|s| s.trim().parse::<u64>().ok());
     replies
         .chunks(2)

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use axum::response::sse::Event;
 use futures::{Stream, StreamExt};
-use watchpost_common::{ConnOptions, RedisConn};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use watchpost_common::{ConnOptions, RedisConn};
 
 use crate::{
     auth::{reauthenticate, Principal},
