@@ -415,6 +415,48 @@ async fn a_fleet_on_a_cluster_shares_config_tail_and_access_log() {
         assert_eq!(proxies_seen.len(), 3, "{proxies_seen:?}");
     }
 
+    // Rule hits: every proxy counts its own (one slot per rule on the cluster), either admin
+    // reads the sum.
+    let (status, rule) = json_of(
+        Via::First(&app)
+            .request(reqwest::Method::POST, "/api/admin/gateway/rules")
+            .bearer_auth(&admin.key)
+            .json(
+                &json!({"action": "log_only", "match": {"path_prefixes": ["/ruled"]},
+                          "reason": "cluster"}),
+            )
+            .send()
+            .await
+            .expect("POST rule"),
+    )
+    .await;
+    assert_eq!(status, 201, "{rule}");
+    let rule_id = rule["id"].as_str().expect("rule id").to_string();
+    let rule_version = rule["version"].as_u64().expect("rule version");
+    for p in &proxies {
+        let health = p.health_addr();
+        let http = &http;
+        eventually("the rule on every proxy", Duration::from_secs(5), || async move {
+            (proxy_config_version(http, health).await >= rule_version).then_some(())
+        })
+        .await;
+    }
+    for i in 0..6 {
+        assert_eq!(
+            through(&http, &proxies[i % 3], &format!("/ruled/{i}")).await,
+            200
+        );
+    }
+    for via in vias {
+        let path = format!("/api/admin/gateway/rules/{rule_id}");
+        eventually("six rule hits", Duration::from_secs(10), || async {
+            let (status, one) = via.get_json(&admin, &path).await;
+            assert_eq!(status, 200, "{one}");
+            (one["hits_last_hour"] == 6 && one["last_hit_at"].is_string()).then_some(())
+        })
+        .await;
+    }
+
     // Nothing of the access log outside its slot's node: the stream is on one master.
     let owner = cluster.owner_of(&stream);
     let out = Command::new("redis-cli")
@@ -425,7 +467,7 @@ async fn a_fleet_on_a_cluster_shares_config_tail_and_access_log() {
         .trim()
         .parse()
         .expect("XLEN");
-    assert!(len >= N + 6, "XLEN {len}");
+    assert!(len >= N + 12, "XLEN {len}");
 
     for p in proxies {
         p.shutdown();
