@@ -427,6 +427,53 @@ async fn subscribe(
 mod tests {
     use super::*;
 
+    /// On a cluster the subscription lives on one of the seed nodes: a node that cannot be
+    /// reached is passed over for the next (real Redis at `REDIS_URL`).
+    #[tokio::test]
+    async fn the_subscription_moves_past_a_dead_node() {
+        let live = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let channel = format!("wpt:subscribe:{}", ulid::Ulid::new());
+        let changed = Arc::new(Notify::new());
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(subscribe(
+            vec!["redis://127.0.0.1:1".into(), live.clone()],
+            channel.clone(),
+            changed.clone(),
+            shutdown,
+        ));
+        let client = redis::Client::open(live.as_str()).expect("REDIS_URL");
+        let mut con = timeout(
+            Duration::from_secs(5),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .expect("Redis answers within 5 s")
+        .expect("Redis at REDIS_URL");
+        // The fresh subscription wakes the reader once; then a message reaches it.
+        timeout(Duration::from_secs(10), changed.notified())
+            .await
+            .expect("subscribed on the live node");
+        let heard = timeout(Duration::from_secs(10), async {
+            loop {
+                let receivers: u64 = redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(1)
+                    .query_async(&mut con)
+                    .await
+                    .expect("PUBLISH");
+                if receivers == 1 {
+                    changed.notified().await;
+                    return;
+                }
+                sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        let _ = stop.send(true);
+        let _ = task.await;
+        heard.expect("the message reached the subscriber");
+    }
+
     fn json(version: u64, threshold: f64) -> String {
         format!(
             "{{\"ip_mode\":\"direct\",\"trusted_cidrs\":[],\"risk_reject_threshold\":{threshold},\"version\":{version}}}"
