@@ -96,6 +96,12 @@ else
   say "Redis is up at $REDIS_URL"
 fi
 
+# The Redis Cluster tests start their own masters with deploy/redis-cluster.sh: they need
+# redis-server even when REDIS_URL is served from elsewhere, and redis-cli's --cluster.
+command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+redis-cli --cluster help 2>&1 | grep -q "create" || die "redis-cli lacks --cluster (Redis >= 5 needed)"
+say "redis-server and redis-cli --cluster present (deploy/redis-cluster.sh)"
+
 # --- PostgreSQL --------------------------------------------------------------------------
 pg_ok() { psql "$DATABASE_URL" -Atqc 'select 1' 2>/dev/null | grep -q 1; }
 # The server itself answers (any auth outcome) on 127.0.0.1:5432?

@@ -3,6 +3,8 @@
 # services up (deploy/setup.sh), the public GeoIP test database and axe-core fetched, formatting, lints,
 # the Prometheus alert rules checked and unit-tested with promtool, the Grafana dashboard parsed,
 # then all tests against real Redis and PostgreSQL, then the admin API fuzzed with schemathesis.
+# The Redis Cluster tests start (and stop) their own 3-master clusters on free loopback ports
+# through deploy/redis-cluster.sh; setup.sh makes sure redis-server and redis-cli are there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +31,11 @@ promtool check rules deploy/prometheus/alerts.yml
 (cd deploy/prometheus && promtool test rules alerts.test.yml)
 python3 -m json.tool deploy/grafana/watchpost.json >/dev/null
 echo "deploy/grafana/watchpost.json parses (its metric names are checked against live exports by the admin API's metrics tests)"
+
+step "Redis Cluster tooling (the cluster tests start their own clusters)"
+bash -n deploy/redis-cluster.sh
+command -v redis-server >/dev/null && redis-cli --cluster help 2>&1 | grep -q create
+echo "redis-server and redis-cli --cluster present"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

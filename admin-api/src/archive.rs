@@ -39,6 +39,7 @@ use prometheus::{IntCounter, IntGauge, Registry, TextEncoder};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use watchpost_common::{AccessLogEntry, Keys};
+use watchpost_common::{ConnOptions, RedisConn, RedisTarget};
 
 use crate::config::ArchiveConfig;
 use crate::StartupError;
@@ -453,7 +454,7 @@ struct OpenFile {
 
 /// The archiver's state.
 pub struct Archiver {
-    con: ConnectionManager,
+    con: RedisConn,
     stream: String,
     cfg: ArchiveConfig,
     dir: PathBuf,
@@ -477,7 +478,7 @@ fn redis_err(e: redis::RedisError) -> StartupError {
 impl Archiver {
     /// Connects and makes sure the group exists (created at the stream's start).
     pub async fn new(
-        redis_url: &str,
+        redis: &RedisTarget,
         keys: &Keys,
         cfg: &ArchiveConfig,
         metrics: ArchiveMetrics,
@@ -489,8 +490,22 @@ impl Archiver {
         }
         let dir = PathBuf::from(&cfg.dir);
         std::fs::create_dir_all(&dir)?;
-        let client = redis::Client::open(redis_url).map_err(redis_err)?;
-        let mut con = ConnectionManager::new(client).await.map_err(redis_err)?;
+        let mut con = match redis {
+            RedisTarget::Node(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(redis_err)?;
+                RedisConn::Node(ConnectionManager::new(client).await.map_err(redis_err)?)
+            }
+            RedisTarget::Cluster(_) => redis
+                .connect(ConnOptions {
+                    connect_timeout: Duration::from_secs(1),
+                    // `XREADGROUP … BLOCK` holds a reply for up to `block_ms`.
+                    response_timeout: Duration::from_millis(cfg.block_ms) + Duration::from_secs(2),
+                    retries: 3,
+                    max_delay: Duration::from_secs(1),
+                })
+                .await
+                .map_err(redis_err)?,
+        };
         let stream = keys.access_stream();
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")

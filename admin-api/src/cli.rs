@@ -105,14 +105,11 @@ pub async fn run(cli: Cli, env: &[(String, String)]) -> Result<(), StartupError>
         Command::Archive => {
             let metrics = crate::archive::ArchiveMetrics::new()
                 .map_err(|e| StartupError::Config(format!("metrics: {e}")))?;
-            let keys = watchpost_common::Keys::new(config.redis.key_prefix.clone());
-            let archiver = crate::archive::Archiver::new(
-                &config.redis.url,
-                &keys,
-                &config.archive,
-                metrics.clone(),
-            )
-            .await?;
+            let target = config.redis.target();
+            let keys = target.keys(config.redis.key_prefix.clone());
+            let archiver =
+                crate::archive::Archiver::new(&target, &keys, &config.archive, metrics.clone())
+                    .await?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 server::shutdown_signal().await;

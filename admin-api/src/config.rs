@@ -122,16 +122,27 @@ impl Default for AdminConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// Default `redis://127.0.0.1:6379`; `REDIS_URL` overrides it.
+    /// One node. Default `redis://127.0.0.1:6379`; `REDIS_URL` overrides it.
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`["redis://host:port", …]`); when not empty it wins over
+    /// `url`.
+    pub cluster_nodes: Vec<String>,
     /// Prefix of every key and channel. Default `wp:`.
     pub key_prefix: String,
+}
+
+impl RedisConfig {
+    /// The node or cluster this section names.
+    pub fn target(&self) -> watchpost_common::RedisTarget {
+        watchpost_common::RedisTarget::from_config(&self.url, &self.cluster_nodes)
+    }
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".into(),
+            cluster_nodes: Vec::new(),
             key_prefix: watchpost_common::keys::DEFAULT_PREFIX.into(),
         }
     }
@@ -302,6 +313,17 @@ impl Config {
         if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
             return bad("[redis] url", "must start with redis:// or rediss://");
         }
+        for (i, node) in self.redis.cluster_nodes.iter().enumerate() {
+            if !node.starts_with("redis://") && !node.starts_with("rediss://") {
+                return bad(
+                    &format!("[redis] cluster_nodes[{i}]"),
+                    "must start with redis:// or rediss://",
+                );
+            }
+        }
+        if let Err(e) = self.redis.target().validate() {
+            return Err(StartupError::Config(e.to_string()));
+        }
         if let Err(e) = self.postgres.url.parse::<tokio_postgres::Config>() {
             return bad("[postgres] url", &e.to_string());
         }
@@ -421,6 +443,10 @@ mod tests {
                 "sign_in_per_ip_per_minute",
             ),
             ("[redis]\nurl = \"http://x\"\n", "[redis] url"),
+            (
+                "[redis]\ncluster_nodes = [\"redis://127.0.0.1:7000\", \"\"]\n",
+                "[redis] cluster_nodes[1]",
+            ),
             (
                 "[admin]\npublic_base_url = \"watchpost.example.com\"\n",
                 "public_base_url",

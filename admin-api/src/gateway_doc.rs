@@ -153,17 +153,11 @@ pub async fn publish_and_commit(
 ) -> Result<(), ApiError> {
     let keys = state.keys();
     let mut con = state.redis();
-    let written = state
-        .redis_timeout(
-            redis::pipe()
-                .atomic()
-                .set(keys.gateway_config(), &next.json)
-                .ignore()
-                .publish(keys.gateway_config_changed(), next.version)
-                .ignore()
-                .query_async::<()>(&mut con),
-        )
-        .await;
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .set(keys.gateway_config(), &next.json)
+        .ignore();
+    let written = write_and_announce(state, &mut con, pipe, next.version).await;
     if let Err(e) = written {
         drop(tx);
         restore(state, previous).await;
@@ -199,10 +193,34 @@ async fn restore(state: &AppState, previous: Option<&Published>) {
         None => pipe.del(keys.gateway_config()).ignore(),
     };
     let version = previous.map_or(0, |p| p.version);
-    pipe.publish(keys.gateway_config_changed(), version)
-        .ignore();
     let mut con = state.redis();
-    if let Err(e) = state.redis_timeout(pipe.query_async::<()>(&mut con)).await {
+    if let Err(e) = write_and_announce(state, &mut con, pipe, version).await {
         tracing::warn!(error = %e, "gateway config: could not restore the previous version in Redis");
     }
+}
+
+/// Runs `write` (a `MULTI` on the config key) and announces `version` on the change channel. On
+/// one node the announcement joins the `MULTI`; on a cluster the channel hashes to another slot
+/// than the key, so it is published right after the write (classic `PUBLISH` reaches every
+/// node's subscribers; a proxy that misses it still finds the new version by polling).
+async fn write_and_announce(
+    state: &AppState,
+    con: &mut watchpost_common::RedisConn,
+    mut write: redis::Pipeline,
+    version: u64,
+) -> Result<(), ApiError> {
+    let channel = state.keys().gateway_config_changed();
+    if !con.is_cluster() {
+        write.publish(channel, version).ignore();
+        return state.redis_timeout(write.query_async::<()>(con)).await;
+    }
+    state.redis_timeout(write.query_async::<()>(con)).await?;
+    state
+        .redis_timeout(
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(version)
+                .query_async::<()>(con),
+        )
+        .await
 }

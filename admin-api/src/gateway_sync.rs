@@ -27,7 +27,9 @@ use crate::{gateway_doc, state::AppState};
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Set the config and announce it, unless Redis already holds this version or a newer one.
-/// `KEYS[1]` the config, `KEYS[2]` the channel; `ARGV[1]` the document, `ARGV[2]` its version.
+/// `KEYS[1]` the config; `ARGV[1]` the document, `ARGV[2]` its version, `ARGV[3]` the channel
+/// (a channel is not a key: on a Redis Cluster a script's keys must share one slot, and classic
+/// `PUBLISH` reaches the subscribers of every node).
 /// Returns 1 when it wrote, 0 when Redis was current. An unreadable document counts as absent.
 pub const REPAIR_SCRIPT: &str = r"
 local cur = redis.call('GET', KEYS[1])
@@ -38,7 +40,7 @@ if cur then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1])
-redis.call('PUBLISH', KEYS[2], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[2])
 return 1
 ";
 
@@ -77,9 +79,9 @@ pub async fn sync_once(state: &AppState, script: &Script) -> Result<Synced, Stri
     let mut redis = state.redis();
     let mut call = script.prepare_invoke();
     call.key(keys.gateway_config())
-        .key(keys.gateway_config_changed())
         .arg(published.json.as_str())
-        .arg(version);
+        .arg(version)
+        .arg(keys.gateway_config_changed());
     let wrote: i64 = state
         .redis_timeout(call.invoke_async(&mut redis))
         .await

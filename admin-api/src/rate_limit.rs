@@ -256,17 +256,8 @@ pub async fn throttle(state: &AppState, items: &[(Throttle, &str)]) -> Result<()
     let now = unix_now();
     let minute = now / 60;
     let cfg = &state.config().admin;
-    let mut pipe = redis::pipe();
-    pipe.atomic();
-    for (t, subject) in items {
-        let key = state.keys().public_throttle(t.scope(), subject, minute);
-        pipe.incr(&key, 1u64).expire(&key, 120).ignore();
-    }
     let mut con = state.redis();
-    let counts: Vec<u64> = match state
-        .redis_timeout(pipe.query_async::<Vec<u64>>(&mut con))
-        .await
-    {
+    let counts: Vec<u64> = match count_throttles(state, &mut con, items, minute).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "throttle cannot reach redis; allowing the request");
@@ -285,6 +276,36 @@ pub async fn throttle(state: &AppState, items: &[(Throttle, &str)]) -> Result<()
         }
         None => Ok(()),
     }
+}
+
+/// `INCR` + `EXPIRE` of every throttle's key: one `MULTI` on one node; on a cluster the keys
+/// hash to different slots, so one `MULTI` per key.
+async fn count_throttles(
+    state: &AppState,
+    con: &mut watchpost_common::RedisConn,
+    items: &[(Throttle, &str)],
+    minute: u64,
+) -> Result<Vec<u64>, ApiError> {
+    let key =
+        |(t, subject): &(Throttle, &str)| state.keys().public_throttle(t.scope(), subject, minute);
+    if con.is_cluster() {
+        let mut counts = Vec::with_capacity(items.len());
+        for item in items {
+            let key = key(item);
+            let mut pipe = redis::pipe();
+            pipe.atomic().incr(&key, 1u64).expire(&key, 120).ignore();
+            let (n,): (u64,) = state.redis_timeout(pipe.query_async(con)).await?;
+            counts.push(n);
+        }
+        return Ok(counts);
+    }
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for item in items {
+        let key = key(item);
+        pipe.incr(&key, 1u64).expire(&key, 120).ignore();
+    }
+    state.redis_timeout(pipe.query_async::<Vec<u64>>(con)).await
 }
 
 /// Counts one request of the client `ip` against a per-IP `throttle`.

@@ -3,8 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use deadpool_postgres::{Object, Pool};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use watchpost_common::Keys;
+use watchpost_common::{ConnOptions, Keys, RedisConn};
 
 use crate::{
     config::Config,
@@ -22,7 +21,7 @@ pub struct AppState {
 struct Inner {
     config: Config,
     pool: Pool,
-    redis: ConnectionManager,
+    redis: RedisConn,
     keys: Keys,
     metrics: Metrics,
     metrics_access: MetricsAccess,
@@ -34,19 +33,21 @@ impl AppState {
     /// a store is down.
     pub fn new(config: Config) -> Result<Self, StartupError> {
         let pool = crate::db::create_pool(&config.postgres)?;
-        let client = redis::Client::open(config.redis.url.as_str())
-            .map_err(|e| StartupError::Config(format!("[redis] url: {e}")))?;
-        let redis_timeout = Duration::from_millis(config.admin.redis_timeout_ms);
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(1000)))
-            .set_response_timeout(Some(redis_timeout))
-            // Fail the current command quickly; the manager keeps reconnecting in the
-            // background, so the next request finds Redis as soon as it is back.
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(1000));
-        let redis = ConnectionManager::new_lazy_with_config(client, manager_config)
+        let target = config.redis.target();
+        target
+            .validate()
+            .map_err(|e| StartupError::Config(e.to_string()))?;
+        let redis = target
+            .connect_lazy(ConnOptions {
+                connect_timeout: Duration::from_millis(1000),
+                response_timeout: Duration::from_millis(config.admin.redis_timeout_ms),
+                // Fail the current command quickly; the connection keeps reconnecting in the
+                // background, so the next request finds Redis as soon as it is back.
+                retries: 1,
+                max_delay: Duration::from_millis(1000),
+            })
             .map_err(|e| StartupError::Redis(e.to_string()))?;
-        let keys = Keys::new(config.redis.key_prefix.clone());
+        let keys = target.keys(config.redis.key_prefix.clone());
         let metrics = Metrics::new().map_err(|e| StartupError::Config(format!("metrics: {e}")))?;
         let metrics_access = MetricsAccess::new(&config.admin.metrics_cidrs);
         Ok(Self {
@@ -87,7 +88,7 @@ impl AppState {
 
     /// A handle on the shared, reconnecting Redis connection. Wrap commands in
     /// [`AppState::redis_timeout`].
-    pub fn redis(&self) -> ConnectionManager {
+    pub fn redis(&self) -> RedisConn {
         self.inner.redis.clone()
     }
 

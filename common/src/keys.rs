@@ -154,6 +154,9 @@ impl AccessKeys {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
+    /// On a Redis Cluster the access-log family is the tagged family of shard 0, so that the
+    /// append script and the admin's index reads touch one slot.
+    cluster: bool,
 }
 
 impl Default for Keys {
@@ -163,10 +166,26 @@ impl Default for Keys {
 }
 
 impl Keys {
+    /// Names for one Redis node: the names of SPEC.
     pub fn new(prefix: impl Into<String>) -> Self {
         Self {
             prefix: prefix.into(),
+            cluster: false,
         }
+    }
+
+    /// Names for a Redis Cluster: as [`Keys::new`], except that the access-log family
+    /// ([`Keys::access`]) is shard 0's, every name carrying the hash tag `{0}`.
+    pub fn for_cluster(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            cluster: true,
+        }
+    }
+
+    /// Whether these names are for a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
     }
 
     pub fn prefix(&self) -> &str {
@@ -177,8 +196,12 @@ impl Keys {
         format!("{}{}", self.prefix, suffix)
     }
 
-    /// The unsharded access-log family: the single-node names of SPEC.
+    /// The access-log family: the single-node names of SPEC, or on a cluster shard 0's tagged
+    /// family (one hash slot for the stream and everything written with it).
     pub fn access(&self) -> AccessKeys {
+        if self.cluster {
+            return self.access_shard(0);
+        }
         AccessKeys {
             prefix: self.prefix.clone(),
             tag: String::new(),
@@ -252,21 +275,47 @@ impl Keys {
         self.access().rejects_in_minute(unix_minute)
     }
 
-    /// Hits of one rule counted in the given unix minute.
+    /// Hits of one rule counted in the given unix minute. On a cluster the rule id is the hash
+    /// tag (`<prefix>rule:hits:{<rule id>}:<minute>`): one rule's counters and last hit share a
+    /// slot, so they are written and read together.
     pub fn rule_hits_in_minute(&self, rule_id: &str, unix_minute: u64) -> String {
         format!(
             "{}{}{}:{}",
-            self.prefix, RULE_HITS_PER_MINUTE, rule_id, unix_minute
+            self.prefix,
+            RULE_HITS_PER_MINUTE,
+            self.tagged(rule_id),
+            unix_minute
         )
     }
 
-    /// When one rule last matched (milliseconds since the Unix epoch).
+    /// When one rule last matched (milliseconds since the Unix epoch); on a cluster
+    /// `<prefix>rule:last_hit:{<rule id>}`.
     pub fn rule_last_hit(&self, rule_id: &str) -> String {
-        format!("{}{}{}", self.prefix, RULE_LAST_HIT, rule_id)
+        format!("{}{}{}", self.prefix, RULE_LAST_HIT, self.tagged(rule_id))
     }
 
-    /// An admin rate-limit bucket.
+    /// `{part}` on a cluster (a hash tag), `part` on one node.
+    fn tagged(&self, part: &str) -> String {
+        if self.cluster {
+            format!("{{{part}}}")
+        } else {
+            part.to_string()
+        }
+    }
+
+    /// An admin rate-limit bucket. On a cluster the actor is the hash tag
+    /// (`<prefix>rl:{<actor>}:<window>:<bucket>`), so that one `MULTI` counts both windows.
     pub fn admin_rate_limit(&self, actor: &str, window: &str, bucket: u64) -> String {
+        if self.cluster {
+            return format!(
+                "{}{}{}:{}:{}",
+                self.prefix,
+                ADMIN_RATE_LIMIT,
+                self.tagged(actor),
+                window,
+                bucket
+            );
+        }
         format!(
             "{}{}{}:{}:{}",
             self.prefix, ADMIN_RATE_LIMIT, actor, window, bucket
@@ -350,6 +399,30 @@ mod tests {
             let tag = n.split('{').nth(1).and_then(|t| t.split('}').next());
             assert_eq!(tag, Some("3"), "{n}");
         }
+    }
+
+    #[test]
+    fn cluster_names_share_a_slot_where_they_are_written_together() {
+        let k = Keys::for_cluster("wp:");
+        assert_eq!(k.access_stream(), "wp:access:{0}");
+        assert_eq!(k.access_hwm(), "wp:access:{0}:hwm");
+        assert_eq!(k.requests_in_minute(7), "wp:gw:req:{0}:7");
+        assert_eq!(k.rule_hits_in_minute("rul_1", 7), "wp:rule:hits:{rul_1}:7");
+        assert_eq!(k.rule_last_hit("rul_1"), "wp:rule:last_hit:{rul_1}");
+        assert_eq!(k.admin_rate_limit("usr_1", "m", 7), "wp:rl:{usr_1}:m:7");
+        assert_eq!(k.admin_rate_limit("usr_1", "h", 1), "wp:rl:{usr_1}:h:1");
+        // Single keys keep their names.
+        assert_eq!(k.gateway_config(), "wp:gateway:config");
+        assert_eq!(k.gateway_config_changed(), "wp:gateway:config:changed");
+        assert_eq!(
+            k.public_throttle("sign_in", "1.2.3.4", 7),
+            "wp:throttle:sign_in:1.2.3.4:7"
+        );
+        // One node: the names of SPEC.
+        let n = Keys::new("wp:");
+        assert_eq!(n.rule_hits_in_minute("rul_1", 7), "wp:rule:hits:rul_1:7");
+        assert_eq!(n.rule_last_hit("rul_1"), "wp:rule:last_hit:rul_1");
+        assert_eq!(n.admin_rate_limit("usr_1", "m", 7), "wp:rl:usr_1:m:7");
     }
 
     #[test]

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionLike;
 use redis::Script;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, timeout, Instant};
@@ -44,7 +44,9 @@ use watchpost_common::access_index::batch_postings;
 use watchpost_common::keys::AccessKeys;
 use watchpost_common::keys::MINUTE_COUNTER_TTL_SECS;
 use watchpost_common::rollup;
-use watchpost_common::{AccessLogEntry, Decision, Keys, ACCESS_LOG_FIELDS};
+use watchpost_common::{
+    AccessLogEntry, ConnOptions, Decision, Keys, RedisConn, RedisTarget, ACCESS_LOG_FIELDS,
+};
 
 use crate::metrics::{Metrics, WriteErrorKind};
 use crate::redact::QueryRedactor;
@@ -251,8 +253,8 @@ pub async fn sweep_index<C: ConnectionLike>(
 
 /// Sweeps the index every [`INDEX_SWEEP_INTERVAL`] until shutdown. Every proxy runs one: a
 /// sweep is idempotent, and the index is trimmed even while this proxy writes nothing.
-async fn sweep_index_loop(redis_url: String, keys: Keys, mut shutdown: watch::Receiver<bool>) {
-    let mut conn = match lazy_connection(&redis_url) {
+async fn sweep_index_loop(redis: RedisTarget, keys: Keys, mut shutdown: watch::Receiver<bool>) {
+    let mut conn = match lazy_connection(&redis) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "access log: cannot create Redis client for the index sweep");
@@ -389,8 +391,8 @@ impl LogSink {
 /// Tuning of the buffer and the writer (`[access_log]`).
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
-    /// `[redis] url`.
-    pub redis_url: String,
+    /// `[redis] url` or `cluster_nodes`.
+    pub redis: RedisTarget,
     /// Key names under `[redis] key_prefix`.
     pub keys: Keys,
     /// `[proxy] proxy_id`: the field of this proxy's high-water mark.
@@ -484,14 +486,13 @@ pub fn channel(
 
 /// A Redis connection that reconnects by itself and is created without connecting, so the
 /// proxy starts while Redis is down.
-pub fn lazy_connection(url: &str) -> redis::RedisResult<ConnectionManager> {
-    let client = redis::Client::open(url)?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_lazy_with_config(client, config)
+pub fn lazy_connection(target: &RedisTarget) -> redis::RedisResult<RedisConn> {
+    target.connect_lazy(ConnOptions {
+        connect_timeout: Duration::from_secs(1),
+        response_timeout: Duration::from_secs(2),
+        retries: 1,
+        max_delay: Duration::from_millis(500),
+    })
 }
 
 /// How often the writer measures the stream's bytes per entry for `max_memory_mb`.
@@ -540,7 +541,7 @@ impl LogWriter {
     /// Drain the buffer until `shutdown` turns true, then flush what is left within the
     /// configured deadline. Entries still buffered after it are counted as dropped.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut conn = match lazy_connection(&self.cfg.redis_url) {
+        let mut conn = match lazy_connection(&self.cfg.redis) {
             Ok(c) => c,
             Err(e) => {
                 // The URL was validated at start, so this is unexpected; without a connection
@@ -551,7 +552,7 @@ impl LogWriter {
             }
         };
         tokio::spawn(sweep_index_loop(
-            self.cfg.redis_url.clone(),
+            self.cfg.redis.clone(),
             self.cfg.keys.clone(),
             shutdown.clone(),
         ));
@@ -634,7 +635,7 @@ impl LogWriter {
 
     /// Send the current batch once: exactly-once append under its sequence. `Err` means it is
     /// still pending and must be sent again.
-    async fn send(&mut self, conn: &mut ConnectionManager) -> redis::RedisResult<Sent> {
+    async fn send(&mut self, conn: &mut RedisConn) -> redis::RedisResult<Sent> {
         if self.batch.is_empty() {
             return Ok(Sent::Written);
         }
@@ -715,7 +716,7 @@ impl LogWriter {
 
     /// The trim bounds and rollup settings of the next batch: `MINID` from `retention` and the
     /// clock, `MAXLEN` from `stream_max_len` and `max_memory_mb`.
-    async fn limits(&mut self, conn: &mut ConnectionManager) -> AppendLimits {
+    async fn limits(&mut self, conn: &mut RedisConn) -> AppendLimits {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -737,7 +738,7 @@ impl LogWriter {
     /// are measured with `MEMORY USAGE <stream>` (Redis samples a few listpack nodes) divided
     /// by `XLEN`, every [`MEMORY_SAMPLE_INTERVAL`], and the bound is
     /// `max_memory_bytes / bytes_per_entry`. A failed sample keeps the last one.
-    pub async fn effective_max_len(&mut self, conn: &mut ConnectionManager) -> u64 {
+    pub async fn effective_max_len(&mut self, conn: &mut RedisConn) -> u64 {
         let Some(max_bytes) = self.cfg.max_memory_bytes else {
             return self.cfg.stream_max_len;
         };
@@ -774,7 +775,7 @@ impl LogWriter {
         }
     }
 
-    async fn read_hwm(&self, conn: &mut ConnectionManager) -> redis::RedisResult<u64> {
+    async fn read_hwm(&self, conn: &mut RedisConn) -> redis::RedisResult<u64> {
         let mut cmd = redis::cmd("HGET");
         cmd.arg(self.cfg.keys.access_hwm()).arg(&self.cfg.proxy_id);
         match timeout(WRITE_TIMEOUT, cmd.query_async::<Option<u64>>(conn)).await {
@@ -863,7 +864,7 @@ impl LogWriter {
     }
 
     /// Final flush at shutdown: everything still buffered, retried within the deadline.
-    async fn flush(&mut self, conn: &mut ConnectionManager) {
+    async fn flush(&mut self, conn: &mut RedisConn) {
         let deadline = Instant::now() + self.cfg.shutdown_flush;
         let batch_max = self.cfg.batch_max_entries.max(1);
         let written_before = self.metrics.log_written.get();
@@ -1186,7 +1187,7 @@ mod tests {
     /// Nothing listens on port 1: every write fails at once.
     fn unreachable(buffer_bytes: usize) -> WriterConfig {
         WriterConfig {
-            redis_url: "redis://127.0.0.1:1".into(),
+            redis: RedisTarget::Node("redis://127.0.0.1:1".into()),
             keys: Keys::default(),
             proxy_id: "p".into(),
             stream_max_len: 10,

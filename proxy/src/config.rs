@@ -142,16 +142,27 @@ pub struct TlsCertSection {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSection {
-    /// Redis URL; `REDIS_URL` overrides it.
+    /// Redis URL of one node; `REDIS_URL` overrides it.
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`["redis://host:port", …]`). When not empty it wins over
+    /// `url`: both binaries talk to the cluster (redirections and reconnection handled).
+    pub cluster_nodes: Vec<String>,
     /// Prefix of every key and channel.
     pub key_prefix: String,
+}
+
+impl RedisSection {
+    /// The node or cluster this section names.
+    pub fn target(&self) -> watchpost_common::RedisTarget {
+        watchpost_common::RedisTarget::from_config(&self.url, &self.cluster_nodes)
+    }
 }
 
 impl Default for RedisSection {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".into(),
+            cluster_nodes: Vec::new(),
             key_prefix: watchpost_common::keys::DEFAULT_PREFIX.into(),
         }
     }
@@ -453,6 +464,21 @@ impl Settings {
         if let Err(e) = redis::Client::open(file.redis.url.as_str()) {
             return Err(bad("redis.url", format!("not a valid Redis URL: {e}")));
         }
+        for (i, node) in file.redis.cluster_nodes.iter().enumerate() {
+            let why = if node.trim().is_empty() {
+                Some("empty".to_string())
+            } else {
+                redis::Client::open(node.as_str())
+                    .err()
+                    .map(|e| e.to_string())
+            };
+            if let Some(why) = why {
+                return Err(bad(
+                    &format!("redis.cluster_nodes[{i}]"),
+                    format!("not a valid Redis URL: {why}"),
+                ));
+            }
+        }
         let a = &file.access_log;
         if a.stream_max_len == 0 {
             return Err(bad(
@@ -718,6 +744,16 @@ mod tests {
             "1.2.3.4",
         );
         rejects("[redis]\nurl = \"http://x\"\n", "redis.url", "Redis URL");
+        rejects(
+            "[redis]\ncluster_nodes = [\"redis://127.0.0.1:7000\", \"http://x\"]\n",
+            "redis.cluster_nodes[1]",
+            "Redis URL",
+        );
+        rejects(
+            "[redis]\ncluster_nodes = [\"\"]\n",
+            "redis.cluster_nodes[0]",
+            "empty",
+        );
         rejects(
             "[access_log]\nbuffer_entries = 0\n",
             "access_log.buffer_entries",

@@ -22,10 +22,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures::StreamExt;
-use redis::aio::ConnectionManager;
 use tokio::sync::{watch, Notify};
 use tokio::time::{sleep, timeout};
-use watchpost_common::{GatewayConfig, Keys};
+use watchpost_common::{ConnOptions, GatewayConfig, Keys, RedisConn, RedisTarget};
 
 use crate::access_log::{lazy_connection, wait_true, RedisStatus};
 use crate::metrics::Metrics;
@@ -145,7 +144,7 @@ fn version_gauge(v: u64) -> i64 {
 /// The config to start with and where it came from: Redis's when it is there and valid (then
 /// also written to the cache), else the cache's, else the file's.
 pub async fn initial(
-    redis_url: &str,
+    redis: &RedisTarget,
     keys: &Keys,
     file: GatewayConfig,
     cache: Option<&Path>,
@@ -153,8 +152,14 @@ pub async fn initial(
     status: &RedisStatus,
 ) -> (GatewayConfig, ConfigSource) {
     let read = async {
-        let client = redis::Client::open(redis_url)?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut conn = redis
+            .connect(ConnOptions {
+                connect_timeout: READ_TIMEOUT,
+                response_timeout: READ_TIMEOUT,
+                retries: 1,
+                max_delay: READ_TIMEOUT,
+            })
+            .await?;
         redis::cmd("GET")
             .arg(keys.gateway_config())
             .query_async::<Option<String>>(&mut conn)
@@ -251,7 +256,7 @@ pub async fn write_cache(path: &Path, config: &GatewayConfig) {
 /// `poll` interval.
 pub async fn watch(
     live: Arc<LiveConfig>,
-    redis_url: String,
+    redis: RedisTarget,
     keys: Keys,
     cache: Option<PathBuf>,
     poll: Duration,
@@ -260,14 +265,14 @@ pub async fn watch(
 ) {
     let changed = Arc::new(Notify::new());
     let subscriber = tokio::spawn(subscribe(
-        redis_url.clone(),
+        redis.pubsub_urls().to_vec(),
         keys.gateway_config_changed(),
         changed.clone(),
         shutdown.clone(),
     ));
     poll_loop(
         live,
-        &redis_url,
+        &redis,
         &keys,
         cache.as_deref(),
         poll,
@@ -282,7 +287,7 @@ pub async fn watch(
 #[allow(clippy::too_many_arguments)]
 async fn poll_loop(
     live: Arc<LiveConfig>,
-    redis_url: &str,
+    redis: &RedisTarget,
     keys: &Keys,
     cache: Option<&Path>,
     poll: Duration,
@@ -290,7 +295,7 @@ async fn poll_loop(
     changed: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut conn = match lazy_connection(redis_url) {
+    let mut conn = match lazy_connection(redis) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "gateway config: cannot create Redis client; keeping the current config");
@@ -338,7 +343,7 @@ async fn poll_loop(
     }
 }
 
-async fn read(conn: &mut ConnectionManager, key: &str) -> redis::RedisResult<Option<String>> {
+async fn read(conn: &mut RedisConn, key: &str) -> redis::RedisResult<Option<String>> {
     match timeout(
         READ_TIMEOUT,
         redis::cmd("GET")
@@ -356,17 +361,24 @@ async fn read(conn: &mut ConnectionManager, key: &str) -> redis::RedisResult<Opt
 }
 
 /// Hold a subscription on its own connection, reconnecting with backoff; every message (and
-/// every fresh subscription, which may have missed some) wakes the reader.
+/// every fresh subscription, which may have missed some) wakes the reader. On a cluster
+/// `urls` are its seed nodes: classic `PUBLISH` reaches the subscribers of every node, so the
+/// subscription lives on one of them and moves to the next when that one fails.
 async fn subscribe(
-    redis_url: String,
+    urls: Vec<String>,
     channel: String,
     changed: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut next = 0usize;
     loop {
+        let Some(url) = urls.get(next % urls.len().max(1)).cloned() else {
+            return;
+        };
+        next = next.wrapping_add(1);
         let attempt = async {
-            let client = redis::Client::open(redis_url.as_str())?;
+            let client = redis::Client::open(url.as_str())?;
             let mut pubsub = timeout(READ_TIMEOUT * 2, client.get_async_pubsub())
                 .await
                 .map_err(|_| {
@@ -391,6 +403,8 @@ async fn subscribe(
             }
         };
         backoff = Duration::from_millis(100);
+        // Stay on this node while it holds the subscription.
+        next = next.wrapping_sub(1);
         tracing::debug!(channel = %channel, "gateway config: subscribed");
         changed.notify_one();
         let mut messages = pubsub.on_message();
@@ -403,6 +417,8 @@ async fn subscribe(
                 }
             }
         }
+        // Lost: try the next node first (this one may be down).
+        next = next.wrapping_add(1);
         tracing::debug!("gateway config: subscription lost; reconnecting");
     }
 }
@@ -410,6 +426,53 @@ async fn subscribe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On a cluster the subscription lives on one of the seed nodes: a node that cannot be
+    /// reached is passed over for the next (real Redis at `REDIS_URL`).
+    #[tokio::test]
+    async fn the_subscription_moves_past_a_dead_node() {
+        let live = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let channel = format!("wpt:subscribe:{}", ulid::Ulid::new());
+        let changed = Arc::new(Notify::new());
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(subscribe(
+            vec!["redis://127.0.0.1:1".into(), live.clone()],
+            channel.clone(),
+            changed.clone(),
+            shutdown,
+        ));
+        let client = redis::Client::open(live.as_str()).expect("REDIS_URL");
+        let mut con = timeout(
+            Duration::from_secs(5),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .expect("Redis answers within 5 s")
+        .expect("Redis at REDIS_URL");
+        // The fresh subscription wakes the reader once; then a message reaches it.
+        timeout(Duration::from_secs(10), changed.notified())
+            .await
+            .expect("subscribed on the live node");
+        let heard = timeout(Duration::from_secs(10), async {
+            loop {
+                let receivers: u64 = redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(1)
+                    .query_async(&mut con)
+                    .await
+                    .expect("PUBLISH");
+                if receivers == 1 {
+                    changed.notified().await;
+                    return;
+                }
+                sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        let _ = stop.send(true);
+        let _ = task.await;
+        heard.expect("the message reached the subscriber");
+    }
 
     fn json(version: u64, threshold: f64) -> String {
         format!(

@@ -16,12 +16,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora_limits::estimator::Estimator;
-use redis::aio::ConnectionManager;
 use redis::Script;
 use tokio::sync::watch;
 use watchpost_common::keys::MINUTE_COUNTER_TTL_SECS;
 use watchpost_common::rules::{CompiledRule, CompiledRules, RuleAction, RuleRate, RuleRequest};
-use watchpost_common::Keys;
+use watchpost_common::{Keys, RedisConn, RedisTarget};
 
 use crate::access_log::{lazy_connection, wait_true};
 use crate::live_config::LiveConfig;
@@ -348,7 +347,7 @@ impl RuleRuntime {
     }
 
     /// Take every rule's unflushed hits: (id, action, hits, latest hit in ms).
-    fn drain(&self) -> Vec<(Arc<str>, RuleAction, u64, u64)> {
+    fn drain(&self) -> Vec<Hit> {
         let state = self.state.load();
         let mut out = Vec::new();
         for s in &state.slots {
@@ -367,17 +366,20 @@ impl RuleRuntime {
     }
 }
 
+/// Hits of one rule since the last flush: (rule id, action, count, last hit in ms).
+type Hit = (Arc<str>, RuleAction, u64, u64);
+
 /// Flush hit counts to Redis every [`FLUSH_EVERY`] until shutdown, then once more; bring the
 /// rules' state up to the config in force each time.
 pub async fn flush_hits(
     runtime: Arc<RuleRuntime>,
     live: Arc<LiveConfig>,
-    redis_url: String,
+    redis: RedisTarget,
     keys: Keys,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut conn = match lazy_connection(&redis_url) {
+    let mut conn = match lazy_connection(&redis) {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::error!(error = %e, "rules: bad Redis URL; rule hits are not counted in Redis");
@@ -415,7 +417,7 @@ impl Flusher {
         &mut self,
         runtime: &RuleRuntime,
         config: &LiveConfig,
-        conn: Option<&mut ConnectionManager>,
+        conn: Option<&mut RedisConn>,
     ) {
         let hits = runtime.drain();
         let current = config.current();
@@ -443,9 +445,28 @@ impl Flusher {
             return;
         };
         let minute = crate::gateway::now_ms() / 60_000;
+        let written = if conn.is_cluster() {
+            self.write_per_rule(conn, &hits, minute).await
+        } else {
+            self.write_pipelined(conn, &hits, minute).await
+        };
+        if let Err(e) = written {
+            let dropped: u64 = hits.iter().map(|h| h.2).sum();
+            self.metrics.rule_hits_flush_errors.inc();
+            tracing::warn!(error = %e, dropped, "rules: writing hit counts to Redis failed");
+        }
+    }
+
+    /// One node: every rule's counters and last hit in one pipeline.
+    async fn write_pipelined(
+        &self,
+        conn: &mut RedisConn,
+        hits: &[Hit],
+        minute: u64,
+    ) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
         pipe.load_script(&self.script).ignore();
-        for (id, _, n, last_ms) in &hits {
+        for (id, _, n, last_ms) in hits {
             let key = self.keys.rule_hits_in_minute(id, minute);
             pipe.incr(&key, *n)
                 .ignore()
@@ -454,11 +475,33 @@ impl Flusher {
                 .invoke_script(self.script.key(self.keys.rule_last_hit(id)).arg(*last_ms))
                 .ignore();
         }
-        if let Err(e) = pipe.query_async::<()>(conn).await {
-            let dropped: u64 = hits.iter().map(|h| h.2).sum();
-            self.metrics.rule_hits_flush_errors.inc();
-            tracing::warn!(error = %e, dropped, "rules: writing hit counts to Redis failed");
+        pipe.query_async::<()>(conn).await
+    }
+
+    /// A cluster: a rule's minute counter and its last hit live in different slots, and a
+    /// pipeline may only touch one, so each goes on its own (a handful of rules per flush).
+    async fn write_per_rule(
+        &self,
+        conn: &mut RedisConn,
+        hits: &[Hit],
+        minute: u64,
+    ) -> redis::RedisResult<()> {
+        for (id, _, n, last_ms) in hits {
+            let key = self.keys.rule_hits_in_minute(id, minute);
+            redis::pipe()
+                .incr(&key, *n)
+                .ignore()
+                .expire(&key, MINUTE_COUNTER_TTL_SECS as i64)
+                .ignore()
+                .query_async::<()>(conn)
+                .await?;
+            self.script
+                .key(self.keys.rule_last_hit(id))
+                .arg(*last_ms)
+                .invoke_async::<()>(conn)
+                .await?;
         }
+        Ok(())
     }
 }
 

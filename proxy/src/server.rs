@@ -25,7 +25,6 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
-use watchpost_common::Keys;
 use watchpost_geo::GeoDb;
 use watchpost_risk::RiskEngine;
 
@@ -138,12 +137,13 @@ pub fn start_with(
     let upstreams = hc_service.task();
 
     let status = Arc::new(RedisStatus::default());
-    let keys = Keys::new(settings.file.redis.key_prefix.clone());
+    let redis_target = settings.file.redis.target();
+    let keys = redis_target.keys(settings.file.redis.key_prefix.clone());
     let a = &settings.file.access_log;
     let (log, writer) = access_log::channel(
         a.buffer_entries,
         WriterConfig {
-            redis_url: settings.file.redis.url.clone(),
+            redis: redis_target.clone(),
             keys: keys.clone(),
             proxy_id: settings.file.proxy.proxy_id.clone(),
             stream_max_len: a.stream_max_len,
@@ -168,6 +168,7 @@ pub fn start_with(
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let control = {
         let settings = settings.clone();
+        let redis_target = redis_target.clone();
         let certs = certs.clone();
         let (metrics, log, status, upstreams, geo, proxy_id, rule_runtime) = (
             metrics.clone(),
@@ -211,7 +212,7 @@ pub fn start_with(
                         }
                     };
                     let health_addr = listener.local_addr().unwrap_or(settings.health_listen);
-                    let url = settings.file.redis.url.clone();
+                    let url = redis_target;
                     let cache = Some(settings.file.gateway.cache_path.as_str())
                         .filter(|p| !p.is_empty())
                         .map(std::path::PathBuf::from);

@@ -807,6 +807,37 @@ fn compose_config_loads_in_both_binaries() {
 }
 
 #[test]
+fn the_cluster_compose_config_names_the_cluster_services_in_both_binaries() {
+    const CONFIG: &str = "deploy/compose/watchpost-cluster.toml";
+    let path = repo_path(CONFIG);
+    let admin = AdminConfig::load(path.to_str(), &[]).unwrap_or_else(|e| panic!("admin: {e}"));
+    let env = pairs(&[("WATCHPOST_PROXY_UPSTREAMS", r#"["127.0.0.1:3000"]"#)]);
+    let proxy = Settings::load(path.to_str(), &env).unwrap_or_else(|e| panic!("proxy: {e}"));
+    let nodes = proxy.file.redis.cluster_nodes.clone();
+    assert_eq!(nodes, admin.redis.cluster_nodes, "one cluster for both");
+    assert!(proxy.file.redis.target().is_cluster());
+    let mut compose: Value = serde_yaml::from_str(&read("deploy/compose/cluster.yaml"))
+        .unwrap_or_else(|e| panic!("deploy/compose/cluster.yaml: {e}"));
+    compose.apply_merge().expect("the redis nodes' merge key");
+    for node in &nodes {
+        let (host, port) = host_port(node.trim_start_matches("redis://"));
+        assert_eq!(port, 6379, "{node}");
+        let svc = service(&compose, &host);
+        assert!(
+            strings(&svc["command"], "command").contains(&"--cluster-enabled".to_string()),
+            "{host} runs in cluster mode"
+        );
+    }
+    for svc in ["admin", "proxy"] {
+        assert_eq!(
+            mounts(service(&compose, svc), "./watchpost-cluster.toml"),
+            ["/etc/watchpost/watchpost.toml"],
+            "{svc}"
+        );
+    }
+}
+
+#[test]
 fn compose_services_agree_with_the_config_and_the_binaries() {
     let c = compose();
     let admin_cfg = AdminConfig::load(repo_path(COMPOSE_CONFIG).to_str(), &[])

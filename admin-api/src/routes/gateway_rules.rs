@@ -9,7 +9,8 @@
 //! a config `PUT`. A failure anywhere leaves nothing changed.
 //!
 //! `hits_last_hour` and `last_hit_at` are read from the counters the proxies keep in Redis
-//! (`rule:hits:<id>:<unix minute>`, `rule:last_hit:<id>`).
+//! (`rule:hits:<id>:<unix minute>`, `rule:last_hit:<id>`; on a Redis Cluster the id is their hash
+//! tag, `rule:hits:{<id>}:<unix minute>`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -385,23 +386,45 @@ async fn hits(state: &AppState, ids: &[&str]) -> Vec<Hits> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let minute = now_ms / 60_000;
-    let mut pipe = redis::pipe();
-    for id in ids {
+    let add = |pipe: &mut redis::Pipeline, id: &str| {
         let minute_keys: Vec<String> = (0..60)
             .map(|back| keys.rule_hits_in_minute(id, minute.saturating_sub(back)))
             .collect();
         pipe.cmd("MGET").arg(minute_keys);
         pipe.cmd("MGET").arg(keys.rule_last_hit(id));
-    }
-    let mut con = state.redis();
-    let replies: Vec<Vec<Option<String>>> =
-        match state.redis_timeout(pipe.query_async(&mut con)).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "gateway rules: could not read hit counters");
-                return vec![Hits::default(); ids.len()];
+    };
+    let con = state.redis();
+    let read = if con.is_cluster() {
+        // A pipeline may touch one slot only; each rule's keys share one (its id is their hash
+        // tag): one pipeline per rule, all at once.
+        let per_rule = ids.iter().map(|id| {
+            let mut pipe = redis::pipe();
+            add(&mut pipe, id);
+            let mut con = con.clone();
+            async move {
+                state
+                    .redis_timeout(pipe.query_async::<Vec<Vec<Option<String>>>>(&mut con))
+                    .await
             }
-        };
+        });
+        futures::future::try_join_all(per_rule)
+            .await
+            .map(|r| r.into_iter().flatten().collect::<Vec<_>>())
+    } else {
+        let mut pipe = redis::pipe();
+        for id in ids {
+            add(&mut pipe, id);
+        }
+        let mut con = con;
+        state.redis_timeout(pipe.query_async(&mut con)).await
+    };
+    let replies: Vec<Vec<Option<String>>> = match read {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "gateway rules: could not read hit counters");
+            return vec![Hits::default(); ids.len()];
+        }
+    };
     let number = |v: &Option<String>| v.as_deref().and_then(|s| s.trim().parse::<u64>().ok());
     replies
         .chunks(2)

@@ -22,9 +22,9 @@
 
 use std::collections::VecDeque;
 
-use redis::aio::ConnectionManager;
 use watchpost_common::access_index::decode_offsets;
 use watchpost_common::keys::AccessKeys;
+use watchpost_common::RedisConn;
 
 use crate::{error::ApiError, state::AppState};
 
@@ -136,7 +136,7 @@ struct IndexWalk {
 
 /// A walk over matches, newest first, one chunk at a time.
 pub struct Walk {
-    con: ConnectionManager,
+    con: RedisConn,
     stream: String,
     /// The index streams driving the walk, if any.
     index: Option<IndexWalk>,

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use axum::response::sse::Event;
 use futures::{Stream, StreamExt};
-use redis::aio::MultiplexedConnection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use watchpost_common::{ConnOptions, RedisConn};
 
 use crate::{
     auth::{admin_credential_withdrawn, Principal},
@@ -73,7 +73,7 @@ pub struct TailRequest {
 }
 
 struct Tail {
-    con: MultiplexedConnection,
+    con: RedisConn,
     key: String,
     last_id: String,
     filters: Filters,
@@ -89,14 +89,15 @@ pub async fn open(
     req: TailRequest,
     slot: OwnedSemaphorePermit,
 ) -> Result<impl Stream<Item = Result<Event, Infallible>>, ApiError> {
-    let client = redis::Client::open(state.config().redis.url.as_str())
-        .map_err(|e| ApiError::internal(format!("redis url: {e}")))?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(req.block + RESPONSE_SLACK));
+    let options = ConnOptions {
+        connect_timeout: CONNECT_TIMEOUT,
+        response_timeout: req.block + RESPONSE_SLACK,
+        retries: 1,
+        max_delay: CONNECT_TIMEOUT,
+    };
     let mut con = tokio::time::timeout(
         CONNECT_TIMEOUT + Duration::from_millis(500),
-        client.get_multiplexed_async_connection_with_config(&config),
+        state.config().redis.target().connect(options),
     )
     .await
     .map_err(|_| ApiError::unavailable("redis: tail connection timed out"))??;

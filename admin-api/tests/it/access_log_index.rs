@@ -898,7 +898,7 @@ async fn exports_continue_into_the_archive_below_the_stream() {
     // only in the archive, the newest 1000 in both (and must come out once).
     let metrics = watchpost_admin::archive::ArchiveMetrics::new().expect("metrics");
     let archiver = watchpost_admin::archive::Archiver::new(
-        &app.config.redis.url,
+        &app.config.redis.target(),
         &keys,
         &app.config.archive,
         metrics.clone(),

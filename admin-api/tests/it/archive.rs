@@ -84,9 +84,14 @@ async fn archive_until(
     metrics: ArchiveMetrics,
     done: impl Fn(&ArchiveMetrics) -> bool,
 ) -> u64 {
-    let archiver = Archiver::new(&redis_url(), keys, cfg, metrics.clone())
-        .await
-        .expect("archiver");
+    let archiver = Archiver::new(
+        &watchpost_common::RedisTarget::Node(redis_url()),
+        keys,
+        cfg,
+        metrics.clone(),
+    )
+    .await
+    .expect("archiver");
     let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(archiver.run(async move {
         let _ = stop_rx.wait_for(|v| *v).await;
@@ -113,9 +118,14 @@ async fn a_crash_mid_way_loses_and_repeats_nothing_and_files_rotate_by_hour() {
     // A first archiver is killed (its task dropped at an await point, as a crash) once it has
     // written a part: entries it wrote but did not acknowledge are delivered again later.
     let metrics = ArchiveMetrics::new().expect("metrics");
-    let archiver = Archiver::new(&redis_url(), &keys, &cfg, metrics.clone())
-        .await
-        .expect("archiver");
+    let archiver = Archiver::new(
+        &watchpost_common::RedisTarget::Node(redis_url()),
+        &keys,
+        &cfg,
+        metrics.clone(),
+    )
+    .await
+    .expect("archiver");
     let task = tokio::spawn(archiver.run(std::future::pending()));
     let deadline = Instant::now() + Duration::from_secs(30);
     while metrics.entries_total.get() < 700 {

@@ -30,7 +30,7 @@ pub(crate) async fn start_origin() -> SocketAddr {
 /// its own). It is drawn from below the kernel's ephemeral range (32768-60999 by default), so
 /// no `bind(":0")` or outgoing connection elsewhere in the test run can be handed the same
 /// port between this check and the proxy's bind.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     for _ in 0..200 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();

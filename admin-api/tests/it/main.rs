@@ -8,6 +8,7 @@ mod archive;
 mod audit;
 mod auth;
 mod cli;
+mod cluster;
 mod codes;
 mod common;
 mod console;

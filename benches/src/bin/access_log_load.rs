@@ -8,6 +8,10 @@
 //! `EVALSHA`/`EVAL`; `redis_cpu_usec_per_entry` is the server's `used_cpu_user + used_cpu_sys`
 //! (parsing and networking included); both over the whole run, so give it a Redis of its own.
 //!
+//! `--cluster-nodes redis://…,redis://…` writes to a Redis Cluster instead (the access-log
+//! family under its hash tag, through the binaries' cluster connection) and reports the CPU of
+//! every listed master: `"redis_cpu_usec_per_entry_by_node":[…]` (list them all).
+//!
 //! `--mode xrevrange`: times `XREVRANGE <stream> + - COUNT 50` `--requests` times on one
 //! connection and prints `{"p50_ms":…,"p99_ms":…}`: the raw floor the API figures are put
 //! beside.
@@ -22,7 +26,9 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use watchpost_common::keys::MINUTE_COUNTER_TTL_SECS;
-use watchpost_common::{AccessLogEntry, Decision, Keys, ACCESS_LOG_FIELDS};
+use watchpost_common::{
+    AccessLogEntry, ConnOptions, Decision, Keys, RedisTarget, ACCESS_LOG_FIELDS,
+};
 use watchpost_proxy::access_log::{append_batch_with, AppendLimits, APPEND_SCRIPT};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -51,6 +57,9 @@ struct Args {
     no_rollups: bool,
     #[arg(long, default_value_t = 200)]
     requests: usize,
+    /// A Redis Cluster's masters, comma-separated (wins over `--redis-url`).
+    #[arg(long, value_delimiter = ',')]
+    cluster_nodes: Vec<String>,
 }
 
 fn entry(i: u64, base_ms: u64) -> AccessLogEntry {
@@ -178,11 +187,27 @@ async fn info(con: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<Str
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let keys = Keys::new(args.key_prefix.clone());
-    let mut con = redis::Client::open(args.redis_url.as_str())?
-        .get_multiplexed_async_connection()
+    let target = RedisTarget::from_config(&args.redis_url, &args.cluster_nodes);
+    let keys = target.keys(args.key_prefix.clone());
+    let mut con = target
+        .connect(ConnOptions {
+            connect_timeout: std::time::Duration::from_secs(2),
+            response_timeout: std::time::Duration::from_secs(10),
+            retries: 3,
+            max_delay: std::time::Duration::from_secs(1),
+        })
         .await
         .context("Redis must be reachable")?;
+    // `INFO` of every node, each on its own connection.
+    let mut nodes = Vec::new();
+    for url in target.pubsub_urls() {
+        nodes.push(
+            redis::Client::open(url.as_str())?
+                .get_multiplexed_async_connection()
+                .await
+                .with_context(|| format!("{url} must be reachable"))?,
+        );
+    }
     match args.mode {
         Mode::Xrevrange => {
             let mut times = Vec::with_capacity(args.requests);
@@ -204,7 +229,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Mode::Load => {
             let script = redis::Script::new(APPEND_SCRIPT);
-            let before = info(&mut con).await?;
+            let mut before = Vec::new();
+            for n in &mut nodes {
+                before.push(info(n).await?);
+            }
             let base_ms = 1_764_547_200_000;
             let start = Instant::now();
             let mut batch = Vec::with_capacity(args.batch);
@@ -232,18 +260,39 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::ensure!(n as usize == batch.len(), "batch {seq} added {n}");
             }
             let seconds = start.elapsed().as_secs_f64();
-            let after = info(&mut con).await?;
+            let mut after = Vec::new();
+            for n in &mut nodes {
+                after.push(info(n).await?);
+            }
             let cpu = |s: &str| info_field(s, "used_cpu_user") + info_field(s, "used_cpu_sys");
             let n = args.entries as f64;
+            let by_node: Vec<f64> = before
+                .iter()
+                .zip(&after)
+                .map(|(b, a)| (cpu(a) - cpu(b)) * 1e6 / n)
+                .collect();
+            let sum = |f: &dyn Fn(&str) -> f64| {
+                before
+                    .iter()
+                    .zip(&after)
+                    .map(|(b, a)| f(a) - f(b))
+                    .sum::<f64>()
+            };
             println!(
-                "{{\"entries\":{},\"index\":{},\"rollups\":{},\"seconds\":{:.2},\"script_usec_per_entry\":{:.2},\"redis_cpu_usec_per_entry\":{:.2},\"used_memory_delta\":{}}}",
+                "{{\"entries\":{},\"index\":{},\"rollups\":{},\"cluster\":{},\"seconds\":{:.2},\"script_usec_per_entry\":{:.2},\"redis_cpu_usec_per_entry\":{:.2},\"redis_cpu_usec_per_entry_by_node\":[{}],\"used_memory_delta\":{}}}",
                 args.entries,
                 !args.no_index,
                 !args.no_index && !args.no_rollups,
+                target.is_cluster(),
                 seconds,
-                (script_usec(&after) - script_usec(&before)) / n,
-                (cpu(&after) - cpu(&before)) * 1e6 / n,
-                info_field(&after, "used_memory") - info_field(&before, "used_memory"),
+                sum(&script_usec) / n,
+                by_node.iter().sum::<f64>(),
+                by_node
+                    .iter()
+                    .map(|c| format!("{c:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                sum(&|s: &str| info_field(s, "used_memory")),
             );
         }
     }

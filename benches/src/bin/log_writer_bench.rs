@@ -204,7 +204,7 @@ fn entry(n: u64, ts0: u64) -> AccessLogEntry {
 /// The writer's settings for a run.
 fn writer_config(args: &Args, redis_url: &str, buffer_bytes: usize) -> WriterConfig {
     WriterConfig {
-        redis_url: redis_url.to_string(),
+        redis: watchpost_common::RedisTarget::Node(redis_url.to_string()),
         keys: Keys::new(args.key_prefix.clone()),
         proxy_id: "bench".into(),
         stream_max_len: args.stream_max_len,

@@ -275,7 +275,7 @@ async fn secret_query_parameters_are_redacted_in_the_log_but_not_upstream() {
 
 fn writer_config(url: &str, keys: &Keys, proxy_id: &str) -> WriterConfig {
     WriterConfig {
-        redis_url: url.to_string(),
+        redis: watchpost_common::RedisTarget::Node(url.to_string()),
         keys: keys.clone(),
         proxy_id: proxy_id.to_string(),
         stream_max_len: 1_000_000,

@@ -22,7 +22,7 @@ fn now_ms() -> u64 {
 
 fn config(keys: &Keys) -> WriterConfig {
     WriterConfig {
-        redis_url: redis_url(),
+        redis: watchpost_common::RedisTarget::Node(redis_url()),
         keys: keys.clone(),
         proxy_id: "r".into(),
         stream_max_len: 1_000_000,
