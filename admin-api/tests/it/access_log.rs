@@ -1063,7 +1063,10 @@ async fn the_access_log_page_is_rate_limited_like_other_admin_calls() {
             .send()
             .await
             .expect("request");
-        assert_eq!(response.headers()["ratelimit-remaining"], expected_remaining);
+        assert_eq!(
+            response.headers()["ratelimit-remaining"],
+            expected_remaining
+        );
         let (status, page) = json_of(response).await;
         assert_eq!(status, 200, "{page}");
         assert_eq!(page["items"].as_array().expect("items").len(), 1);
