@@ -99,7 +99,7 @@ fi
 # The Redis Cluster tests start their own masters with deploy/redis-cluster.sh: they need
 # redis-server even when REDIS_URL is served from elsewhere, and redis-cli's --cluster.
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
-redis-cli --cluster help 2>&1 | grep -q "create" || die "redis-cli lacks --cluster (Redis >= 5 needed)"
+grep -q "create" <<<"$(redis-cli --cluster help 2>&1)" || die "redis-cli lacks --cluster (Redis >= 5 needed)"
 say "redis-server and redis-cli --cluster present (deploy/redis-cluster.sh)"
 
 # --- PostgreSQL --------------------------------------------------------------------------

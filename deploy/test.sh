@@ -34,7 +34,7 @@ echo "deploy/grafana/watchpost.json parses (its metric names are checked against
 
 step "Redis Cluster tooling (the cluster tests start their own clusters)"
 bash -n deploy/redis-cluster.sh
-command -v redis-server >/dev/null && redis-cli --cluster help 2>&1 | grep -q create
+command -v redis-server >/dev/null && grep -q create <<<"$(redis-cli --cluster help 2>&1)"
 echo "redis-server and redis-cli --cluster present"
 
 step "cargo fmt --check"
