@@ -140,7 +140,12 @@ impl IndexTerm {
 
     /// The Redis key of this index.
     pub fn key(&self, keys: &Keys) -> String {
-        keys.access_index(self.field.as_str(), &self.value)
+        self.key_in(&keys.access())
+    }
+
+    /// The Redis key of this index in one access-log family (shard).
+    pub fn key_in(&self, family: &crate::keys::AccessKeys) -> String {
+        family.index(self.field.as_str(), &self.value)
     }
 }
 

@@ -121,6 +121,43 @@ impl AccessKeys {
     }
 }
 
+/// Most access-log shards (`[access_log] shards`).
+pub const MAX_ACCESS_SHARDS: u16 = 256;
+
+/// Checks `[access_log] shards`: a whole number from 1 to [`MAX_ACCESS_SHARDS`]. The message
+/// says what is wrong (the caller names the key).
+pub fn validate_access_shards(shards: u64) -> Result<u16, String> {
+    u16::try_from(shards)
+        .ok()
+        .filter(|n| (1..=MAX_ACCESS_SHARDS).contains(n))
+        .ok_or_else(|| {
+            format!("must be a whole number from 1 to {MAX_ACCESS_SHARDS} (got {shards})")
+        })
+}
+
+/// Which access-log families exist: the one place that decides it, for the proxies (which
+/// write them) and the admin API (which reads and merges them).
+///
+/// `shards = 1` on a single Redis is the unsharded family ([`Keys::access`], the SPEC names,
+/// `wp:access`…), so a single-node install keeps its keys. Any other count, and any count on a
+/// Redis Cluster (`cluster`), is `shards` tagged families [`Keys::access_shard`]`(0..shards)`,
+/// each in its own slot so that they spread over the cluster's masters.
+pub fn access_families(keys: &Keys, shards: u16, cluster: bool) -> Vec<AccessKeys> {
+    if shards <= 1 && !cluster {
+        vec![keys.access()]
+    } else {
+        (0..shards.max(1)).map(|n| keys.access_shard(n)).collect()
+    }
+}
+
+impl AccessKeys {
+    /// How the family is named in the registry of families ([`Keys::access_family_registry`])
+    /// and in cursors: `-` unsharded, the shard number otherwise.
+    pub fn label(&self) -> String {
+        self.shard.map_or_else(|| "-".to_string(), |s| s.to_string())
+    }
+}
+
 /// Key names under one prefix. The `access_*` and per-minute counter methods name the keys of
 /// the unsharded access-log family ([`Keys::access`]); code that may run sharded takes an
 /// [`AccessKeys`] instead.
@@ -166,6 +203,31 @@ impl Keys {
             tag: format!(":{{{shard}}}"),
             shard: Some(shard),
         }
+    }
+
+    /// The family a [`AccessKeys::label`] names (`-` or a shard number below
+    /// [`MAX_ACCESS_SHARDS`]); `None` for anything else.
+    pub fn access_family(&self, label: &str) -> Option<AccessKeys> {
+        if label == "-" {
+            return Some(self.access());
+        }
+        if label.is_empty() || !label.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        label
+            .parse::<u16>()
+            .ok()
+            .filter(|n| *n < MAX_ACCESS_SHARDS)
+            .map(|n| self.access_shard(n))
+    }
+
+    /// The set of every access-log family ever written under this prefix (members are
+    /// [`AccessKeys::label`]s), `wp:access:families` by default. Proxies add their families at
+    /// start; readers merge the configured families with these, so that entries written under
+    /// an earlier `[access_log] shards` stay readable. A family whose stream is gone leaves
+    /// the set.
+    pub fn access_family_registry(&self) -> String {
+        format!("{}{}:families", self.prefix, ACCESS_STREAM)
     }
 
     /// The access-log stream, `wp:access` by default.
@@ -323,6 +385,30 @@ mod tests {
             let tag = n.split('{').nth(1).and_then(|t| t.split('}').next());
             assert_eq!(tag, Some("3"), "{n}");
         }
+    }
+
+    #[test]
+    fn families_are_decided_in_one_place() {
+        let k = Keys::default();
+        assert_eq!(access_families(&k, 1, false), vec![k.access()]);
+        assert_eq!(
+            access_families(&k, 3, false),
+            vec![k.access_shard(0), k.access_shard(1), k.access_shard(2)]
+        );
+        assert_eq!(access_families(&k, 1, true), vec![k.access_shard(0)]);
+        assert_eq!(access_families(&k, 256, false).len(), 256);
+        for f in access_families(&k, 3, false).into_iter().chain([k.access()]) {
+            assert_eq!(k.access_family(&f.label()), Some(f));
+        }
+        for bad in ["", "x", "256", "+1", "-1", " 1", "99999"] {
+            assert_eq!(k.access_family(bad), None, "{bad:?}");
+        }
+        assert_eq!(validate_access_shards(1), Ok(1));
+        assert_eq!(validate_access_shards(256), Ok(256));
+        for bad in [0, 257, 65_536, u64::MAX] {
+            assert!(validate_access_shards(bad).is_err(), "{bad}");
+        }
+        assert_eq!(k.access_family_registry(), "wp:access:families");
     }
 
     #[test]

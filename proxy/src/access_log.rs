@@ -29,6 +29,22 @@
 //! draining the channel into a queue of its own (the `held` entries), so the channel stays as
 //! small as in normal operation and the growing buffer's memory is taken on the writer's
 //! thread, never on the request path.
+//!
+//! Shards (`[access_log] shards`, see [`watchpost_common::keys::access_families`]): the log may
+//! be several streams, each with its own family of keys (high-water marks, counters, index,
+//! rollups) under one hash tag. Each batch goes to one shard, all its keys from that shard's
+//! family, so the script touches one slot. The writer picks shards round-robin, batch after
+//! batch, starting at a hash (FNV-1a) of `proxy_id` modulo the number of shards ([`first_shard`]):
+//! a single proxy spreads its batches evenly over every shard, and proxies started together do
+//! not all begin on shard 0. A batch that fails is sent again to the same shard under the same
+//! sequence, so exactly-once holds per shard's high-water mark; sequences stay monotonic per
+//! proxy across all shards (a shard's mark only ever sees increasing sequences), and the first
+//! sequence is above the highest mark of this proxy in any shard. `stream_max_len` and
+//! `max_memory_mb` bound the whole log: each shard is trimmed to its share (divided by the
+//! number of shards, rounded up). Every writer adds its families to the registry of families
+//! ([`Keys::access_family_registry`]) and sweeps the index of each; a family no longer
+//! configured (after `shards` changed) is still swept, trimmed by `retention`, and leaves the
+//! registry once its stream is gone.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -42,7 +58,7 @@ use tokio::time::{sleep, timeout, Instant};
 use watchpost_common::access_index::{entry_terms, IndexTerm};
 use watchpost_common::keys::MINUTE_COUNTER_TTL_SECS;
 use watchpost_common::rollup;
-use watchpost_common::{AccessLogEntry, Decision, Keys, ACCESS_LOG_FIELDS};
+use watchpost_common::{AccessKeys, AccessLogEntry, Decision, Keys, ACCESS_LOG_FIELDS};
 
 use crate::metrics::{Metrics, WriteErrorKind};
 use crate::redact::QueryRedactor;
@@ -194,7 +210,7 @@ return {#dead, #live}
 /// first id and trims the rest to it. Returns (streams deleted, streams trimmed).
 pub async fn sweep_index<C: ConnectionLike>(
     conn: &mut C,
-    keys: &Keys,
+    keys: &AccessKeys,
 ) -> redis::RedisResult<(u64, u64)> {
     let script = Script::new(SWEEP_SCRIPT);
     let (mut deleted, mut trimmed) = (0u64, 0u64);
@@ -202,8 +218,8 @@ pub async fn sweep_index<C: ConnectionLike>(
     // Bounded: a registry of 5,000,000 index streams at most per sweep.
     for _ in 0..10_000 {
         let (dead, live): (u64, u64) = script
-            .key(keys.access_stream())
-            .key(keys.access_index_registry())
+            .key(keys.stream())
+            .key(keys.index_registry())
             .arg(INDEX_SWEEP_CHUNK)
             .arg(offset)
             .invoke_async(conn)
@@ -221,9 +237,17 @@ pub async fn sweep_index<C: ConnectionLike>(
     Ok((deleted, trimmed))
 }
 
-/// Sweeps the index every [`INDEX_SWEEP_INTERVAL`] until shutdown. Every proxy runs one: a
-/// sweep is idempotent, and the index is trimmed even while this proxy writes nothing.
-async fn sweep_index_loop(redis_url: String, keys: Keys, mut shutdown: watch::Receiver<bool>) {
+/// Sweeps the index of every family every [`INDEX_SWEEP_INTERVAL`] until shutdown. Every
+/// proxy runs one: a sweep is idempotent, and the index is trimmed even while this proxy writes
+/// nothing. Each round also registers this proxy's families and looks after the retired ones
+/// (see [`sweep_families`]).
+async fn sweep_index_loop(
+    redis_url: String,
+    keys: Keys,
+    families: Vec<AccessKeys>,
+    retention: Option<Duration>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut conn = match lazy_connection(&redis_url) {
         Ok(c) => c,
         Err(e) => {
@@ -231,12 +255,18 @@ async fn sweep_index_loop(redis_url: String, keys: Keys, mut shutdown: watch::Re
             return;
         }
     };
+    // Registered at once, so that readers find the families before the first sweep.
+    if let Ok(Err(e)) = timeout(WRITE_TIMEOUT, register_families(&mut conn, &keys, &families)).await
+    {
+        tracing::debug!(error = %e, "access log: cannot register the families yet");
+    }
     loop {
         tokio::select! {
             _ = wait_true(&mut shutdown) => return,
             _ = sleep(INDEX_SWEEP_INTERVAL) => {}
         }
-        match timeout(WRITE_TIMEOUT * 6, sweep_index(&mut conn, &keys)).await {
+        let sweep = sweep_families(&mut conn, &keys, &families, retention);
+        match timeout(WRITE_TIMEOUT * 6, sweep).await {
             Ok(Ok((deleted, trimmed))) => {
                 tracing::debug!(deleted, trimmed, "access log: index swept");
             }
@@ -244,6 +274,100 @@ async fn sweep_index_loop(redis_url: String, keys: Keys, mut shutdown: watch::Re
             Err(_) => tracing::warn!("access log: index sweep timed out"),
         }
     }
+}
+
+/// Adds `families` to the registry of families ([`Keys::access_family_registry`]).
+pub async fn register_families<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    families: &[AccessKeys],
+) -> redis::RedisResult<()> {
+    let labels: Vec<String> = families.iter().map(AccessKeys::label).collect();
+    redis::cmd("SADD")
+        .arg(keys.access_family_registry())
+        .arg(labels)
+        .query_async::<()>(conn)
+        .await
+}
+
+/// One round of upkeep over every family: registers `families`, sweeps the index of each, and
+/// of each retired family (registered, no longer configured): trims its stream by `retention`
+/// (nothing else trims a stream no one writes), sweeps its index, and removes it from the
+/// registry once its stream is gone (the sweep then deleted its last index streams).
+/// Returns (index streams deleted, index streams trimmed).
+pub async fn sweep_families<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    families: &[AccessKeys],
+    retention: Option<Duration>,
+) -> redis::RedisResult<(u64, u64)> {
+    register_families(conn, keys, families).await?;
+    let registered: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys.access_family_registry())
+        .query_async(conn)
+        .await?;
+    let (mut deleted, mut trimmed) = (0, 0);
+    for family in families {
+        let (d, t) = sweep_index(conn, family).await?;
+        deleted += d;
+        trimmed += t;
+    }
+    for label in registered {
+        let Some(family) = keys.access_family(&label) else {
+            continue;
+        };
+        if families.contains(&family) {
+            continue;
+        }
+        if let Some(r) = retention {
+            let min_ms = unix_ms().saturating_sub(u64::try_from(r.as_millis()).unwrap_or(u64::MAX));
+            redis::cmd("XTRIM")
+                .arg(family.stream())
+                .arg("MINID")
+                .arg("~")
+                .arg(min_ms.max(1))
+                .query_async::<()>(conn)
+                .await?;
+        }
+        let (d, t) = sweep_index(conn, &family).await?;
+        deleted += d;
+        trimmed += t;
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(family.stream())
+            .query_async(conn)
+            .await?;
+        if !exists {
+            redis::cmd("SREM")
+                .arg(keys.access_family_registry())
+                .arg(&label)
+                .query_async::<()>(conn)
+                .await?;
+            tracing::info!(family = %label, "access log: retired shard is empty, unregistered");
+        }
+    }
+    Ok((deleted, trimmed))
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The shard of a proxy's first batch: FNV-1a of `proxy_id` modulo `shards` (stable across
+/// processes and builds, unlike the standard library's hasher).
+pub fn first_shard(proxy_id: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in proxy_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    usize::try_from(h % shards.max(1) as u64).unwrap_or(0)
+}
+
+/// A whole-log bound split over `shards` (rounded up, at least 1).
+pub fn per_shard(total: u64, shards: usize) -> u64 {
+    total.div_ceil(shards.max(1) as u64).max(1)
 }
 
 /// Whether Redis answered the last time anyone asked (the writer or the config watcher).
@@ -367,14 +491,17 @@ pub struct WriterConfig {
     pub redis_url: String,
     /// Key names under `[redis] key_prefix`.
     pub keys: Keys,
+    /// The access-log families (shards) this writer spreads its batches over, from
+    /// [`watchpost_common::keys::access_families`]; empty means the unsharded family.
+    pub families: Vec<AccessKeys>,
     /// `[proxy] proxy_id`: the field of this proxy's high-water mark.
     pub proxy_id: String,
-    /// `XADD … MAXLEN ~` bound.
+    /// `XADD … MAXLEN ~` bound of the whole log (each shard gets its share).
     pub stream_max_len: u64,
     /// `[access_log] retention`: entries older than this are trimmed (`XTRIM MINID ~`).
     pub retention: Option<Duration>,
-    /// `[access_log] max_memory_mb` in bytes: the stream is trimmed by count to stay under it
-    /// (see [`LogWriter::effective_max_len`]).
+    /// `[access_log] max_memory_mb` in bytes: the log is trimmed by count to stay under it
+    /// (each shard under its share, see [`LogWriter::effective_max_len`]).
     pub max_memory_bytes: Option<u64>,
     /// `[access_log] rollup_retention`: TTL of the per-minute rollups.
     pub rollup_retention: Duration,
@@ -403,6 +530,12 @@ pub struct LogWriter {
     attempted: bool,
     /// The next fresh sequence; `None` until the high-water mark was read.
     next_seq: Option<u64>,
+    /// The families batches go to (at least one).
+    families: Vec<AccessKeys>,
+    /// Index in `families` of the current batch's shard (kept with `seq` for retries).
+    shard: usize,
+    /// Index in `families` of the next fresh batch's shard (round-robin).
+    next_shard: usize,
     /// `held.len() + batch.len()`, for [`LogSink::depth`] and the bound.
     held_len: Arc<AtomicUsize>,
     bytes: Arc<AtomicUsize>,
@@ -411,8 +544,9 @@ pub struct LogWriter {
     cfg: WriterConfig,
     metrics: Metrics,
     status: Arc<RedisStatus>,
-    /// Bytes per entry of the stream, last measured (`MEMORY USAGE` / `XLEN`), and when.
-    memory_sample: Option<(f64, Instant)>,
+    /// Bytes per entry of each shard's stream, last measured (`MEMORY USAGE` / `XLEN`), and
+    /// when.
+    memory_sample: HashMap<usize, (f64, Instant)>,
 }
 
 /// A buffer of `capacity` entries (and `cfg.buffer_bytes` bytes): the sink for the request
@@ -427,6 +561,12 @@ pub fn channel(
     let held_len = Arc::new(AtomicUsize::new(0));
     let bytes = Arc::new(AtomicUsize::new(0));
     let oldest_ts = Arc::new(AtomicU64::new(0));
+    let families = if cfg.families.is_empty() {
+        vec![cfg.keys.access()]
+    } else {
+        cfg.families.clone()
+    };
+    let next_shard = first_shard(&cfg.proxy_id, families.len());
     (
         LogSink {
             tx,
@@ -444,6 +584,9 @@ pub fn channel(
             seq: None,
             attempted: false,
             next_seq: None,
+            families,
+            shard: next_shard,
+            next_shard,
             held_len,
             bytes,
             oldest_ts,
@@ -451,7 +594,7 @@ pub fn channel(
             cfg,
             metrics,
             status,
-            memory_sample: None,
+            memory_sample: HashMap::new(),
         },
     )
 }
@@ -527,6 +670,8 @@ impl LogWriter {
         tokio::spawn(sweep_index_loop(
             self.cfg.redis_url.clone(),
             self.cfg.keys.clone(),
+            self.families.clone(),
+            self.cfg.retention,
             shutdown.clone(),
         ));
         let batch_max = self.cfg.batch_max_entries.max(1);
@@ -626,6 +771,9 @@ impl LogWriter {
                     self.seq = Some(next);
                     self.next_seq = Some(next.saturating_add(1));
                     self.attempted = false;
+                    // A fresh batch takes the next shard; a retry keeps its shard with its seq.
+                    self.shard = self.next_shard;
+                    self.next_shard = (self.next_shard + 1) % self.families.len();
                     next
                 }
             };
@@ -633,7 +781,7 @@ impl LogWriter {
             let call = append_batch_with(
                 conn,
                 &self.script,
-                &self.cfg.keys,
+                &self.families[self.shard],
                 &self.cfg.proxy_id,
                 seq,
                 limits,
@@ -690,9 +838,7 @@ impl LogWriter {
     /// The trim bounds and rollup settings of the next batch: `MINID` from `retention` and the
     /// clock, `MAXLEN` from `stream_max_len` and `max_memory_mb`.
     async fn limits(&mut self, conn: &mut ConnectionManager) -> AppendLimits {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now_ms = unix_ms();
         let min_id_ms = self.cfg.retention.map_or(0, |r| {
             now_ms
                 .saturating_sub(u64::try_from(r.as_millis()).unwrap_or(u64::MAX))
@@ -707,19 +853,24 @@ impl LogWriter {
         }
     }
 
-    /// `stream_max_len`, lowered to stay under `max_memory_mb`: the stream's bytes per entry
-    /// are measured with `MEMORY USAGE <stream>` (Redis samples a few listpack nodes) divided
-    /// by `XLEN`, every [`MEMORY_SAMPLE_INTERVAL`], and the bound is
-    /// `max_memory_bytes / bytes_per_entry`. A failed sample keeps the last one.
+    /// The current shard's share of `stream_max_len`, lowered to stay under its share of
+    /// `max_memory_mb`: the shard stream's bytes per entry are measured with
+    /// `MEMORY USAGE <stream>` (Redis samples a few listpack nodes) divided by `XLEN`, every
+    /// [`MEMORY_SAMPLE_INTERVAL`], and the bound is `max_memory_bytes / bytes_per_entry`. A
+    /// failed sample keeps the last one.
     pub async fn effective_max_len(&mut self, conn: &mut ConnectionManager) -> u64 {
-        let Some(max_bytes) = self.cfg.max_memory_bytes else {
-            return self.cfg.stream_max_len;
+        let n = self.families.len();
+        let max_len = per_shard(self.cfg.stream_max_len, n);
+        let Some(max_bytes) = self.cfg.max_memory_bytes.map(|b| per_shard(b, n)) else {
+            return max_len;
         };
+        let shard = self.shard;
         let due = self
             .memory_sample
+            .get(&shard)
             .is_none_or(|(_, at)| at.elapsed() >= MEMORY_SAMPLE_INTERVAL);
         if due {
-            let stream = self.cfg.keys.access_stream();
+            let stream = self.families[shard].stream();
             let mut pipe = redis::pipe();
             pipe.cmd("MEMORY")
                 .arg("USAGE")
@@ -730,11 +881,12 @@ impl LogWriter {
                 timeout(WRITE_TIMEOUT, pipe.query_async::<(Option<u64>, u64)>(conn)).await;
             match sampled {
                 Ok(Ok((Some(bytes), len))) if len > 0 => {
-                    self.memory_sample = Some((bytes as f64 / len as f64, Instant::now()));
+                    self.memory_sample
+                        .insert(shard, (bytes as f64 / len as f64, Instant::now()));
                 }
                 Ok(Ok(_)) => {
                     // No stream yet: nothing to bound.
-                    self.memory_sample = None;
+                    self.memory_sample.remove(&shard);
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "access log: stream memory sample failed");
@@ -742,19 +894,32 @@ impl LogWriter {
                 Err(_) => tracing::debug!("access log: stream memory sample timed out"),
             }
         }
-        match self.memory_sample {
-            Some((per_entry, _)) => memory_max_len(self.cfg.stream_max_len, max_bytes, per_entry),
-            None => self.cfg.stream_max_len,
+        match self.memory_sample.get(&shard) {
+            Some((per_entry, _)) => memory_max_len(max_len, max_bytes, *per_entry),
+            None => max_len,
         }
     }
 
+    /// This proxy's highest high-water mark over every shard (one concurrent `HGET` each):
+    /// the next fresh sequence goes above it, so sequences stay monotonic per proxy.
     async fn read_hwm(&self, conn: &mut ConnectionManager) -> redis::RedisResult<u64> {
-        let mut cmd = redis::cmd("HGET");
-        cmd.arg(self.cfg.keys.access_hwm()).arg(&self.cfg.proxy_id);
-        match timeout(WRITE_TIMEOUT, cmd.query_async::<Option<u64>>(conn)).await {
-            Ok(r) => r.map(Option::unwrap_or_default).inspect_err(|e| {
-                self.metrics.log_write_error(write_error_kind(e));
-            }),
+        let reads = self.families.iter().map(|family| {
+            let mut conn = conn.clone();
+            let mut cmd = redis::cmd("HGET");
+            cmd.arg(family.hwm()).arg(&self.cfg.proxy_id);
+            async move { cmd.query_async::<Option<u64>>(&mut conn).await }
+        });
+        match timeout(WRITE_TIMEOUT, futures::future::join_all(reads)).await {
+            Ok(marks) => {
+                let mut hwm = 0;
+                for mark in marks {
+                    let mark = mark.inspect_err(|e| {
+                        self.metrics.log_write_error(write_error_kind(e));
+                    })?;
+                    hwm = hwm.max(mark.unwrap_or_default());
+                }
+                Ok(hwm)
+            }
             Err(_) => {
                 self.metrics.log_write_error(WriteErrorKind::Timeout);
                 Err(redis::RedisError::from((
@@ -957,7 +1122,7 @@ impl AppendLimits {
 pub async fn append_batch<C: ConnectionLike>(
     conn: &mut C,
     script: &Script,
-    keys: &Keys,
+    keys: &AccessKeys,
     proxy_id: &str,
     seq: u64,
     max_len: u64,
@@ -979,7 +1144,7 @@ pub async fn append_batch<C: ConnectionLike>(
 pub async fn append_batch_with<C: ConnectionLike>(
     conn: &mut C,
     script: &Script,
-    keys: &Keys,
+    keys: &AccessKeys,
     proxy_id: &str,
     seq: u64,
     limits: AppendLimits,
@@ -1005,7 +1170,7 @@ pub async fn append_batch_with<C: ConnectionLike>(
 /// the command it sends.
 pub fn invocation(
     script: &Script,
-    keys: &Keys,
+    keys: &AccessKeys,
     proxy_id: &str,
     seq: u64,
     max_len: u64,
@@ -1024,7 +1189,7 @@ pub fn invocation(
 /// [`invocation`] with every trim and rollup setting.
 pub fn invocation_with(
     script: &Script,
-    keys: &Keys,
+    keys: &AccessKeys,
     proxy_id: &str,
     seq: u64,
     limits: AppendLimits,
@@ -1065,7 +1230,7 @@ pub fn invocation_with(
         for term in terms.drain(..) {
             let next = index.len() + 1;
             let r = *index.entry(term).or_insert_with_key(|t| {
-                index_keys.push(t.key(keys));
+                index_keys.push(t.key_in(keys));
                 next
             });
             mine.push(r);
@@ -1082,20 +1247,20 @@ pub fn invocation_with(
     inv.arg("EVALSHA")
         .arg(script.get_hash())
         .arg(3 + counters.len() + index_keys.len() + 3 * rollups.len())
-        .arg(keys.access_stream())
-        .arg(keys.access_hwm());
+        .arg(keys.stream())
+        .arg(keys.hwm());
     for (key, _) in &counters {
         inv.arg(key);
     }
-    inv.arg(keys.access_index_registry());
+    inv.arg(keys.index_registry());
     for key in &index_keys {
         inv.arg(key);
     }
     // BEGIN retention and rollups
     for minute in rollups.keys() {
-        inv.arg(keys.access_rollup(*minute))
-            .arg(keys.access_rollup_ips(*minute))
-            .arg(keys.access_rollup_paths(*minute));
+        inv.arg(keys.rollup(*minute))
+            .arg(keys.rollup_ips(*minute))
+            .arg(keys.rollup_paths(*minute));
     }
     // END retention and rollups
     inv.arg(proxy_id)
@@ -1163,6 +1328,7 @@ mod tests {
         WriterConfig {
             redis_url: "redis://127.0.0.1:1".into(),
             keys: Keys::default(),
+            families: Vec::new(),
             proxy_id: "p".into(),
             stream_max_len: 10,
             retention: None,

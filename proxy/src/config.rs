@@ -161,7 +161,13 @@ impl Default for RedisSection {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AccessLogSection {
-    /// `XADD … MAXLEN ~ N`: the stream is trimmed to about this many entries.
+    /// How many streams (shards) the log is split into, 1 to 256 (read by the admin API too,
+    /// which merges them). 1 (the default) on a single Redis is the unsharded `<prefix>access`
+    /// of SPEC; more give `<prefix>access:{0}`…, each with its own index, counters and rollups
+    /// (see [`watchpost_common::keys::access_families`]).
+    pub shards: u64,
+    /// `XADD … MAXLEN ~ N`: the log is trimmed to about this many entries (each shard to its
+    /// share).
     pub stream_max_len: u64,
     /// Entries older than this are trimmed (`XTRIM MINID ~`, once per batch): a whole number
     /// and a unit, `90s`, `90m`, `24h`, `7d`. Empty (the default): no age bound.
@@ -195,6 +201,7 @@ pub struct AccessLogSection {
 impl Default for AccessLogSection {
     fn default() -> Self {
         Self {
+            shards: 1,
             stream_max_len: 1_000_000,
             retention: String::new(),
             max_memory_mb: 0,
@@ -454,6 +461,9 @@ impl Settings {
             return Err(bad("redis.url", format!("not a valid Redis URL: {e}")));
         }
         let a = &file.access_log;
+        if let Err(e) = watchpost_common::keys::validate_access_shards(a.shards) {
+            return Err(bad("access_log.shards", e));
+        }
         if a.stream_max_len == 0 {
             return Err(bad(
                 "access_log.stream_max_len",
@@ -724,6 +734,8 @@ mod tests {
             "0",
         );
         rejects("[access_log]\nbatch = 5\n", "access_log", "batch");
+        rejects("[access_log]\nshards = 0\n", "access_log.shards", "from 1 to 256");
+        rejects("[access_log]\nshards = 257\n", "access_log.shards", "from 1 to 256");
         rejects(
             "[access_log]\nretention = \"24 hours\"\n",
             "access_log.retention",

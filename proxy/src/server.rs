@@ -145,6 +145,12 @@ pub fn start_with(
         WriterConfig {
             redis_url: settings.file.redis.url.clone(),
             keys: keys.clone(),
+            // Validated at load: 1..=256.
+            families: watchpost_common::keys::access_families(
+                &keys,
+                u16::try_from(a.shards).unwrap_or(1),
+                false,
+            ),
             proxy_id: settings.file.proxy.proxy_id.clone(),
             stream_max_len: a.stream_max_len,
             retention: watchpost_common::rollup::parse_duration(&a.retention),

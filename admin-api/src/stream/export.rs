@@ -24,7 +24,8 @@ use crate::error::ApiError;
 use crate::metrics::OpenTail;
 use crate::state::AppState;
 
-use super::query::{Bounds, Walk, CHUNK};
+use super::query::{Bounds, CHUNK};
+use super::shards::MergedWalk;
 use super::{Filters, Item, StreamId};
 
 /// Output format.
@@ -114,6 +115,7 @@ impl OlderEntries for ArchivedEntries {
             for e in entries {
                 chunk.push(Item {
                     id: e.id,
+                    shard: None,
                     entry: e.entry,
                 });
                 if chunk.len() == CHUNK
@@ -136,7 +138,7 @@ impl OlderEntries for ArchivedEntries {
 
 enum Phase {
     Header,
-    Stream(Box<Walk>),
+    Stream(Box<MergedWalk>),
     Older(BoxStream<'static, Result<Vec<Item>, ApiError>>),
     Trailer,
     Finished,
@@ -144,7 +146,8 @@ enum Phase {
 
 struct Export {
     state: AppState,
-    stream_key: String,
+    /// The streams walked (one per shard): the older source starts below all their first ids.
+    streams: Vec<String>,
     format: Format,
     bounds: Bounds,
     filters: Filters,
@@ -156,12 +159,11 @@ struct Export {
     _open: OpenTail,
 }
 
-/// The export body: a stream of byte chunks. `walk` must have been planned over `bounds` and
-/// `filters`.
+/// The export body: a stream of byte chunks. `walk` (every shard, merged by id) must have been
+/// planned over `bounds` and `filters`.
 pub fn body(
     state: AppState,
-    stream_key: String,
-    walk: Walk,
+    walk: MergedWalk,
     format: Format,
     bounds: Bounds,
     filters: Filters,
@@ -170,7 +172,7 @@ pub fn body(
     let open = OpenTail::open(&state.metrics().exports_open);
     let export = Export {
         state,
-        stream_key,
+        streams: walk.streams(),
         format,
         bounds,
         filters,
@@ -199,7 +201,7 @@ pub fn body(
                         ex.phase = match ex.older.clone() {
                             Some(src) => match older_bounds(
                                 &ex.state,
-                                &ex.stream_key,
+                                &ex.streams,
                                 ex.bounds,
                                 ex.lowest_written,
                             )
@@ -269,27 +271,14 @@ pub fn body(
 /// still answer for.
 async fn older_bounds(
     state: &AppState,
-    stream_key: &str,
+    streams: &[String],
     bounds: Bounds,
     lowest_written: Option<StreamId>,
 ) -> Result<Option<Bounds>, ApiError> {
-    let mut con = state.redis();
-    let reply: redis::Value = state
-        .redis_timeout(
-            redis::cmd("XRANGE")
-                .arg(stream_key)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut con),
-        )
-        .await?;
-    let first = super::decode_entries(reply)?
-        .first()
-        .and_then(|(id, _)| StreamId::parse(id));
-    let below = [first, lowest_written, bounds.below]
+    let firsts = super::shards::first_ids(state, streams).await?;
+    let below = firsts
         .into_iter()
+        .chain([lowest_written, bounds.below])
         .flatten()
         .min();
     let b = Bounds {

@@ -15,6 +15,7 @@
 //! budget: they end with `limit` items or at the end of the range.
 
 use redis::aio::ConnectionManager;
+use watchpost_common::AccessKeys;
 
 use crate::{error::ApiError, state::AppState};
 
@@ -116,13 +117,17 @@ impl Walk {
     /// Plans a walk: picks the shortest applicable index stream.
     pub async fn plan(
         state: &AppState,
-        stream: String,
+        family: &AccessKeys,
         bounds: Bounds,
         filters: Filters,
     ) -> Result<Self, ApiError> {
         let mut con = state.redis();
-        let keys = state.keys();
-        let candidates: Vec<String> = filters.index_terms().iter().map(|t| t.key(keys)).collect();
+        let stream = family.stream();
+        let candidates: Vec<String> = filters
+            .index_terms()
+            .iter()
+            .map(|t| t.key_in(family))
+            .collect();
         let driver = match candidates.len() {
             0 => None,
             1 => candidates.into_iter().next(),
@@ -244,9 +249,13 @@ impl Walk {
     }
 }
 
-/// Reads one page.
-pub async fn page(state: &AppState, key: &str, req: &PageRequest) -> Result<PageResult, ApiError> {
-    let mut walk = Walk::plan(state, key.to_string(), req.bounds, req.filters.clone()).await?;
+/// Reads one page of one family (shard).
+pub async fn page(
+    state: &AppState,
+    family: &AccessKeys,
+    req: &PageRequest,
+) -> Result<PageResult, ApiError> {
+    let mut walk = Walk::plan(state, family, req.bounds, req.filters.clone()).await?;
     let indexed = walk.driver().is_some();
     let unfiltered = req.filters.is_empty();
     let mut items: Vec<Item> = Vec::new();

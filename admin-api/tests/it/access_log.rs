@@ -721,7 +721,7 @@ async fn summary_answers_from_rollups_beyond_the_raw_stream() {
         let added = append_batch_with(
             &mut con,
             &script,
-            &keys,
+            &keys.access(),
             "p1",
             seq as u64 + 1,
             AppendLimits::max_len(1_000_000),

@@ -105,7 +105,7 @@ async fn write(
     let all: Vec<AccessLogEntry> = range.map(entry).collect();
     for batch in all.chunks(250) {
         *seq += 1;
-        let n = append_batch(con, &script, keys, "p1", *seq, 10_000_000, batch)
+        let n = append_batch(con, &script, &keys.access(), "p1", *seq, 10_000_000, batch)
             .await
             .expect("append");
         assert_eq!(n as usize, batch.len());
@@ -465,7 +465,7 @@ fn indexed_pages_are_exact_for_random_filters_and_ranges_while_entries_arrive_an
     check_cases(&rt, &app, &admin, &keys, &seq, 10, false);
     rt.block_on(async {
         let mut con = redis_con(&app).await;
-        sweep_index(&mut con, &keys).await.expect("sweep");
+        sweep_index(&mut con, &keys.access()).await.expect("sweep");
         let snap = snapshot(&mut con, &keys).await;
         let first = id_parts(&snap[0].0);
         let index_keys: Vec<String> = redis::cmd("ZRANGE")

@@ -277,6 +277,7 @@ fn writer_config(url: &str, keys: &Keys, proxy_id: &str) -> WriterConfig {
     WriterConfig {
         redis_url: url.to_string(),
         keys: keys.clone(),
+        families: Vec::new(),
         proxy_id: proxy_id.to_string(),
         stream_max_len: 1_000_000,
         retention: None,
@@ -313,7 +314,7 @@ async fn a_retried_batch_is_appended_once() {
     let append = |seq: u64, batch: Vec<AccessLogEntry>| {
         let (script, keys, mut c) = (script.clone(), keys.clone(), c.clone());
         async move {
-            append_batch(&mut c, &script, &keys, "w", seq, 1000, &batch)
+            append_batch(&mut c, &script, &keys.access(), "w", seq, 1000, &batch)
                 .await
                 .expect("script")
         }
@@ -505,12 +506,12 @@ async fn the_index_holds_exactly_each_entrys_id_and_is_swept_with_the_stream() {
     let all: Vec<AccessLogEntry> = (0..40).map(entry).collect();
     for (seq, chunk) in all.chunks(7).enumerate() {
         let seq = seq as u64 + 1;
-        let added = append_batch(&mut c, &script, &keys, "w", seq, 1000, chunk)
+        let added = append_batch(&mut c, &script, &keys.access(), "w", seq, 1000, chunk)
             .await
             .expect("script");
         assert_eq!(added as usize, chunk.len());
         // A retry of the same batch adds no index member either.
-        let again = append_batch(&mut c, &script, &keys, "w", seq, 1000, chunk)
+        let again = append_batch(&mut c, &script, &keys.access(), "w", seq, 1000, chunk)
             .await
             .expect("script");
         assert_eq!(again, 0);
@@ -567,7 +568,7 @@ async fn the_index_holds_exactly_each_entrys_id_and_is_swept_with_the_stream() {
         .query_async(&mut c)
         .await
         .expect("XTRIM");
-    access_log::sweep_index(&mut c, &keys).await.expect("sweep");
+    access_log::sweep_index(&mut c, &keys.access()).await.expect("sweep");
     check(reference(cut)).await;
 
     // An emptied stream leaves no index behind.
@@ -578,7 +579,7 @@ async fn the_index_holds_exactly_each_entrys_id_and_is_swept_with_the_stream() {
         .query_async(&mut c)
         .await
         .expect("XTRIM");
-    let (deleted, _) = access_log::sweep_index(&mut c, &keys).await.expect("sweep");
+    let (deleted, _) = access_log::sweep_index(&mut c, &keys.access()).await.expect("sweep");
     assert!(deleted > 0);
     check(HashMap::new()).await;
 }
