@@ -154,7 +154,8 @@ impl AccessKeys {
     /// How the family is named in the registry of families ([`Keys::access_family_registry`])
     /// and in cursors: `-` unsharded, the shard number otherwise.
     pub fn label(&self) -> String {
-        self.shard.map_or_else(|| "-".to_string(), |s| s.to_string())
+        self.shard
+            .map_or_else(|| "-".to_string(), |s| s.to_string())
     }
 }
 
@@ -397,7 +398,10 @@ mod tests {
         );
         assert_eq!(access_families(&k, 1, true), vec![k.access_shard(0)]);
         assert_eq!(access_families(&k, 256, false).len(), 256);
-        for f in access_families(&k, 3, false).into_iter().chain([k.access()]) {
+        for f in access_families(&k, 3, false)
+            .into_iter()
+            .chain([k.access()])
+        {
             assert_eq!(k.access_family(&f.label()), Some(f));
         }
         for bad in ["", "x", "256", "+1", "-1", " 1", "99999"] {

@@ -256,7 +256,11 @@ async fn sweep_index_loop(
         }
     };
     // Registered at once, so that readers find the families before the first sweep.
-    if let Ok(Err(e)) = timeout(WRITE_TIMEOUT, register_families(&mut conn, &keys, &families)).await
+    if let Ok(Err(e)) = timeout(
+        WRITE_TIMEOUT,
+        register_families(&mut conn, &keys, &families),
+    )
+    .await
     {
         tracing::debug!(error = %e, "access log: cannot register the families yet");
     }

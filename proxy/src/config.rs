@@ -734,8 +734,16 @@ mod tests {
             "0",
         );
         rejects("[access_log]\nbatch = 5\n", "access_log", "batch");
-        rejects("[access_log]\nshards = 0\n", "access_log.shards", "from 1 to 256");
-        rejects("[access_log]\nshards = 257\n", "access_log.shards", "from 1 to 256");
+        rejects(
+            "[access_log]\nshards = 0\n",
+            "access_log.shards",
+            "from 1 to 256",
+        );
+        rejects(
+            "[access_log]\nshards = 257\n",
+            "access_log.shards",
+            "from 1 to 256",
+        );
         rejects(
             "[access_log]\nretention = \"24 hours\"\n",
             "access_log.retention",

@@ -125,7 +125,10 @@ fn successor(id: StreamId) -> Option<StreamId> {
 fn predecessor(id: StreamId) -> Option<StreamId> {
     match id.seq.checked_sub(1) {
         Some(seq) => Some(StreamId { ms: id.ms, seq }),
-        None => id.ms.checked_sub(1).map(|ms| StreamId { ms, seq: u64::MAX }),
+        None => id
+            .ms
+            .checked_sub(1)
+            .map(|ms| StreamId { ms, seq: u64::MAX }),
     }
 }
 
@@ -600,17 +603,59 @@ mod tests {
                 rank: None
             })
         );
-        for bad in ["5-1~", "5-1~256", "5-1~x", "5-1~+1", "~1", "5-1~1~2", "5-1~ 1"] {
+        for bad in [
+            "5-1~", "5-1~256", "5-1~x", "5-1~+1", "~1", "5-1~1~2", "5-1~ 1",
+        ] {
             assert_eq!(Cursor::parse(bad), None, "{bad:?}");
         }
-        assert_eq!(format_pos(Pos { id: id(5, 1), rank: 4 }, true), "5-1~3");
-        assert_eq!(format_pos(Pos { id: id(5, 1), rank: 0 }, true), "5-1~-");
-        assert_eq!(format_pos(Pos { id: id(5, 1), rank: 4 }, false), "5-1");
+        assert_eq!(
+            format_pos(
+                Pos {
+                    id: id(5, 1),
+                    rank: 4
+                },
+                true
+            ),
+            "5-1~3"
+        );
+        assert_eq!(
+            format_pos(
+                Pos {
+                    id: id(5, 1),
+                    rank: 0
+                },
+                true
+            ),
+            "5-1~-"
+        );
+        assert_eq!(
+            format_pos(
+                Pos {
+                    id: id(5, 1),
+                    rank: 4
+                },
+                false
+            ),
+            "5-1"
+        );
     }
 
-    /// The positions of a model log in each shard's exclusive bounds, then merged and paged
-    /// through, must be every position exactly once, in (id, rank) order, newest first.
-    fn walk_model(shards: &[Vec<StreamId>], limit: usize, since: Option<Cursor>) -> Vec<Pos> {
+    /// Whether the model entry at `id` matches the model filter (one in three do not).
+    fn model_match(id: StreamId, filtered: bool) -> bool {
+        !filtered || (id.ms + id.seq) % 3 != 0
+    }
+
+    /// The positions of a model log in each shard's exclusive bounds, paged as
+    /// [`query::page`] does (at most `budget` ids examined when `budget` is set, the cursor at
+    /// the last id read; otherwise `limit` matches and the last as cursor), merged and paged
+    /// through: every matching position exactly once, in (id, rank) order, newest first.
+    fn walk_model(
+        shards: &[Vec<StreamId>],
+        limit: usize,
+        since: Option<Cursor>,
+        budget: Option<usize>,
+    ) -> Vec<Pos> {
+        let filtered = budget.is_some();
         let mut out = Vec::new();
         let mut before: Option<Cursor> = None;
         for _ in 0..10_000 {
@@ -619,32 +664,49 @@ mod tests {
                 .enumerate()
                 .map(|(r, ids)| {
                     let r = r as u32;
-                    let Some(b) = bounds_for(r, before, since, None, None, None) else {
-                        return ShardPage {
-                            rank: r,
-                            items: Vec::new(),
-                            next: None,
-                        };
+                    let empty = ShardPage {
+                        rank: r,
+                        items: Vec::new(),
+                        next: None,
                     };
-                    let mut mine: Vec<StreamId> = ids
+                    let Some(b) = bounds_for(r, before, since, None, None, None) else {
+                        return empty;
+                    };
+                    let mut range: Vec<StreamId> = ids
                         .iter()
                         .copied()
                         .filter(|i| b.above.is_none_or(|a| *i > a))
                         .filter(|i| b.below.is_none_or(|x| *i < x))
                         .collect();
-                    mine.sort_by_key(|i| std::cmp::Reverse(*i));
-                    // As query::page: `limit` items and the last as cursor when more remain.
-                    let next = (mine.len() > limit).then(|| mine[limit - 1]);
-                    mine.truncate(limit);
+                    range.sort_by_key(|i| std::cmp::Reverse(*i));
+                    let mut items = Vec::new();
+                    let mut next = None;
+                    for (n, id) in range.iter().enumerate() {
+                        if model_match(*id, filtered) {
+                            items.push((*id, ()));
+                        }
+                        if items.len() > limit {
+                            items.truncate(limit);
+                            next = items.last().map(|(i, _)| *i);
+                            break;
+                        }
+                        if budget.is_some_and(|b| n + 1 == b) && n + 1 < range.len() {
+                            next = Some(*id);
+                            break;
+                        }
+                    }
                     ShardPage {
                         rank: r,
-                        items: mine.into_iter().map(|i| (i, ())).collect(),
+                        items,
                         next,
                     }
                 })
                 .collect();
             let (items, cursor) = merge_pages(pages, limit);
             assert!(items.len() <= limit);
+            if budget.is_none() && cursor.is_some() {
+                assert_eq!(items.len(), limit, "an unbudgeted page is full unless last");
+            }
             out.extend(items.into_iter().map(|(p, _)| p));
             match cursor {
                 Some(c) => {
@@ -666,17 +728,19 @@ mod tests {
                 prop::collection::btree_set((0u64..4, 0u64..4), 0..12), 1..5),
             limit in 1usize..6,
             since in prop::option::of((0u64..4, 0u64..4, prop::option::of(0u32..5))),
+            budget in prop::option::of(1usize..8),
         ) {
             let shards: Vec<Vec<StreamId>> = raw
                 .iter()
                 .map(|s| s.iter().map(|(ms, seq)| id(*ms, *seq)).collect())
                 .collect();
             let since = since.map(|(ms, seq, rank)| Cursor { id: id(ms, seq), rank });
-            let got = walk_model(&shards, limit, since);
+            let got = walk_model(&shards, limit, since, budget);
             let mut want: Vec<Pos> = shards
                 .iter()
                 .enumerate()
                 .flat_map(|(r, ids)| ids.iter().map(move |i| Pos { id: *i, rank: r as u32 }))
+                .filter(|p| model_match(p.id, budget.is_some()))
                 .filter(|p| match since {
                     None => true,
                     Some(Cursor { id, rank: None }) => p.id > id,
@@ -708,7 +772,10 @@ mod tests {
             bounds_for(3, None, Some(bottom), None, None, None),
             Some(Bounds::default())
         );
-        assert_eq!(bounds_for(1, Some(bottom), None, None, None, None).map(|b| b.below), Some(Some(id(0, 1))));
+        assert_eq!(
+            bounds_for(1, Some(bottom), None, None, None, None).map(|b| b.below),
+            Some(Some(id(0, 1)))
+        );
         assert_eq!(bounds_for(2, Some(bottom), None, None, None, None), None);
     }
 }

@@ -218,7 +218,16 @@ async fn main() -> anyhow::Result<()> {
                         .invoke_async(&mut con)
                         .await?
                 } else {
-                    append_batch(&mut con, &script, &keys.access(), "bench", seq, 10_000_000, &batch).await?
+                    append_batch(
+                        &mut con,
+                        &script,
+                        &keys.access(),
+                        "bench",
+                        seq,
+                        10_000_000,
+                        &batch,
+                    )
+                    .await?
                 };
                 anyhow::ensure!(n as usize == batch.len(), "batch {seq} added {n}");
             }

@@ -568,7 +568,9 @@ async fn the_index_holds_exactly_each_entrys_id_and_is_swept_with_the_stream() {
         .query_async(&mut c)
         .await
         .expect("XTRIM");
-    access_log::sweep_index(&mut c, &keys.access()).await.expect("sweep");
+    access_log::sweep_index(&mut c, &keys.access())
+        .await
+        .expect("sweep");
     check(reference(cut)).await;
 
     // An emptied stream leaves no index behind.
@@ -579,7 +581,9 @@ async fn the_index_holds_exactly_each_entrys_id_and_is_swept_with_the_stream() {
         .query_async(&mut c)
         .await
         .expect("XTRIM");
-    let (deleted, _) = access_log::sweep_index(&mut c, &keys.access()).await.expect("sweep");
+    let (deleted, _) = access_log::sweep_index(&mut c, &keys.access())
+        .await
+        .expect("sweep");
     assert!(deleted > 0);
     check(HashMap::new()).await;
 }

@@ -152,9 +152,17 @@ async fn rollups_equal_counts_computed_from_the_stream() {
         ..AppendLimits::max_len(1_000_000)
     };
     for _ in 0..2 {
-        append_batch_with(&mut c, &script, &keys.access(), "again", 1, limits, &retried)
-            .await
-            .expect("script");
+        append_batch_with(
+            &mut c,
+            &script,
+            &keys.access(),
+            "again",
+            1,
+            limits,
+            &retried,
+        )
+        .await
+        .expect("script");
     }
 
     let stream: Vec<AccessLogEntry> = read_stream(&redis_url(), &keys.access_stream())
