@@ -587,3 +587,121 @@ async fn the_index_holds_exactly_each_entrys_id_and_is_swept_with_the_stream() {
     assert!(deleted > 0);
     check(HashMap::new()).await;
 }
+
+/// `[access_log] shards = 3`: a proxy alone spreads its batches round-robin over every shard
+/// from the shard its `proxy_id` hashes to; each shard's high-water mark sees that proxy's
+/// sequences in order; a restarted writer numbers above the highest mark in any shard; the
+/// families are registered for the readers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_go_round_robin_over_every_shard_under_one_sequence() {
+    let url = crate::support::redis_url();
+    let keys = Keys::new(unique_prefix("shards"));
+    let families = watchpost_common::keys::access_families(&keys, 3, false);
+    assert_eq!(families.len(), 3);
+    let mut c = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis must be reachable");
+    let run_writer = |batches: Vec<Vec<AccessLogEntry>>| {
+        let (url, keys, families) = (url.clone(), keys.clone(), families.clone());
+        async move {
+            let metrics = Metrics::new().expect("metrics");
+            let cfg = WriterConfig {
+                families,
+                batch_max_entries: 5,
+                ..writer_config(&url, &keys, "w")
+            };
+            let (sink, writer) =
+                access_log::channel(1000, cfg, metrics.clone(), Arc::new(RedisStatus::default()));
+            // Everything is buffered before the writer starts, so it takes exact batches of 5.
+            let sent: u64 = batches.iter().map(|b| b.len() as u64).sum();
+            for e in batches.into_iter().flatten() {
+                assert!(sink.push(e));
+            }
+            let (stop, stop_rx) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(writer.run(stop_rx));
+            eventually("every batch", Duration::from_secs(10), || async {
+                (metrics.log_written.get() == sent).then_some(())
+            })
+            .await;
+            let _ = stop.send(true);
+            task.await.expect("writer");
+        }
+    };
+    let batch = |k: u64| (5 * k..5 * k + 5).map(logged).collect::<Vec<_>>();
+    run_writer((0..6).map(batch).collect()).await;
+
+    let first = access_log::first_shard("w", 3);
+    let hwm = |c: &mut redis::aio::MultiplexedConnection, s: usize| {
+        let key = families[s].hwm();
+        let mut c = c.clone();
+        async move {
+            redis::cmd("HGET")
+                .arg(key)
+                .arg("w")
+                .query_async::<Option<u64>>(&mut c)
+                .await
+                .expect("HGET")
+        }
+    };
+    let mut seen = Vec::new();
+    for k in 0..3 {
+        let s = (first + k) % 3;
+        // Batches k and k + 3 (sequences k + 1 and k + 4) went to this shard.
+        let ids: Vec<String> = read_stream(&url, &families[s].stream())
+            .await
+            .into_iter()
+            .filter_map(|e| {
+                e.into_iter()
+                    .find(|(f, _)| f == "request_id")
+                    .map(|(_, v)| v)
+            })
+            .collect();
+        let want: Vec<String> = [k, k + 3]
+            .iter()
+            .flat_map(|b| (5 * b..5 * b + 5).map(|n| format!("req-{n}")))
+            .collect();
+        assert_eq!(ids, want, "shard {s}");
+        assert_eq!(hwm(&mut c, s).await, Some(k as u64 + 4), "shard {s}");
+        seen.extend(ids);
+    }
+    assert_eq!(seen.len(), 30);
+    // Nothing under the unsharded names.
+    let plain: bool = redis::cmd("EXISTS")
+        .arg(keys.access_stream())
+        .query_async(&mut c)
+        .await
+        .expect("EXISTS");
+    assert!(!plain);
+    // The writer's upkeep task registers the families when it starts.
+    eventually("the families registered", Duration::from_secs(10), || {
+        let mut c = c.clone();
+        let key = keys.access_family_registry();
+        async move {
+            let mut registered: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(key)
+                .query_async(&mut c)
+                .await
+                .expect("SMEMBERS");
+            registered.sort();
+            (registered == ["0", "1", "2"]).then_some(())
+        }
+    })
+    .await;
+
+    // A restarted writer starts again at its first shard, above every shard's mark.
+    run_writer(vec![batch(6)]).await;
+    assert_eq!(hwm(&mut c, first).await, Some(7));
+
+    let all: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", keys.prefix()))
+        .query_async(&mut c)
+        .await
+        .expect("KEYS");
+    let _: () = redis::cmd("DEL")
+        .arg(all)
+        .query_async(&mut c)
+        .await
+        .expect("DEL");
+}
