@@ -103,6 +103,15 @@ pub async fn run(cli: Cli, env: &[(String, String)]) -> Result<(), StartupError>
             Ok(())
         }
         Command::Archive => {
+            if config.access_log.shard_count() > 1 {
+                // The archive files name entries by stream id alone, which repeats across
+                // shards: archiving a sharded log is not supported yet, rather than done wrong.
+                return Err(StartupError::Config(
+                    "[access_log] shards: the archiver reads the unsharded stream only; \
+                     run it with shards = 1"
+                        .into(),
+                ));
+            }
             let metrics = crate::archive::ArchiveMetrics::new()
                 .map_err(|e| StartupError::Config(format!("metrics: {e}")))?;
             let keys = watchpost_common::Keys::new(config.redis.key_prefix.clone());

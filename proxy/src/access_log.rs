@@ -296,8 +296,9 @@ pub async fn register_families<C: ConnectionLike>(
 
 /// One round of upkeep over every family: registers `families`, sweeps the index of each, and
 /// of each retired family (registered, no longer configured): trims its stream by `retention`
-/// (nothing else trims a stream no one writes), sweeps its index, and removes it from the
-/// registry once its stream is gone (the sweep then deleted its last index streams).
+/// exactly (nothing else trims a stream no one writes), sweeps its index, and once its stream
+/// is empty or gone deletes it and its marks and removes it from the registry (the sweep then
+/// deleted its last index streams).
 /// Returns (index streams deleted, index streams trimmed).
 pub async fn sweep_families<C: ConnectionLike>(
     conn: &mut C,
@@ -324,11 +325,11 @@ pub async fn sweep_families<C: ConnectionLike>(
             continue;
         }
         if let Some(r) = retention {
+            // Exact, so that an expired shard empties entirely (no one appends to it).
             let min_ms = unix_ms().saturating_sub(u64::try_from(r.as_millis()).unwrap_or(u64::MAX));
             redis::cmd("XTRIM")
                 .arg(family.stream())
                 .arg("MINID")
-                .arg("~")
                 .arg(min_ms.max(1))
                 .query_async::<()>(conn)
                 .await?;
@@ -336,11 +337,17 @@ pub async fn sweep_families<C: ConnectionLike>(
         let (d, t) = sweep_index(conn, &family).await?;
         deleted += d;
         trimmed += t;
-        let exists: bool = redis::cmd("EXISTS")
+        let len: u64 = redis::cmd("XLEN")
             .arg(family.stream())
             .query_async(conn)
             .await?;
-        if !exists {
+        if len == 0 {
+            // Empty or gone: the sweep above deleted its index; its marks go with it.
+            redis::cmd("DEL")
+                .arg(family.stream())
+                .arg(family.hwm())
+                .query_async::<()>(conn)
+                .await?;
             redis::cmd("SREM")
                 .arg(keys.access_family_registry())
                 .arg(&label)

@@ -705,3 +705,94 @@ async fn batches_go_round_robin_over_every_shard_under_one_sequence() {
         .await
         .expect("DEL");
 }
+
+/// After `shards` changed, a shard no longer configured is swept, trimmed by `retention`
+/// (nothing appends to it any more), and unregistered once empty; the configured ones stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_shard_is_trimmed_by_retention_then_unregistered() {
+    let url = crate::support::redis_url();
+    let keys = Keys::new(unique_prefix("retired"));
+    let mut c = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis must be reachable");
+    let script = redis::Script::new(APPEND_SCRIPT);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    // The old layout: the unsharded stream, written (and registered) before the change.
+    let old = keys.access();
+    let added = append_batch(&mut c, &script, &old, "w", 1, 1000, &[logged(1), logged(2)])
+        .await
+        .expect("append");
+    assert_eq!(added, 2);
+    let configured = watchpost_common::keys::access_families(&keys, 2, false);
+    access_log::register_families(&mut c, &keys, std::slice::from_ref(&old))
+        .await
+        .expect("register");
+    let members = |c: &mut redis::aio::MultiplexedConnection| {
+        let mut c = c.clone();
+        let key = keys.access_family_registry();
+        async move {
+            let mut m: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(key)
+                .query_async(&mut c)
+                .await
+                .expect("SMEMBERS");
+            m.sort();
+            m
+        }
+    };
+    // Within retention: kept, still registered beside the configured shards.
+    access_log::sweep_families(&mut c, &keys, &configured, Some(Duration::from_secs(3600)))
+        .await
+        .expect("sweep");
+    assert_eq!(members(&mut c).await, ["-", "0", "1"]);
+    let len: u64 = redis::cmd("XLEN")
+        .arg(old.stream())
+        .query_async(&mut c)
+        .await
+        .expect("XLEN");
+    assert_eq!(len, 2);
+    // Past retention: a retention of 1 ms, once the entries are a few milliseconds old.
+    let retention = Duration::from_millis(1);
+    eventually(
+        "the entries to be older than the retention",
+        Duration::from_secs(5),
+        || async {
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("clock")
+                .as_millis() as u64;
+            (t > now + 5).then_some(())
+        },
+    )
+    .await;
+    access_log::sweep_families(&mut c, &keys, &configured, Some(retention))
+        .await
+        .expect("sweep");
+    assert_eq!(members(&mut c).await, ["0", "1"]);
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}access*", keys.prefix()))
+        .query_async(&mut c)
+        .await
+        .expect("KEYS");
+    assert!(
+        left.iter().all(|k| *k == keys.access_family_registry()
+            || k.contains(":rollup:")
+            || k.contains(":{")),
+        "the retired stream, its marks and index are gone: {left:?}"
+    );
+    let all: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", keys.prefix()))
+        .query_async(&mut c)
+        .await
+        .expect("KEYS");
+    let _: () = redis::cmd("DEL")
+        .arg(all)
+        .query_async(&mut c)
+        .await
+        .expect("DEL");
+}
