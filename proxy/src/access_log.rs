@@ -1353,6 +1353,24 @@ mod tests {
         }
     }
 
+    #[test]
+    fn shards_are_picked_from_a_stable_hash_and_bounds_are_shared() {
+        // FNV-1a of "" is its offset basis: fixed across processes and builds.
+        assert_eq!(
+            first_shard("", 1 << 20),
+            (0xcbf2_9ce4_8422_2325u64 % (1 << 20)) as usize
+        );
+        assert_eq!(first_shard("proxy-a", 1), 0);
+        let starts: std::collections::HashSet<usize> = (0..64)
+            .map(|i| first_shard(&format!("proxy-{i}"), 16))
+            .collect();
+        assert!(starts.iter().all(|s| *s < 16));
+        assert!(starts.len() > 8, "proxies start on many shards: {starts:?}");
+        assert_eq!(per_shard(1_000_000, 1), 1_000_000);
+        assert_eq!(per_shard(1_000_000, 3), 333_334);
+        assert_eq!(per_shard(2, 16), 1);
+    }
+
     #[tokio::test]
     async fn full_buffer_drops_the_newest_and_counts() {
         let metrics = Metrics::new().expect("metrics");
