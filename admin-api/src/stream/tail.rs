@@ -14,8 +14,13 @@
 //! read count. Every later entry then sorts after it, so the event id `<id>~<shard>` is an
 //! exact resume point for `Last-Event-ID`. Unsettled entries are read again by the next
 //! `XREAD`, which answers at once (after a pause of [`super::shards::UNSETTLED_PAUSE`]).
-//! (On a Redis Cluster the shards' streams live on several servers: one `XREAD` per server
-//! is then needed.)
+//!
+//! On a Redis Cluster the shards' streams are in different slots, and one command may only name
+//! keys of one slot: each shard is read with its own `XREAD` (without `BLOCK`, all shards
+//! concurrently; a blocking read would hold up the cluster connection's other commands to that
+//! master), every [`CLUSTER_POLL_INTERVAL`] while nothing arrives. The clock that settles
+//! entries is then the smallest of the shards' servers' (`TIME` run by a script on each
+//! stream's slot). A log of one stream is read with `XREAD BLOCK` on a cluster too.
 //!
 //! A tail outlives the request that authenticated it, so its credential is checked again
 //! every [`RECHECK_INTERVAL`]: once the API key or session is revoked or deleted, the user or
@@ -52,6 +57,9 @@ const RESPONSE_SLACK: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often an open tail checks that its credential still holds (one indexed query).
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// How often a tail of a sharded log on a Redis Cluster reads every shard again while no entry
+/// arrives (one non-blocking `XREAD` per shard).
+pub const CLUSTER_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Bounds the number of concurrent tails of one server.
 #[derive(Debug, Clone)]
@@ -98,6 +106,9 @@ struct Tail {
     con: RedisConn,
     shards: Vec<TailShard>,
     sharded: bool,
+    /// Several shards on a Redis Cluster: one non-blocking `XREAD` per shard (see the module
+    /// docs).
+    per_shard: bool,
     filters: Filters,
     block_ms: u64,
     failed: bool,
@@ -153,6 +164,7 @@ pub async fn open(
         tail_shards.push(TailShard { key, rank, last_id });
     }
     let tail = Tail {
+        per_shard: con.is_cluster() && tail_shards.len() > 1,
         con,
         sharded: tail_shards.len() > 1,
         shards: tail_shards,
@@ -229,33 +241,41 @@ async fn next_events(mut tail: Tail) -> Option<(Vec<Event>, Tail)> {
     if tail.failed {
         return None;
     }
-    let mut cmd = redis::cmd("XREAD");
-    cmd.arg("COUNT")
-        .arg(READ_COUNT)
-        .arg("BLOCK")
-        .arg(tail.block_ms)
-        .arg("STREAMS");
-    for s in &tail.shards {
-        cmd.arg(&s.key);
-    }
-    for s in &tail.shards {
-        cmd.arg(&s.last_id);
-    }
-    let reply: redis::RedisResult<redis::Value> = cmd.query_async(&mut tail.con).await;
-    let read = match reply.map_err(ApiError::from).and_then(stream_entries) {
+    let read = if tail.per_shard {
+        read_each_shard(&tail).await
+    } else {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("BLOCK")
+            .arg(tail.block_ms)
+            .arg("STREAMS");
+        for s in &tail.shards {
+            cmd.arg(&s.key);
+        }
+        for s in &tail.shards {
+            cmd.arg(&s.last_id);
+        }
+        let reply: redis::RedisResult<redis::Value> = cmd.query_async(&mut tail.con).await;
+        reply.map_err(ApiError::from).and_then(stream_entries)
+    };
+    let read = match read {
         Ok(r) => r,
         Err(e) => return Some(failed(tail, &e)),
     };
+    if tail.per_shard && read.iter().all(|(_, raw)| raw.is_empty()) {
+        // Nothing new in any shard: read again after a pause, as a blocking read would.
+        let pause = CLUSTER_POLL_INTERVAL.min(Duration::from_millis(tail.block_ms.max(1)));
+        tokio::time::sleep(pause).await;
+        return Some((Vec::new(), tail));
+    }
     // The settled limit: below the current millisecond, at or below the last entry of a cut
     // reply. One family: everything read is settled, as on an unsharded log.
     let mut now_ms: Option<u64> = None;
     let mut cut: Option<Pos> = None;
     if tail.sharded && !read.is_empty() {
-        match redis::cmd("TIME")
-            .query_async::<(u64, u64)>(&mut tail.con)
-            .await
-        {
-            Ok((secs, micros)) => now_ms = Some(secs.saturating_mul(1000) + micros / 1000),
+        match servers_now_ms(&tail).await {
+            Ok(ms) => now_ms = Some(ms),
             Err(e) => return Some(failed(tail, &ApiError::from(e))),
         }
     }
@@ -319,6 +339,56 @@ async fn next_events(mut tail: Tail) -> Option<(Vec<Event>, Tail)> {
         tokio::time::sleep(shards::UNSETTLED_PAUSE).await;
     }
     Some((events, tail))
+}
+
+/// One non-blocking `XREAD` per shard, concurrently (a sharded log on a cluster): the entries
+/// of each shard after its last id, by key.
+async fn read_each_shard(tail: &Tail) -> Result<Vec<(String, Vec<super::RawEntry>)>, ApiError> {
+    let reads = tail.shards.iter().map(|s| {
+        let mut con = tail.con.clone();
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("STREAMS")
+            .arg(&s.key)
+            .arg(&s.last_id);
+        async move {
+            let reply: redis::Value = cmd.query_async(&mut con).await?;
+            stream_entries(reply)
+        }
+    });
+    Ok(futures::future::try_join_all(reads)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+/// The current millisecond of Redis's clock, as the settled limit: on a cluster the smallest of
+/// the clocks of the servers holding the shards (`TIME` by a script on each stream's slot),
+/// on one node its `TIME`.
+async fn servers_now_ms(tail: &Tail) -> redis::RedisResult<u64> {
+    let to_ms = |(secs, micros): (u64, u64)| secs.saturating_mul(1000) + micros / 1000;
+    if !tail.per_shard {
+        let mut con = tail.con.clone();
+        return redis::cmd("TIME")
+            .query_async::<(u64, u64)>(&mut con)
+            .await
+            .map(to_ms);
+    }
+    let script = redis::Script::new("return redis.call('TIME')");
+    let script = &script;
+    let times = futures::future::try_join_all(tail.shards.iter().map(|s| {
+        let mut con = tail.con.clone();
+        async move {
+            script
+                .key(&s.key)
+                .invoke_async::<(u64, u64)>(&mut con)
+                .await
+        }
+    }))
+    .await?;
+    Ok(times.into_iter().map(to_ms).min().unwrap_or(0))
 }
 
 /// The `error` event that ends a tail whose read failed.
