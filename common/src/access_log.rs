@@ -332,16 +332,15 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let from_pairs =
-            AccessLogEntry::from_pairs(pairs.iter().map(|(k, v)| (*k, v.to_string())));
+        let from_pairs = AccessLogEntry::from_pairs(pairs.iter().map(|(k, v)| (*k, v.to_string())));
         assert_eq!(from_pairs, AccessLogEntry::from_fields(&map));
         let e = from_pairs.expect("readable");
         assert_eq!((e.status, e.risk, e.ip.as_str()), (500, 0.0, "192.0.2.1"));
         assert_eq!(e.decision, Decision::Allow);
         assert!(e.method.is_empty() && e.reasons.is_empty());
         for bad in [("ts", "-1"), ("decision", ""), ("latency_us", "1.5")] {
-            let err = AccessLogEntry::from_pairs([(bad.0, bad.1.to_string())])
-                .expect_err("unreadable");
+            let err =
+                AccessLogEntry::from_pairs([(bad.0, bad.1.to_string())]).expect_err("unreadable");
             assert_eq!(err.field, bad.0);
         }
     }
