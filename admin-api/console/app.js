@@ -336,9 +336,9 @@ function entryRow(item) {
   const request = `${item.method} ${item.host}${item.path}${query}`;
   const open = h('button', {
     type: 'button', class: 'link open-entry', 'aria-label': `Details: ${request}`,
-    onclick: () => showEntry(item.id),
+    onclick: () => showEntry(entryKey(item)),
   }, request);
-  const tr = h('tr', { dataset: { id: item.id, decision: item.decision } },
+  const tr = h('tr', { dataset: { id: entryKey(item), decision: item.decision } },
     h('td', { 'data-label': 'Time', class: 'nowrap' }, fmtTime(item.ts)),
     h('td', { 'data-label': 'Request', class: 'wide' }, open),
     h('td', { 'data-label': 'Status', class: 'num nowrap' }, String(item.status)),
@@ -347,7 +347,7 @@ function entryRow(item) {
     h('td', { 'data-label': 'IP', class: 'nowrap' }, item.ip),
     h('td', { 'data-label': 'Country', class: 'nowrap' }, item.country || '—'),
     h('td', { 'data-label': 'UA type', class: 'nowrap' }, item.ua_type));
-  if (log.selected === item.id) tr.classList.add('selected');
+  if (log.selected === entryKey(item)) tr.classList.add('selected');
   return tr;
 }
 
@@ -356,8 +356,8 @@ function addEntries(items, where) {
   if (where === 'top') {
     // items are oldest first here: each goes on top
     for (const item of items) {
-      if (log.items.has(item.id)) continue;
-      log.items.set(item.id, item);
+      if (log.items.has(entryKey(item))) continue;
+      log.items.set(entryKey(item), item);
       const tr = entryRow(item);
       tr.classList.add('fresh');
       setTimeout(() => tr.classList.remove('fresh'), 1500);
@@ -371,19 +371,29 @@ function addEntries(items, where) {
     }
   } else {
     for (const item of items) {
-      if (log.items.has(item.id)) continue;
-      log.items.set(item.id, item);
+      if (log.items.has(entryKey(item))) continue;
+      log.items.set(entryKey(item), item);
       body.append(entryRow(item));
     }
   }
   logState();
 }
 
+// An entry's name: its stream id, with `~<shard>` when the log is sharded (ids repeat across
+// shards); the API takes it as a cursor and as the id of `GET /access-log/{id}`.
+const entryKey = (item) => (item.shard === undefined ? item.id : `${item.id}~${item.shard}`);
+
+// Order of entry names: by id, then shard (`-`, the unsharded stream, first).
+const keyParts = (k) => {
+  const [id, shard] = k.split('~');
+  const [ms, seq] = id.split('-').map(Number);
+  return [ms, seq, shard === undefined || shard === '-' ? -1 : Number(shard)];
+};
 const idNewer = (a, b) => {
   if (!b) return true;
-  const [am, as] = a.split('-').map(Number);
-  const [bm, bs] = b.split('-').map(Number);
-  return am > bm || (am === bm && as > bs);
+  const [am, as, ash] = keyParts(a);
+  const [bm, bs, bsh] = keyParts(b);
+  return am > bm || (am === bm && (as > bs || (as === bs && ash > bsh)));
 };
 
 async function startLog() {
@@ -410,7 +420,7 @@ async function startLog() {
     const page = await api('GET', `${API}/access-log${qs({ ...filters, limit: PAGE_SIZE })}`);
     if (gen !== log.gen) return;
     addEntries(page.items, 'bottom');
-    if (page.items.length && idNewer(page.items[0].id, log.newest)) log.newest = page.items[0].id;
+    if (page.items.length && idNewer(entryKey(page.items[0]), log.newest)) log.newest = entryKey(page.items[0]);
     log.older = page.next_cursor;
     $('log-older').disabled = !log.older;
   } catch (e) {
@@ -419,7 +429,7 @@ async function startLog() {
 }
 
 function onTailEntry(item) {
-  if (idNewer(item.id, log.newest)) log.newest = item.id;
+  if (idNewer(entryKey(item), log.newest)) log.newest = entryKey(item);
   if (log.paused) {
     log.pending.push(item);
     logState();
@@ -541,7 +551,7 @@ function showEntry(id) {
   const dl = $('detail-fields');
   clear(dl);
   const fields = [
-    ['id', item.id], ['time', new Date(item.ts).toISOString()], ['method', item.method],
+    ['id', entryKey(item)], ['time', new Date(item.ts).toISOString()], ['method', item.method],
     ['host', item.host], ['path', item.path], ['query', item.query], ['status', item.status],
     ['decision', item.decision], ['risk', Number(item.risk).toFixed(3)],
     ['reasons', (item.reasons || []).join(', ')], ['ip', item.ip], ['ip_source', item.ip_source],
@@ -574,7 +584,7 @@ function showEntry(id) {
   if (!reasons.length) tbody.append(h('tr', {}, h('td', { colspan: '3', 'data-label': 'Reason' }, 'No reason fired.')));
   $('log-detail').hidden = false;
   $('log-detail').closest('.split').classList.add('with-detail');
-  $('detail-title').textContent = `Entry ${item.id}`;
+  $('detail-title').textContent = `Entry ${entryKey(item)}`;
   $('detail-title').focus();
 }
 

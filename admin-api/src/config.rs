@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::StartupError;
 
 /// Sections this binary reads (and whose `WATCHPOST_<SECTION>_*` variables it claims).
-pub const SECTIONS: &[&str] = &["admin", "redis", "postgres", "archive"];
+pub const SECTIONS: &[&str] = &["admin", "redis", "postgres", "archive", "access_log"];
 
 /// Everything the admin API reads from the config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -23,6 +23,8 @@ pub struct Config {
     pub postgres: PostgresConfig,
     /// `[archive]`: the access-log archiver (`watchpost-admin archive`).
     pub archive: ArchiveConfig,
+    /// `[access_log]` (the proxy's section): the admin reads `shards` only.
+    pub access_log: AccessLogConfig,
     /// `[smtp]` and `WATCHPOST_SMTP_*`: the fallback email server.
     pub smtp: crate::email::SmtpConfig,
     /// From `WATCHPOST_SECRET_KEY` and `WATCHPOST_SECRET_KEY_PREVIOUS` (never from the file):
@@ -115,6 +117,24 @@ impl Default for AdminConfig {
             max_active_invitation_codes_per_user: 20,
             public_base_url: String::new(),
         }
+    }
+}
+
+/// `[access_log]`, the proxy's section: the admin API reads `shards` (how many streams it merges)
+/// and leaves the proxy's other keys alone (the proxy checks them).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct AccessLogConfig {
+    /// 1..=256; unset (the default): 1 on a single Redis, 16 on a Redis Cluster (see
+    /// `watchpost_common::keys::access_families`).
+    pub shards: Option<u64>,
+}
+
+impl AccessLogConfig {
+    /// The validated shard count; `None` when it is not set (the Redis target's default).
+    pub fn shard_count(&self) -> Option<u16> {
+        self.shards
+            .and_then(|n| watchpost_common::keys::validate_access_shards(n).ok())
     }
 }
 
@@ -232,6 +252,13 @@ impl Config {
         }
         if self.admin.body_limit_bytes < 1024 {
             return bad("[admin] body_limit_bytes", "must be at least 1024");
+        }
+        if let Some(Err(e)) = self
+            .access_log
+            .shards
+            .map(watchpost_common::keys::validate_access_shards)
+        {
+            return bad("[access_log] shards", &e);
         }
         if self.archive.group.trim().is_empty() {
             return bad("[archive] group", "must not be empty");
@@ -406,6 +433,23 @@ mod tests {
         assert_eq!(c.admin.sign_in_events_retention_days, 90);
         assert_eq!(c.admin.max_active_invitation_codes_per_user, 20);
         assert_eq!(c.redis.key_prefix, "wp:");
+    }
+
+    #[test]
+    fn access_log_shards_are_read_beside_the_proxy_keys() {
+        let c = load("[access_log]\nshards = 3\nbuffer_entries = 5\n", &[]).expect("valid");
+        assert_eq!(c.access_log.shard_count(), Some(3));
+        // Unset: the Redis target decides (1 on one node, 16 on a cluster).
+        assert_eq!(
+            load("", &[]).expect("defaults").access_log.shard_count(),
+            None
+        );
+        let c = load("", &[("WATCHPOST_ACCESS_LOG_SHARDS", "4")]).expect("env");
+        assert_eq!(c.access_log.shard_count(), Some(4));
+        for bad in ["0", "257"] {
+            let err = load(&format!("[access_log]\nshards = {bad}\n"), &[]).expect_err(bad);
+            assert!(err.to_string().contains("[access_log] shards"), "{err}");
+        }
     }
 
     #[test]

@@ -148,6 +148,55 @@ impl AccessKeys {
     }
 }
 
+/// Most access-log shards (`[access_log] shards`).
+pub const MAX_ACCESS_SHARDS: u16 = 256;
+
+/// Checks `[access_log] shards`: a whole number from 1 to [`MAX_ACCESS_SHARDS`]. The message
+/// says what is wrong (the caller names the key).
+pub fn validate_access_shards(shards: u64) -> Result<u16, String> {
+    u16::try_from(shards)
+        .ok()
+        .filter(|n| (1..=MAX_ACCESS_SHARDS).contains(n))
+        .ok_or_else(|| {
+            format!("must be a whole number from 1 to {MAX_ACCESS_SHARDS} (got {shards})")
+        })
+}
+
+/// `[access_log] shards` when it is not set on a Redis Cluster: enough streams to spread the
+/// log over the masters of a usual cluster (3 to 16 of them). On a single node the default is 1.
+pub const DEFAULT_CLUSTER_ACCESS_SHARDS: u16 = 16;
+
+/// Which access-log families exist: the one place that decides it, for the proxies (which
+/// write them) and the admin API (which reads and merges them).
+///
+/// `shards` is `[access_log] shards` (validated, 1..=[`MAX_ACCESS_SHARDS`]); `None` when it is
+/// not set, which is [`Keys::default_access_shards`]: 1 on a single node,
+/// [`DEFAULT_CLUSTER_ACCESS_SHARDS`] on a Redis Cluster. One shard on a single Redis is the
+/// unsharded family ([`Keys::access`], the SPEC names, `wp:access`…), so a single-node install
+/// keeps its keys. Any other count, and any count on a Redis Cluster ([`Keys::for_cluster`]),
+/// is `shards` tagged families [`Keys::access_shard`]`(0..shards)`, each in its own slot so that
+/// they spread over the cluster's masters; shard 0 is the family a cluster without shards used
+/// (`{0}`), so its entries stay in the log.
+pub fn access_families(keys: &Keys, shards: Option<u16>) -> Vec<AccessKeys> {
+    let shards = shards
+        .unwrap_or_else(|| keys.default_access_shards())
+        .max(1);
+    if shards == 1 && !keys.is_cluster() {
+        vec![keys.access()]
+    } else {
+        (0..shards).map(|n| keys.access_shard(n)).collect()
+    }
+}
+
+impl AccessKeys {
+    /// How the family is named in the registry of families ([`Keys::access_family_registry`])
+    /// and in cursors: `-` unsharded, the shard number otherwise.
+    pub fn label(&self) -> String {
+        self.shard
+            .map_or_else(|| "-".to_string(), |s| s.to_string())
+    }
+}
+
 /// Key names under one prefix. The `access_*` and per-minute counter methods name the keys of
 /// the unsharded access-log family ([`Keys::access`]); code that may run sharded takes an
 /// [`AccessKeys`] instead.
@@ -188,6 +237,16 @@ impl Keys {
         self.cluster
     }
 
+    /// How many access-log shards there are when `[access_log] shards` is not set: 1 on a
+    /// single node, [`DEFAULT_CLUSTER_ACCESS_SHARDS`] on a cluster (see [`access_families`]).
+    pub fn default_access_shards(&self) -> u16 {
+        if self.cluster {
+            DEFAULT_CLUSTER_ACCESS_SHARDS
+        } else {
+            1
+        }
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -198,6 +257,10 @@ impl Keys {
 
     /// The access-log family: the single-node names of SPEC, or on a cluster shard 0's tagged
     /// family (one hash slot for the stream and everything written with it).
+    ///
+    /// This is the whole log only when there is one shard: code that writes or reads the log
+    /// takes its families from [`access_families`] (on a cluster the log has
+    /// [`DEFAULT_CLUSTER_ACCESS_SHARDS`] shards unless `[access_log] shards` says otherwise).
     pub fn access(&self) -> AccessKeys {
         if self.cluster {
             return self.access_shard(0);
@@ -216,6 +279,32 @@ impl Keys {
             tag: format!(":{{{shard}}}"),
             shard: Some(shard),
         }
+    }
+
+    /// The family a [`AccessKeys::label`] names (`-` or a shard number below
+    /// [`MAX_ACCESS_SHARDS`]); `None` for anything else, and for `-` on a cluster (which has no
+    /// unsharded family: every family there is tagged).
+    pub fn access_family(&self, label: &str) -> Option<AccessKeys> {
+        if label == "-" {
+            return (!self.cluster).then(|| self.access());
+        }
+        if label.is_empty() || !label.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        label
+            .parse::<u16>()
+            .ok()
+            .filter(|n| *n < MAX_ACCESS_SHARDS)
+            .map(|n| self.access_shard(n))
+    }
+
+    /// The set of every access-log family ever written under this prefix (members are
+    /// [`AccessKeys::label`]s), `wp:access:families` by default. Proxies add their families at
+    /// start; readers merge the configured families with these, so that entries written under
+    /// an earlier `[access_log] shards` stay readable. A family whose stream is gone leaves
+    /// the set.
+    pub fn access_family_registry(&self) -> String {
+        format!("{}{}:families", self.prefix, ACCESS_STREAM)
     }
 
     /// The access-log stream, `wp:access` by default.
@@ -423,6 +512,73 @@ mod tests {
         assert_eq!(n.rule_hits_in_minute("rul_1", 7), "wp:rule:hits:rul_1:7");
         assert_eq!(n.rule_last_hit("rul_1"), "wp:rule:last_hit:rul_1");
         assert_eq!(n.admin_rate_limit("usr_1", "m", 7), "wp:rl:usr_1:m:7");
+    }
+
+    #[test]
+    fn families_are_decided_in_one_place() {
+        let k = Keys::default();
+        assert_eq!(k.default_access_shards(), 1);
+        assert_eq!(access_families(&k, None), vec![k.access()]);
+        assert_eq!(access_families(&k, Some(1)), vec![k.access()]);
+        assert_eq!(
+            access_families(&k, Some(3)),
+            vec![k.access_shard(0), k.access_shard(1), k.access_shard(2)]
+        );
+        assert_eq!(access_families(&k, Some(256)).len(), 256);
+        for f in access_families(&k, Some(3)).into_iter().chain([k.access()]) {
+            assert_eq!(k.access_family(&f.label()), Some(f));
+        }
+        for bad in ["", "x", "256", "+1", "-1", " 1", "99999"] {
+            assert_eq!(k.access_family(bad), None, "{bad:?}");
+        }
+        assert_eq!(validate_access_shards(1), Ok(1));
+        assert_eq!(validate_access_shards(256), Ok(256));
+        for bad in [0, 257, 65_536, u64::MAX] {
+            assert!(validate_access_shards(bad).is_err(), "{bad}");
+        }
+        assert_eq!(k.access_family_registry(), "wp:access:families");
+    }
+
+    #[test]
+    fn a_cluster_has_sixteen_tagged_shards_unless_told_otherwise() {
+        let k = Keys::for_cluster("wp:");
+        assert_eq!(k.default_access_shards(), DEFAULT_CLUSTER_ACCESS_SHARDS);
+        let all = access_families(&k, None);
+        assert_eq!(all.len(), usize::from(DEFAULT_CLUSTER_ACCESS_SHARDS));
+        for (n, f) in all.iter().enumerate() {
+            assert_eq!(*f, k.access_shard(u16::try_from(n).unwrap()));
+            assert_eq!(k.access_family(&f.label()).as_ref(), Some(f));
+            // Every name the append script and the index reads touch shares the shard's tag.
+            let tag = format!("{{{n}}}");
+            for name in [
+                f.stream(),
+                f.hwm(),
+                f.rollup(7),
+                f.rollup_ips(7),
+                f.rollup_paths(7),
+                f.postings("country", "DE"),
+                f.ip_bucket(3),
+                f.postings_registry(),
+                f.index("ip", "1.2.3.4"),
+                f.index_registry(),
+                f.requests_in_minute(7),
+                f.rejects_in_minute(7),
+            ] {
+                let first = name.split('{').nth(1).and_then(|t| t.split('}').next());
+                assert_eq!(
+                    first.map(|t| format!("{{{t}}}")),
+                    Some(tag.clone()),
+                    "{name}"
+                );
+            }
+        }
+        // One shard on a cluster is still tagged: shard 0, where the log of a cluster lived
+        // before it was sharded.
+        assert_eq!(access_families(&k, Some(1)), vec![k.access_shard(0)]);
+        assert_eq!(k.access(), k.access_shard(0));
+        assert_eq!(access_families(&k, Some(3)).len(), 3);
+        // A cluster has no unsharded family.
+        assert_eq!(k.access_family("-"), None);
     }
 
     #[test]

@@ -44,7 +44,8 @@ pub struct ConnOptions {
     /// Bound on one reply (on a cluster: on one attempt; redirections and retries are bounded by
     /// twice this).
     pub response_timeout: Duration,
-    /// How many times a failed command is retried after a reconnect.
+    /// How many times a failed command is retried after a reconnect (on a cluster
+    /// [`CLUSTER_REDIRECTIONS`] more, for redirections).
     pub retries: usize,
     /// Longest wait between reconnection attempts.
     pub max_delay: Duration,
@@ -158,6 +159,10 @@ impl RedisTarget {
     }
 }
 
+/// Attempts a cluster command gets beyond [`ConnOptions::retries`]: a redirection (`MOVED`,
+/// `ASK`) counts as a retry, and one often follows the reconnect to a master that came back.
+pub const CLUSTER_REDIRECTIONS: usize = 2;
+
 fn cluster_client(
     nodes: &[String],
     opts: ConnOptions,
@@ -168,7 +173,14 @@ fn cluster_client(
         .response_timeout(opts.response_timeout)
         // A master that died is retried (slot map refreshed, reconnect) a few times, then the
         // command fails: the callers already handle a failed command (drop, 503, retry later).
-        .retries(u32::try_from(opts.retries.max(1)).unwrap_or(u32::MAX))
+        // A redirection (`MOVED`/`ASK`) counts as a retry too, and one often follows the
+        // reconnect to a master that came back (the command is routed again by a slot map
+        // still being rebuilt): [`CLUSTER_REDIRECTIONS`] more attempts on top of the caller's,
+        // all within `overall_response_timeout`.
+        .retries(
+            u32::try_from(opts.retries.max(1).saturating_add(CLUSTER_REDIRECTIONS))
+                .unwrap_or(u32::MAX),
+        )
         .min_retry_wait(10.min(max_wait_ms))
         .max_retry_wait(max_wait_ms.max(11))
         .overall_response_timeout(Some(opts.response_timeout * 2))

@@ -30,8 +30,24 @@
 //! draining the channel into a queue of its own (the `held` entries), so the channel stays as
 //! small as in normal operation and the growing buffer's memory is taken on the writer's
 //! thread, never on the request path.
+//!
+//! Shards (`[access_log] shards`, see [`watchpost_common::keys::access_families`]): the log may
+//! be several streams, each with its own family of keys (high-water marks, counters, index,
+//! rollups) under one hash tag. Each batch goes to one shard, all its keys from that shard's
+//! family, so the script touches one slot. The writer picks shards round-robin, batch after
+//! batch, starting at a hash (FNV-1a) of `proxy_id` modulo the number of shards ([`first_shard`]):
+//! a single proxy spreads its batches evenly over every shard, and proxies started together do
+//! not all begin on shard 0. A batch that fails is sent again to the same shard under the same
+//! sequence, so exactly-once holds per shard's high-water mark; sequences stay monotonic per
+//! proxy across all shards (a shard's mark only ever sees increasing sequences), and the first
+//! sequence is above the highest mark of this proxy in any shard. `stream_max_len` and
+//! `max_memory_mb` bound the whole log: each shard is trimmed to its share (divided by the
+//! number of shards, rounded up). Every writer adds its families to the registry of families
+//! ([`Keys::access_family_registry`]) and sweeps the index of each; a family no longer
+//! configured (after `shards` changed) is still swept, trimmed by `retention`, and leaves the
+//! registry once its stream is gone.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -251,9 +267,17 @@ pub async fn sweep_index<C: ConnectionLike>(
     Ok((deleted, trimmed))
 }
 
-/// Sweeps the index every [`INDEX_SWEEP_INTERVAL`] until shutdown. Every proxy runs one: a
-/// sweep is idempotent, and the index is trimmed even while this proxy writes nothing.
-async fn sweep_index_loop(redis: RedisTarget, keys: Keys, mut shutdown: watch::Receiver<bool>) {
+/// Sweeps the index of every family every [`INDEX_SWEEP_INTERVAL`] until shutdown. Every
+/// proxy runs one: a sweep is idempotent, and the index is trimmed even while this proxy writes
+/// nothing. Each round also registers this proxy's families and looks after the retired ones
+/// (see [`sweep_families`]).
+async fn sweep_index_loop(
+    redis: RedisTarget,
+    keys: Keys,
+    families: Vec<AccessKeys>,
+    retention: Option<Duration>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut conn = match lazy_connection(&redis) {
         Ok(c) => c,
         Err(e) => {
@@ -261,12 +285,22 @@ async fn sweep_index_loop(redis: RedisTarget, keys: Keys, mut shutdown: watch::R
             return;
         }
     };
+    // Registered at once, so that readers find the families before the first sweep.
+    if let Ok(Err(e)) = timeout(
+        WRITE_TIMEOUT,
+        register_families(&mut conn, &keys, &families),
+    )
+    .await
+    {
+        tracing::debug!(error = %e, "access log: cannot register the families yet");
+    }
     loop {
         tokio::select! {
             _ = wait_true(&mut shutdown) => return,
             _ = sleep(INDEX_SWEEP_INTERVAL) => {}
         }
-        match timeout(WRITE_TIMEOUT * 6, sweep_index(&mut conn, &keys.access())).await {
+        let sweep = sweep_families(&mut conn, &keys, &families, retention);
+        match timeout(WRITE_TIMEOUT * 6, sweep).await {
             Ok(Ok((deleted, trimmed))) => {
                 tracing::debug!(deleted, trimmed, "access log: index swept");
             }
@@ -274,6 +308,107 @@ async fn sweep_index_loop(redis: RedisTarget, keys: Keys, mut shutdown: watch::R
             Err(_) => tracing::warn!("access log: index sweep timed out"),
         }
     }
+}
+
+/// Adds `families` to the registry of families ([`Keys::access_family_registry`]).
+pub async fn register_families<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    families: &[AccessKeys],
+) -> redis::RedisResult<()> {
+    let labels: Vec<String> = families.iter().map(AccessKeys::label).collect();
+    redis::cmd("SADD")
+        .arg(keys.access_family_registry())
+        .arg(labels)
+        .query_async::<()>(conn)
+        .await
+}
+
+/// One round of upkeep over every family: registers `families`, sweeps the index of each, and
+/// of each retired family (registered, no longer configured): trims its stream by `retention`
+/// exactly (nothing else trims a stream no one writes), sweeps its index, and once its stream
+/// is empty or gone deletes it and its marks and removes it from the registry (the sweep then
+/// deleted its last index streams).
+/// Returns (index streams deleted, index streams trimmed).
+pub async fn sweep_families<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    families: &[AccessKeys],
+    retention: Option<Duration>,
+) -> redis::RedisResult<(u64, u64)> {
+    register_families(conn, keys, families).await?;
+    let registered: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys.access_family_registry())
+        .query_async(conn)
+        .await?;
+    let (mut deleted, mut trimmed) = (0, 0);
+    for family in families {
+        let (d, t) = sweep_index(conn, family).await?;
+        deleted += d;
+        trimmed += t;
+    }
+    for label in registered {
+        let Some(family) = keys.access_family(&label) else {
+            continue;
+        };
+        if families.contains(&family) {
+            continue;
+        }
+        if let Some(r) = retention {
+            // Exact, so that an expired shard empties entirely (no one appends to it).
+            let min_ms = unix_ms().saturating_sub(u64::try_from(r.as_millis()).unwrap_or(u64::MAX));
+            redis::cmd("XTRIM")
+                .arg(family.stream())
+                .arg("MINID")
+                .arg(min_ms.max(1))
+                .query_async::<()>(conn)
+                .await?;
+        }
+        let (d, t) = sweep_index(conn, &family).await?;
+        deleted += d;
+        trimmed += t;
+        let len: u64 = redis::cmd("XLEN")
+            .arg(family.stream())
+            .query_async(conn)
+            .await?;
+        if len == 0 {
+            // Empty or gone: the sweep above deleted its index; its marks go with it.
+            redis::cmd("DEL")
+                .arg(family.stream())
+                .arg(family.hwm())
+                .query_async::<()>(conn)
+                .await?;
+            redis::cmd("SREM")
+                .arg(keys.access_family_registry())
+                .arg(&label)
+                .query_async::<()>(conn)
+                .await?;
+            tracing::info!(family = %label, "access log: retired shard is empty, unregistered");
+        }
+    }
+    Ok((deleted, trimmed))
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The shard of a proxy's first batch: FNV-1a of `proxy_id` modulo `shards` (stable across
+/// processes and builds, unlike the standard library's hasher).
+pub fn first_shard(proxy_id: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in proxy_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    usize::try_from(h % shards.max(1) as u64).unwrap_or(0)
+}
+
+/// A whole-log bound split over `shards` (rounded up, at least 1).
+pub fn per_shard(total: u64, shards: usize) -> u64 {
+    total.div_ceil(shards.max(1) as u64).max(1)
 }
 
 /// Whether Redis answered the last time anyone asked (the writer or the config watcher).
@@ -395,14 +530,17 @@ pub struct WriterConfig {
     pub redis: RedisTarget,
     /// Key names under `[redis] key_prefix`.
     pub keys: Keys,
+    /// The access-log families (shards) this writer spreads its batches over, from
+    /// [`watchpost_common::keys::access_families`]; empty means the unsharded family.
+    pub families: Vec<AccessKeys>,
     /// `[proxy] proxy_id`: the field of this proxy's high-water mark.
     pub proxy_id: String,
-    /// `XADD … MAXLEN ~` bound.
+    /// `XADD … MAXLEN ~` bound of the whole log (each shard gets its share).
     pub stream_max_len: u64,
     /// `[access_log] retention`: entries older than this are trimmed (`XTRIM MINID ~`).
     pub retention: Option<Duration>,
-    /// `[access_log] max_memory_mb` in bytes: the stream is trimmed by count to stay under it
-    /// (see [`LogWriter::effective_max_len`]).
+    /// `[access_log] max_memory_mb` in bytes: the log is trimmed by count to stay under it
+    /// (each shard under its share, see [`LogWriter::effective_max_len`]).
     pub max_memory_bytes: Option<u64>,
     /// `[access_log] rollup_retention`: TTL of the per-minute rollups.
     pub rollup_retention: Duration,
@@ -431,6 +569,12 @@ pub struct LogWriter {
     attempted: bool,
     /// The next fresh sequence; `None` until the high-water mark was read.
     next_seq: Option<u64>,
+    /// The families batches go to (at least one).
+    families: Vec<AccessKeys>,
+    /// Index in `families` of the current batch's shard (kept with `seq` for retries).
+    shard: usize,
+    /// Index in `families` of the next fresh batch's shard (round-robin).
+    next_shard: usize,
     /// `held.len() + batch.len()`, for [`LogSink::depth`] and the bound.
     held_len: Arc<AtomicUsize>,
     bytes: Arc<AtomicUsize>,
@@ -439,8 +583,9 @@ pub struct LogWriter {
     cfg: WriterConfig,
     metrics: Metrics,
     status: Arc<RedisStatus>,
-    /// Bytes per entry of the stream, last measured (`MEMORY USAGE` / `XLEN`), and when.
-    memory_sample: Option<(f64, Instant)>,
+    /// Bytes per entry of each shard's stream, last measured (`MEMORY USAGE` / `XLEN`), and
+    /// when.
+    memory_sample: HashMap<usize, (f64, Instant)>,
 }
 
 /// A buffer of `capacity` entries (and `cfg.buffer_bytes` bytes): the sink for the request
@@ -455,6 +600,12 @@ pub fn channel(
     let held_len = Arc::new(AtomicUsize::new(0));
     let bytes = Arc::new(AtomicUsize::new(0));
     let oldest_ts = Arc::new(AtomicU64::new(0));
+    let families = if cfg.families.is_empty() {
+        vec![cfg.keys.access()]
+    } else {
+        cfg.families.clone()
+    };
+    let next_shard = first_shard(&cfg.proxy_id, families.len());
     (
         LogSink {
             tx,
@@ -472,6 +623,9 @@ pub fn channel(
             seq: None,
             attempted: false,
             next_seq: None,
+            families,
+            shard: next_shard,
+            next_shard,
             held_len,
             bytes,
             oldest_ts,
@@ -479,7 +633,7 @@ pub fn channel(
             cfg,
             metrics,
             status,
-            memory_sample: None,
+            memory_sample: HashMap::new(),
         },
     )
 }
@@ -554,6 +708,8 @@ impl LogWriter {
         tokio::spawn(sweep_index_loop(
             self.cfg.redis.clone(),
             self.cfg.keys.clone(),
+            self.families.clone(),
+            self.cfg.retention,
             shutdown.clone(),
         ));
         let batch_max = self.cfg.batch_max_entries.max(1);
@@ -653,6 +809,9 @@ impl LogWriter {
                     self.seq = Some(next);
                     self.next_seq = Some(next.saturating_add(1));
                     self.attempted = false;
+                    // A fresh batch takes the next shard; a retry keeps its shard with its seq.
+                    self.shard = self.next_shard;
+                    self.next_shard = (self.next_shard + 1) % self.families.len();
                     next
                 }
             };
@@ -660,7 +819,7 @@ impl LogWriter {
             let call = append_batch_with(
                 conn,
                 &self.script,
-                &self.cfg.keys,
+                &self.families[self.shard],
                 &self.cfg.proxy_id,
                 seq,
                 limits,
@@ -717,9 +876,7 @@ impl LogWriter {
     /// The trim bounds and rollup settings of the next batch: `MINID` from `retention` and the
     /// clock, `MAXLEN` from `stream_max_len` and `max_memory_mb`.
     async fn limits(&mut self, conn: &mut RedisConn) -> AppendLimits {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now_ms = unix_ms();
         let min_id_ms = self.cfg.retention.map_or(0, |r| {
             now_ms
                 .saturating_sub(u64::try_from(r.as_millis()).unwrap_or(u64::MAX))
@@ -734,19 +891,24 @@ impl LogWriter {
         }
     }
 
-    /// `stream_max_len`, lowered to stay under `max_memory_mb`: the stream's bytes per entry
-    /// are measured with `MEMORY USAGE <stream>` (Redis samples a few listpack nodes) divided
-    /// by `XLEN`, every [`MEMORY_SAMPLE_INTERVAL`], and the bound is
-    /// `max_memory_bytes / bytes_per_entry`. A failed sample keeps the last one.
+    /// The current shard's share of `stream_max_len`, lowered to stay under its share of
+    /// `max_memory_mb`: the shard stream's bytes per entry are measured with
+    /// `MEMORY USAGE <stream>` (Redis samples a few listpack nodes) divided by `XLEN`, every
+    /// [`MEMORY_SAMPLE_INTERVAL`], and the bound is `max_memory_bytes / bytes_per_entry`. A
+    /// failed sample keeps the last one.
     pub async fn effective_max_len(&mut self, conn: &mut RedisConn) -> u64 {
-        let Some(max_bytes) = self.cfg.max_memory_bytes else {
-            return self.cfg.stream_max_len;
+        let n = self.families.len();
+        let max_len = per_shard(self.cfg.stream_max_len, n);
+        let Some(max_bytes) = self.cfg.max_memory_bytes.map(|b| per_shard(b, n)) else {
+            return max_len;
         };
+        let shard = self.shard;
         let due = self
             .memory_sample
+            .get(&shard)
             .is_none_or(|(_, at)| at.elapsed() >= MEMORY_SAMPLE_INTERVAL);
         if due {
-            let stream = self.cfg.keys.access_stream();
+            let stream = self.families[shard].stream();
             let mut pipe = redis::pipe();
             pipe.cmd("MEMORY")
                 .arg("USAGE")
@@ -757,11 +919,12 @@ impl LogWriter {
                 timeout(WRITE_TIMEOUT, pipe.query_async::<(Option<u64>, u64)>(conn)).await;
             match sampled {
                 Ok(Ok((Some(bytes), len))) if len > 0 => {
-                    self.memory_sample = Some((bytes as f64 / len as f64, Instant::now()));
+                    self.memory_sample
+                        .insert(shard, (bytes as f64 / len as f64, Instant::now()));
                 }
                 Ok(Ok(_)) => {
                     // No stream yet: nothing to bound.
-                    self.memory_sample = None;
+                    self.memory_sample.remove(&shard);
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "access log: stream memory sample failed");
@@ -769,19 +932,32 @@ impl LogWriter {
                 Err(_) => tracing::debug!("access log: stream memory sample timed out"),
             }
         }
-        match self.memory_sample {
-            Some((per_entry, _)) => memory_max_len(self.cfg.stream_max_len, max_bytes, per_entry),
-            None => self.cfg.stream_max_len,
+        match self.memory_sample.get(&shard) {
+            Some((per_entry, _)) => memory_max_len(max_len, max_bytes, *per_entry),
+            None => max_len,
         }
     }
 
+    /// This proxy's highest high-water mark over every shard (one concurrent `HGET` each):
+    /// the next fresh sequence goes above it, so sequences stay monotonic per proxy.
     async fn read_hwm(&self, conn: &mut RedisConn) -> redis::RedisResult<u64> {
-        let mut cmd = redis::cmd("HGET");
-        cmd.arg(self.cfg.keys.access_hwm()).arg(&self.cfg.proxy_id);
-        match timeout(WRITE_TIMEOUT, cmd.query_async::<Option<u64>>(conn)).await {
-            Ok(r) => r.map(Option::unwrap_or_default).inspect_err(|e| {
-                self.metrics.log_write_error(write_error_kind(e));
-            }),
+        let reads = self.families.iter().map(|family| {
+            let mut conn = conn.clone();
+            let mut cmd = redis::cmd("HGET");
+            cmd.arg(family.hwm()).arg(&self.cfg.proxy_id);
+            async move { cmd.query_async::<Option<u64>>(&mut conn).await }
+        });
+        match timeout(WRITE_TIMEOUT, futures::future::join_all(reads)).await {
+            Ok(marks) => {
+                let mut hwm = 0;
+                for mark in marks {
+                    let mark = mark.inspect_err(|e| {
+                        self.metrics.log_write_error(write_error_kind(e));
+                    })?;
+                    hwm = hwm.max(mark.unwrap_or_default());
+                }
+                Ok(hwm)
+            }
             Err(_) => {
                 self.metrics.log_write_error(WriteErrorKind::Timeout);
                 Err(redis::RedisError::from((
@@ -984,7 +1160,7 @@ impl AppendLimits {
 pub async fn append_batch<C: ConnectionLike>(
     conn: &mut C,
     script: &Script,
-    keys: &Keys,
+    keys: &AccessKeys,
     proxy_id: &str,
     seq: u64,
     max_len: u64,
@@ -1006,7 +1182,7 @@ pub async fn append_batch<C: ConnectionLike>(
 pub async fn append_batch_with<C: ConnectionLike>(
     conn: &mut C,
     script: &Script,
-    keys: &Keys,
+    keys: &AccessKeys,
     proxy_id: &str,
     seq: u64,
     limits: AppendLimits,
@@ -1032,7 +1208,7 @@ pub async fn append_batch_with<C: ConnectionLike>(
 /// the command it sends.
 pub fn invocation(
     script: &Script,
-    keys: &Keys,
+    keys: &AccessKeys,
     proxy_id: &str,
     seq: u64,
     max_len: u64,
@@ -1048,20 +1224,9 @@ pub fn invocation(
     )
 }
 
-/// [`invocation`] with every trim and rollup setting.
+/// [`invocation`] with every trim and rollup setting. Every key is of `keys`, one access-log
+/// family (stream, marks, counters, index, rollups): on a cluster, one slot.
 pub fn invocation_with(
-    script: &Script,
-    keys: &Keys,
-    proxy_id: &str,
-    seq: u64,
-    limits: AppendLimits,
-    batch: &[AccessLogEntry],
-) -> redis::Cmd {
-    invocation_for(script, &keys.access(), proxy_id, seq, limits, batch)
-}
-
-/// [`invocation_with`] for one access-log family (stream, marks, counters, index, rollups).
-pub fn invocation_for(
     script: &Script,
     keys: &AccessKeys,
     proxy_id: &str,
@@ -1189,6 +1354,7 @@ mod tests {
         WriterConfig {
             redis: RedisTarget::Node("redis://127.0.0.1:1".into()),
             keys: Keys::default(),
+            families: Vec::new(),
             proxy_id: "p".into(),
             stream_max_len: 10,
             retention: None,
@@ -1200,6 +1366,24 @@ mod tests {
             flush_interval: Duration::ZERO,
             shutdown_flush: Duration::from_millis(10),
         }
+    }
+
+    #[test]
+    fn shards_are_picked_from_a_stable_hash_and_bounds_are_shared() {
+        // FNV-1a of "" is its offset basis: fixed across processes and builds.
+        assert_eq!(
+            first_shard("", 1 << 20),
+            (0xcbf2_9ce4_8422_2325u64 % (1 << 20)) as usize
+        );
+        assert_eq!(first_shard("proxy-a", 1), 0);
+        let starts: std::collections::HashSet<usize> = (0..64)
+            .map(|i| first_shard(&format!("proxy-{i}"), 16))
+            .collect();
+        assert!(starts.iter().all(|s| *s < 16));
+        assert!(starts.len() > 8, "proxies start on many shards: {starts:?}");
+        assert_eq!(per_shard(1_000_000, 1), 1_000_000);
+        assert_eq!(per_shard(1_000_000, 3), 333_334);
+        assert_eq!(per_shard(2, 16), 1);
     }
 
     #[tokio::test]

@@ -172,7 +172,14 @@ impl Default for RedisSection {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AccessLogSection {
-    /// `XADD … MAXLEN ~ N`: the stream is trimmed to about this many entries.
+    /// How many streams (shards) the log is split into, 1 to 256 (read by the admin API too,
+    /// which merges them). Unset (the default): 1 on a single Redis, 16 on a Redis Cluster.
+    /// One on a single Redis is the unsharded `<prefix>access` of SPEC; more, or any count on a
+    /// cluster, give `<prefix>access:{0}`…, each with its own index, counters and rollups
+    /// (see [`watchpost_common::keys::access_families`]).
+    pub shards: Option<u64>,
+    /// `XADD … MAXLEN ~ N`: the log is trimmed to about this many entries (each shard to its
+    /// share).
     pub stream_max_len: u64,
     /// Entries older than this are trimmed (`XTRIM MINID ~`, once per batch): a whole number
     /// and a unit, `90s`, `90m`, `24h`, `7d`. Empty (the default): no age bound.
@@ -203,9 +210,19 @@ pub struct AccessLogSection {
     pub shutdown_flush_ms: u64,
 }
 
+impl AccessLogSection {
+    /// `shards` once validated; `None` when it is not set (the default of the Redis target,
+    /// see [`watchpost_common::keys::access_families`]).
+    pub fn shard_count(&self) -> Option<u16> {
+        self.shards
+            .and_then(|n| watchpost_common::keys::validate_access_shards(n).ok())
+    }
+}
+
 impl Default for AccessLogSection {
     fn default() -> Self {
         Self {
+            shards: None,
             stream_max_len: 1_000_000,
             retention: String::new(),
             max_memory_mb: 0,
@@ -480,6 +497,9 @@ impl Settings {
             }
         }
         let a = &file.access_log;
+        if let Some(Err(e)) = a.shards.map(watchpost_common::keys::validate_access_shards) {
+            return Err(bad("access_log.shards", e));
+        }
         if a.stream_max_len == 0 {
             return Err(bad(
                 "access_log.stream_max_len",
@@ -691,6 +711,11 @@ mod tests {
         assert_eq!(s.upstreams, vec!["127.0.0.1:3000".parse().expect("addr")]);
         assert_eq!(s.file.redis.key_prefix, "wp:");
         assert_eq!(s.file.access_log.stream_max_len, 1_000_000);
+        // Unset: the Redis target decides (1 on one node, 16 on a cluster).
+        assert_eq!(s.file.access_log.shards, None);
+        assert_eq!(s.file.access_log.shard_count(), None);
+        let three = Settings::load_str("[access_log]\nshards = 3\n", None, &[]).expect("3");
+        assert_eq!(three.file.access_log.shard_count(), Some(3));
         assert_eq!(s.file.access_log.buffer_entries, 100_000);
         assert_eq!(s.file.access_log.buffer_bytes, 67_108_864);
         assert_eq!(
@@ -760,6 +785,16 @@ mod tests {
             "0",
         );
         rejects("[access_log]\nbatch = 5\n", "access_log", "batch");
+        rejects(
+            "[access_log]\nshards = 0\n",
+            "access_log.shards",
+            "from 1 to 256",
+        );
+        rejects(
+            "[access_log]\nshards = 257\n",
+            "access_log.shards",
+            "from 1 to 256",
+        );
         rejects(
             "[access_log]\nretention = \"24 hours\"\n",
             "access_log.retention",

@@ -145,6 +145,8 @@ pub fn start_with(
         WriterConfig {
             redis: redis_target.clone(),
             keys: keys.clone(),
+            // Validated at load: 1..=256, or unset (1 on one node, 16 on a cluster).
+            families: watchpost_common::keys::access_families(&keys, a.shard_count()),
             proxy_id: settings.file.proxy.proxy_id.clone(),
             stream_max_len: a.stream_max_len,
             retention: watchpost_common::rollup::parse_duration(&a.retention),

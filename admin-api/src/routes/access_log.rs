@@ -24,10 +24,11 @@ use crate::{
     state::AppState,
     stream::{
         export::{self, Format},
-        query::{self, Bounds, PageRequest, Walk},
+        query::Bounds,
+        shards::{self, Cursor, MergedRequest, MergedWalk},
         summary::{self, Summary},
         tail::{self, TailRequest, TailSlots},
-        FilterParams, Filters, Item, StreamId, MAX_PAGE,
+        FilterParams, Filters, Item, MAX_PAGE,
     },
 };
 
@@ -56,9 +57,13 @@ const DEFAULT_LIMIT: usize = 50;
 pub struct AccessLogQuery {
     /// Items per page, default 50, at most 500.
     pub limit: Option<String>,
-    /// Stream id, exclusive: only older entries (feed `next_cursor` here).
+    /// Cursor, exclusive: only older entries (feed `next_cursor` here). A stream id, or when
+    /// the log is sharded `<id>~<shard>` (a bare id then means that id in every shard).
+    #[param(pattern = "^[0-9]+(-[0-9]+)?(~([0-9]+|-))?$")]
     pub before: Option<String>,
-    /// Stream id, exclusive: only newer entries.
+    /// Cursor, exclusive: only newer entries (an item's `id`, or `<id>~<shard>` when it has a
+    /// `shard`).
+    #[param(pattern = "^[0-9]+(-[0-9]+)?(~([0-9]+|-))?$")]
     pub since: Option<String>,
     /// Start of a time range, inclusive: RFC 3339 (`2026-12-01T10:00:00Z`) or milliseconds
     /// since the Unix epoch. Compared with the stream id's millisecond (when Redis appended
@@ -126,8 +131,10 @@ pub struct ExportQuery {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct TailQuery {
-    /// Stream id, exclusive: start after it instead of at the newest entry. A
-    /// `Last-Event-ID` header (sent by reconnecting browsers) does the same.
+    /// Stream id (`<id>~<shard>` when the log is sharded), exclusive: start after it instead
+    /// of at the newest entry. A `Last-Event-ID` header (sent by reconnecting browsers) does the
+    /// same.
+    #[param(pattern = "^[0-9]+(-[0-9]+)?(~([0-9]+|-))?$")]
     pub since: Option<String>,
     pub method: Option<String>,
     pub path: Option<String>,
@@ -156,7 +163,10 @@ pub struct SummaryQuery {
 pub struct AccessLogPage {
     pub items: Vec<Item>,
     /// Pass back as `before` (with the same filters and range) to continue exactly after this
-    /// page; null when no older match is left in the range. A page whose filters include an
+    /// page; null when no older match is left in the range. A stream id, or `<id>~<shard>`
+    /// when the log is sharded (pages are then ordered by id, then shard, newest first, and
+    /// hold only entries older than the millisecond Redis's clock was in when the page was
+    /// read, so that no later entry can sort among them). A page whose filters include an
     /// indexed one (`ip`, `country`, `status` other than 2xx, `decision` other than `allow`,
     /// `ua_type`, `risk_min` ≥ 0.5, `rule`) is always full unless it is the last. A page
     /// filtered only by unindexed ones (`method`, `path`, `host`, `risk_min` < 0.5, and the
@@ -253,16 +263,17 @@ async fn list_access_log(
     Query(q): Query<AccessLogQuery>,
 ) -> Result<Json<AccessLogPage>, ApiError> {
     let limit = parse_limit(q.limit.as_deref())?;
-    let before = StreamId::param("before", q.before.as_deref())?;
-    let since = StreamId::param("since", q.since.as_deref())?;
+    let before = Cursor::param("before", q.before.as_deref())?;
+    let since = Cursor::param("since", q.since.as_deref())?;
     let from = parse_time("from", q.from.as_deref())?;
     let to = parse_time("to", q.to.as_deref())?;
     let filters = list_filters!(q)?;
-    let bounds = Bounds::new(before, since, from, to);
-    let key = state.keys().access_stream();
+    let families = shards::families(&state).await?;
     if let Some(rid) = filters.request_id.clone() {
-        // One request, one entry: a lookup, then the other filters.
-        let found = query::by_request_id(&state, &key, &rid, bounds).await?;
+        // One request, one entry: a lookup, then the other filters. The cursors bound it by
+        // id alone (a request id names one entry whichever shard holds it).
+        let bounds = Bounds::new(before.map(|c| c.id), since.map(|c| c.id), from, to);
+        let found = shards::by_request_id(&state, &families, &rid, bounds).await?;
         return Ok(Json(AccessLogPage {
             items: found
                 .filter(|i| filters.matches(&i.entry))
@@ -271,17 +282,17 @@ async fn list_access_log(
             next_cursor: None,
         }));
     }
-    let request = PageRequest {
+    let request = MergedRequest {
         limit,
-        bounds,
+        before,
+        since,
+        from_ms: from,
+        to_ms: to,
         filters,
         budget: state.config().admin.access_log_scan_budget,
     };
-    let page = query::page(&state, &key, &request).await?;
-    Ok(Json(AccessLogPage {
-        items: page.items,
-        next_cursor: page.next_cursor,
-    }))
+    let (items, next_cursor) = shards::page(&state, &families, &request).await?;
+    Ok(Json(AccessLogPage { items, next_cursor }))
 }
 
 /// New access-log entries as Server-Sent Events (`event: entry`, `id: <stream id>`, data: the
@@ -317,8 +328,8 @@ async fn tail_access_log(
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty());
     let since = match q.since.as_deref() {
-        Some(s) => StreamId::param("since", Some(s))?,
-        None => StreamId::param("Last-Event-ID", last_event_id)?,
+        Some(s) => Cursor::param("since", Some(s))?,
+        None => Cursor::param("Last-Event-ID", last_event_id)?,
     };
     let filters = Filters::parse(&FilterParams {
         method: q.method,
@@ -339,7 +350,7 @@ async fn tail_access_log(
         .get_or_init(|| TailSlots::new(admin_config.access_log_max_tails))
         .acquire()?;
     let request = TailRequest {
-        key: state.keys().access_stream(),
+        families: shards::families(&state).await?,
         since,
         filters,
         block: Duration::from_millis(admin_config.access_log_tail_block_ms),
@@ -393,10 +404,10 @@ async fn summarize_access_log(
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0);
-    let keys = state.keys().clone();
+    let families = shards::families(&state).await?;
     let max = state.config().admin.access_log_summary_max_entries;
     Ok(Json(
-        summary::summarize(&state, &keys, window, now_ms, max).await?,
+        summary::summarize(&state, &families, window, now_ms, max).await?,
     ))
 }
 
@@ -405,13 +416,14 @@ async fn summarize_access_log(
     get,
     path = "/access-log/{id}",
     tag = "access-log",
-    params(("id" = String, Path, description = "Stream id, `<ms>-<seq>` (e.g. `1732000000000-0`); `<ms>` alone means `<ms>-0`")),
+    params(("id" = String, Path, description = "Stream id, `<ms>-<seq>` (e.g. `1732000000000-0`); `<ms>` alone means `<ms>-0`. When the log is sharded, `<id>~<shard>` (e.g. `1732000000000-0~3`) names the entry of one shard; a bare id answers the one shard holding it, or 409 when several do.", pattern = "^[0-9]+(-[0-9]+)?(~([0-9]+|-))?$")),
     responses(
         (status = 200, body = Item),
         (status = 400, description = "Malformed id", body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
         (status = 404, description = "No such entry (never written, or trimmed)", body = ErrorEnvelope),
+        (status = 409, description = "A bare id held by several shards: ask for `<id>~<shard>`", body = ErrorEnvelope),
         (status = 503, body = ErrorEnvelope)
     )
 )]
@@ -420,10 +432,10 @@ async fn get_access_log_entry(
     _admin: PlatformAdmin,
     Path(id): Path<String>,
 ) -> Result<Json<Item>, ApiError> {
-    let id =
-        StreamId::param("id", Some(&id))?.ok_or_else(|| ApiError::bad_request("id is required"))?;
-    let key = state.keys().access_stream();
-    query::by_id(&state, &key, id)
+    let cursor =
+        Cursor::param("id", Some(&id))?.ok_or_else(|| ApiError::bad_request("id is required"))?;
+    let families = shards::families(&state).await?;
+    shards::by_id(&state, &families, cursor)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no access-log entry {id}")))
@@ -456,8 +468,8 @@ async fn get_access_log_by_request_id(
         ..Default::default()
     })?;
     let rid = filters.request_id.unwrap_or_default();
-    let key = state.keys().access_stream();
-    query::by_request_id(&state, &key, &rid, Bounds::default())
+    let families = shards::families(&state).await?;
+    shards::by_request_id(&state, &families, &rid, Bounds::default())
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no access-log entry with request id {rid:?}")))
@@ -507,15 +519,15 @@ async fn export_access_log(
     let to = parse_time("to", q.to.as_deref())?;
     let filters = list_filters!(q)?;
     let bounds = Bounds::new(None, None, from, to);
-    let key = state.keys().access_stream();
+    let families = shards::families(&state).await?;
     // Planned before the response starts, so that Redis being down is a 503, not a cut body.
-    let walk = Walk::plan(&state, key.clone(), bounds, filters.clone()).await?;
+    let walk = MergedWalk::plan(&state, &families, bounds, filters.clone()).await?;
     // Entries older than the stream come from the archive, when one is configured.
     let older: Option<Arc<dyn export::OlderEntries>> = {
         let dir = state.config().archive.dir.trim();
         (!dir.is_empty()).then(|| Arc::new(export::ArchivedEntries::new(dir)) as _)
     };
-    let body = export::body(state, admin.0, key, walk, format, bounds, filters, older);
+    let body = export::body(state, admin.0, walk, format, bounds, filters, older);
     let mut response = axum::body::Body::from_stream(body).into_response();
     let headers = response.headers_mut();
     headers.insert(

@@ -395,9 +395,31 @@ async fn preview_gateway_config(
     let (candidate, entries) = input.into_parts()?;
     let replay = Replay::new(published(&state).await?, candidate)?;
     let now = now_ms();
-    let key = state.keys().access_stream();
-    let mut con = state.redis();
+    let families = crate::stream::shards::families(&state).await?;
     let mut tally = Tally::default();
+    if families.len() > 1 {
+        // Sharded: the newest entries of every shard, merged by (id, shard).
+        let mut walk = crate::stream::shards::MergedWalk::plan(
+            &state,
+            &families,
+            crate::stream::query::Bounds::default(),
+            crate::stream::Filters::default(),
+        )
+        .await?;
+        let mut left = usize::try_from(entries).unwrap_or(usize::MAX);
+        while left > 0 && !walk.is_done() {
+            let items = walk.next(&state, left.min(CHUNK as usize)).await?;
+            left = left.saturating_sub(items.len());
+            for item in items {
+                tally.add(Some(&item.entry), replay.judge(&item.entry, now));
+            }
+        }
+        return Ok(Json(tally.finish()));
+    }
+    let key = families
+        .first()
+        .map_or_else(|| state.keys().access_stream(), |f| f.stream());
+    let mut con = state.redis();
     let mut upper = "+".to_string();
     let mut left = entries;
     while left > 0 {

@@ -3,7 +3,8 @@
 //! Everything but the gateway block comes from one PostgreSQL statement. The gateway block sums
 //! the proxy's per-minute Redis counters (`Keys::requests_in_minute` /
 //! `Keys::rejects_in_minute`) over the last 60 minutes, the current one included, with one
-//! `MGET`; absent minutes count 0.
+//! `MGET` per access-log shard (each shard's counters share its hash tag), summed over the
+//! shards; absent minutes count 0.
 //!
 //! Decision: when Redis is unreachable the endpoint still answers 200 with the PostgreSQL
 //! figures and a gateway block of zeros with `available: false`, because most of the page does
@@ -141,35 +142,48 @@ SELECT
   (SELECT COALESCE(-sum(credits_amount), 0)::bigint FROM credit_transactions
      WHERE transaction_type = 'execution') AS total_credits_used";
 
-/// Sums the last hour of per-minute counters with one `MGET`.
+/// Sums the last hour of per-minute counters with one `MGET` per shard, concurrently.
 async fn gateway_stats(state: &AppState) -> GatewayStats {
     let now_minute = chrono::Utc::now().timestamp().max(0).unsigned_abs() / 60;
-    let minutes = (0..GATEWAY_WINDOW_MINUTES).map(|i| now_minute.saturating_sub(i));
-    let keys = state.keys();
-    let names: Vec<String> = minutes
-        .clone()
-        .map(|m| keys.requests_in_minute(m))
-        .chain(minutes.map(|m| keys.rejects_in_minute(m)))
+    let minutes: Vec<u64> = (0..GATEWAY_WINDOW_MINUTES)
+        .map(|i| now_minute.saturating_sub(i))
         .collect();
-    let mut redis = state.redis();
-    let values: Result<Vec<Option<i64>>, ApiError> = state
-        .redis_timeout(
-            redis::cmd("MGET")
-                .arg(&names)
-                .query_async::<Vec<Option<i64>>>(&mut redis),
-        )
-        .await;
-    match values {
-        Ok(values) => {
-            let window = usize::try_from(GATEWAY_WINDOW_MINUTES).unwrap_or(usize::MAX);
-            let sum = |vs: &[Option<i64>]| vs.iter().flatten().copied().sum::<i64>();
-            let (requests, rejects) = values.split_at(window.min(values.len()));
-            GatewayStats {
-                requests_last_hour: sum(requests),
-                rejected_last_hour: sum(rejects),
-                available: true,
+    let totals = async {
+        let families = crate::stream::shards::families(state).await?;
+        let reads = families.iter().map(|family| {
+            let names: Vec<String> = minutes
+                .iter()
+                .map(|m| family.requests_in_minute(*m))
+                .chain(minutes.iter().map(|m| family.rejects_in_minute(*m)))
+                .collect();
+            let mut redis = state.redis();
+            async move {
+                state
+                    .redis_timeout(
+                        redis::cmd("MGET")
+                            .arg(&names)
+                            .query_async::<Vec<Option<i64>>>(&mut redis),
+                    )
+                    .await
             }
+        });
+        let per_shard = futures::future::try_join_all(reads).await?;
+        let window = minutes.len();
+        let sum = |vs: &[Option<i64>]| vs.iter().flatten().copied().sum::<i64>();
+        let (mut requests, mut rejects) = (0i64, 0i64);
+        for values in per_shard {
+            let (req, rej) = values.split_at(window.min(values.len()));
+            requests += sum(req);
+            rejects += sum(rej);
         }
+        Ok::<_, ApiError>((requests, rejects))
+    };
+    match totals.await {
+        Ok((requests, rejects)) => GatewayStats {
+            requests_last_hour: requests,
+            rejected_last_hour: rejects,
+            available: true,
+        },
         Err(e) => {
             tracing::warn!(error = %e.public_message(), "stats: gateway counters unavailable");
             GatewayStats {

@@ -34,7 +34,8 @@ use crate::error::ApiError;
 use crate::metrics::OpenTail;
 use crate::state::AppState;
 
-use super::query::{Bounds, Walk, CHUNK};
+use super::query::{Bounds, CHUNK};
+use super::shards::MergedWalk;
 use super::tail::RECHECK_INTERVAL;
 use super::{Filters, Item, StreamId};
 
@@ -125,6 +126,7 @@ impl OlderEntries for ArchivedEntries {
             for e in entries {
                 chunk.push(Item {
                     id: e.id,
+                    shard: None,
                     entry: e.entry,
                 });
                 if chunk.len() == CHUNK
@@ -147,7 +149,7 @@ impl OlderEntries for ArchivedEntries {
 
 enum Phase {
     Header,
-    Stream(Box<Walk>),
+    Stream(Box<MergedWalk>),
     Older(BoxStream<'static, Result<Vec<Item>, ApiError>>),
     Trailer,
     Finished,
@@ -155,7 +157,8 @@ enum Phase {
 
 struct Export {
     state: AppState,
-    stream_key: String,
+    /// The streams walked (one per shard): the older source starts below all their first ids.
+    streams: Vec<String>,
     format: Format,
     bounds: Bounds,
     filters: Filters,
@@ -180,29 +183,20 @@ impl Piece {
     }
 }
 
-/// The export body of `principal`'s request: a stream of byte chunks. `walk` must have been
-/// planned over `bounds` and `filters`. Reading and the credential re-check run on a task of
-/// their own (see the module's documentation); the body takes chunks from it one at a time.
-#[allow(clippy::too_many_arguments)]
+/// The export body of `principal`'s request: a stream of byte chunks. `walk` (every shard,
+/// merged by id) must have been planned over `bounds` and `filters`. Reading and the credential
+/// re-check run on a task of their own (see the module's documentation); the body takes chunks
+/// from it one at a time.
 pub fn body(
     state: AppState,
     principal: Principal,
-    stream_key: String,
-    walk: Walk,
+    walk: MergedWalk,
     format: Format,
     bounds: Bounds,
     filters: Filters,
     older: Option<Arc<dyn OlderEntries>>,
 ) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
-    let pieces = pieces(
-        state.clone(),
-        stream_key,
-        walk,
-        format,
-        bounds,
-        filters,
-        older,
-    );
+    let pieces = pieces(state.clone(), walk, format, bounds, filters, older);
     guarded(state, principal, format, pieces)
 }
 
@@ -289,8 +283,7 @@ fn guarded(
 /// The export's chunks, read as the consumer asks for them.
 fn pieces(
     state: AppState,
-    stream_key: String,
-    walk: Walk,
+    walk: MergedWalk,
     format: Format,
     bounds: Bounds,
     filters: Filters,
@@ -299,7 +292,7 @@ fn pieces(
     let open = OpenTail::open(&state.metrics().exports_open);
     let export = Export {
         state,
-        stream_key,
+        streams: walk.streams(),
         format,
         bounds,
         filters,
@@ -328,7 +321,7 @@ fn pieces(
                         ex.phase = match ex.older.clone() {
                             Some(src) => match older_bounds(
                                 &ex.state,
-                                &ex.stream_key,
+                                &ex.streams,
                                 ex.bounds,
                                 ex.lowest_written,
                             )
@@ -398,27 +391,14 @@ fn pieces(
 /// still answer for.
 async fn older_bounds(
     state: &AppState,
-    stream_key: &str,
+    streams: &[String],
     bounds: Bounds,
     lowest_written: Option<StreamId>,
 ) -> Result<Option<Bounds>, ApiError> {
-    let mut con = state.redis();
-    let reply: redis::Value = state
-        .redis_timeout(
-            redis::cmd("XRANGE")
-                .arg(stream_key)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut con),
-        )
-        .await?;
-    let first = super::decode_entries(reply)?
-        .first()
-        .and_then(|(id, _)| StreamId::parse(id));
-    let below = [first, lowest_written, bounds.below]
+    let firsts = super::shards::first_ids(state, streams).await?;
+    let below = firsts
         .into_iter()
+        .chain([lowest_written, bounds.below])
         .flatten()
         .min();
     let b = Bounds {

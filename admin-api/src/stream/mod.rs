@@ -18,6 +18,7 @@ use crate::error::ApiError;
 
 pub mod export;
 pub mod query;
+pub mod shards;
 pub mod summary;
 pub mod tail;
 
@@ -391,8 +392,15 @@ fn ip_matches(logged: &str, canonical: &str) -> bool {
 /// One entry as the API returns it: its stream id and typed fields.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Item {
-    /// Stream id, e.g. `1732000000000-0`; pass it as `before` or `since`.
+    /// Stream id, e.g. `1732000000000-0`; pass it as `before` or `since` (with `shard`, as
+    /// `<id>~<shard>`).
     pub id: String,
+    /// The shard (`[access_log] shards`) holding the entry: a number, or `-` for the
+    /// unsharded stream. Present only when the access log is sharded (more than one stream
+    /// is read); ids are unique within a shard, and `<id>~<shard>` names an entry exactly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "3")]
+    pub shard: Option<String>,
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub entry: AccessLogEntry,
@@ -455,7 +463,11 @@ fn text(v: redis::Value) -> String {
 /// unreadable number) is logged and skipped rather than failing the page.
 pub(crate) fn to_item((id, fields): RawEntry) -> Option<Item> {
     match AccessLogEntry::from_pairs(fields) {
-        Ok(entry) => Some(Item { id, entry }),
+        Ok(entry) => Some(Item {
+            id,
+            shard: None,
+            entry,
+        }),
         Err(e) => {
             tracing::warn!(stream.id = %id, error = %e, "access log: skipping unreadable entry");
             None

@@ -153,29 +153,17 @@ pub struct Walk {
 }
 
 impl Walk {
-    /// Plans a walk over `stream` of the unsharded access-log family.
+    /// Plans a walk over the stream of one access-log family (shard): every indexed filter's
+    /// postings stream of that family takes part in the merge.
     pub async fn plan(
         state: &AppState,
-        stream: String,
-        bounds: Bounds,
-        filters: Filters,
-    ) -> Result<Self, ApiError> {
-        let mut walk = Self::plan_for(state, &state.keys().access(), bounds, filters).await?;
-        walk.stream = stream;
-        Ok(walk)
-    }
-
-    /// Plans a walk over the stream of one access-log family: every indexed filter's postings
-    /// stream takes part in the merge.
-    pub async fn plan_for(
-        state: &AppState,
-        keys: &AccessKeys,
+        family: &AccessKeys,
         bounds: Bounds,
         filters: Filters,
     ) -> Result<Self, ApiError> {
         let mut cursors: Vec<PostingsCursor> = Vec::new();
         for term in filters.index_terms() {
-            let key = term.key(keys);
+            let key = term.key(family);
             let field = term.posting_field().to_string();
             if cursors.iter().any(|c| c.key == key && c.field == field) {
                 continue;
@@ -203,7 +191,7 @@ impl Walk {
         });
         Ok(Self {
             con: state.redis(),
-            stream: keys.stream(),
+            stream: family.stream(),
             index,
             label,
             done: bounds.is_empty(),
@@ -472,9 +460,13 @@ fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {
     out
 }
 
-/// Reads one page.
-pub async fn page(state: &AppState, key: &str, req: &PageRequest) -> Result<PageResult, ApiError> {
-    let mut walk = Walk::plan(state, key.to_string(), req.bounds, req.filters.clone()).await?;
+/// Reads one page of one family (shard).
+pub async fn page(
+    state: &AppState,
+    family: &AccessKeys,
+    req: &PageRequest,
+) -> Result<PageResult, ApiError> {
+    let mut walk = Walk::plan(state, family, req.bounds, req.filters.clone()).await?;
     let indexed = walk.driver().is_some();
     let unfiltered = req.filters.is_empty();
     let mut items: Vec<Item> = Vec::new();

@@ -12,6 +12,10 @@
 //!   counts by decision, status class, method, UA type, country and risk bucket are exact; the
 //!   top IP and path lists sum each minute's [`ROLLUP_TOP_PER_MINUTE`] most frequent values,
 //!   so a value frequent over the window but never among a minute's most frequent is missed.
+//!
+//! A sharded log (`[access_log] shards`) is summed over every shard: the scan reads each shard
+//! concurrently (each at most its share of `max_entries`), the rollups of every shard are
+//! added up, minute by minute.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -22,7 +26,7 @@ use watchpost_common::rollup::{
     self, FIELD_COUNTRY, FIELD_DECISION, FIELD_METHOD, FIELD_RISK, FIELD_STATUS_CLASS, FIELD_TOTAL,
     FIELD_UA_TYPE,
 };
-use watchpost_common::{AccessLogEntry, Keys};
+use watchpost_common::{AccessKeys, AccessLogEntry};
 
 use crate::{error::ApiError, state::AppState};
 
@@ -127,6 +131,34 @@ impl Accumulator {
         *self.paths.entry(e.path.clone()).or_default() += 1;
     }
 
+    /// Adds another accumulator's counts (another shard's).
+    pub fn merge(&mut self, other: Accumulator) {
+        let (s, o) = (&mut self.summary, other.summary);
+        s.scanned += o.scanned;
+        for (mine, theirs) in [
+            (&mut s.by_decision, o.by_decision),
+            (&mut s.by_status_class, o.by_status_class),
+            (&mut s.by_method, o.by_method),
+            (&mut s.by_ua_type, o.by_ua_type),
+        ] {
+            for (k, n) in theirs {
+                *mine.entry(k).or_default() += n;
+            }
+        }
+        for (slot, n) in s.risk_histogram.iter_mut().zip(o.risk_histogram) {
+            *slot += n;
+        }
+        for (mine, theirs) in [
+            (&mut self.ips, other.ips),
+            (&mut self.countries, other.countries),
+            (&mut self.paths, other.paths),
+        ] {
+            for (k, n) in theirs {
+                *mine.entry(k).or_default() += n;
+            }
+        }
+    }
+
     /// The summary with its top lists.
     pub fn finish(mut self, window: Duration, from_id: String, truncated: bool) -> Summary {
         self.summary.window_secs = window.as_secs();
@@ -152,45 +184,34 @@ fn top(counts: HashMap<String, u64>) -> Vec<Count> {
     all
 }
 
-/// Summarises the window `now_ms - window ..= now_ms` of the access log under `keys`: windows
+/// Summarises the window `now_ms - window ..= now_ms` of the access log in `families`: windows
 /// up to [`SCAN_MAX_WINDOW`] by a scan of at most `max_entries` (unless the scan was
 /// truncated or reached trimmed entries and the rollups counted more), longer ones from the
 /// rollups.
 pub async fn summarize(
     state: &AppState,
-    keys: &Keys,
+    families: &[AccessKeys],
     window: Duration,
     now_ms: u64,
     max_entries: usize,
 ) -> Result<Summary, ApiError> {
     if window > SCAN_MAX_WINDOW {
-        return summarize_rollups(state, keys, window, now_ms).await;
+        return summarize_rollups(state, families, window, now_ms).await;
     }
-    let key = keys.access_stream();
-    let scanned = summarize_scan(state, &key, window, now_ms, max_entries).await?;
+    let streams: Vec<String> = families.iter().map(AccessKeys::stream).collect();
+    let scanned = summarize_scan(state, &streams, window, now_ms, max_entries).await?;
     let incomplete = scanned.truncated || {
-        // Did the stream lose part of the window to trimming? Its first entry is then newer
+        // Did a stream lose part of the window to trimming? Its first entry is then newer
         // than the window's start (while the rollups may still count the lost part).
-        let first: redis::Value = state
-            .redis_timeout(
-                redis::cmd("XRANGE")
-                    .arg(&key)
-                    .arg("-")
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(1)
-                    .query_async(&mut state.redis()),
-            )
-            .await?;
         let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
         let start = now_ms.saturating_sub(window_ms);
-        decode_entries(first)?
-            .first()
-            .and_then(|(id, _)| id.split('-').next()?.parse::<u64>().ok())
-            .is_none_or(|first_ms| first_ms > start)
+        super::shards::first_ids(state, &streams)
+            .await?
+            .into_iter()
+            .any(|first| first.is_none_or(|f| f.ms > start))
     };
     if incomplete {
-        let rolled = summarize_rollups(state, keys, window, now_ms).await?;
+        let rolled = summarize_rollups(state, families, window, now_ms).await?;
         if rolled.scanned > scanned.scanned {
             return Ok(rolled);
         }
@@ -201,7 +222,7 @@ pub async fn summarize(
 /// Sums the rollups of every minute from the one holding `now_ms - window` to `now_ms`.
 pub async fn summarize_rollups(
     state: &AppState,
-    keys: &Keys,
+    families: &[AccessKeys],
     window: Duration,
     now_ms: u64,
 ) -> Result<Summary, ApiError> {
@@ -217,27 +238,39 @@ pub async fn summarize_rollups(
     let mut countries: HashMap<String, u64> = HashMap::new();
     let mut ips: HashMap<String, u64> = HashMap::new();
     let mut paths: HashMap<String, u64> = HashMap::new();
-    let mut con = state.redis();
     let mut minute = first;
     while minute <= last {
         let end = last.min(minute.saturating_add(ROLLUP_CHUNK - 1));
-        let mut pipe = redis::pipe();
-        for m in minute..=end {
-            pipe.cmd("HGETALL").arg(keys.access_rollup(m));
-            for key in [keys.access_rollup_ips(m), keys.access_rollup_paths(m)] {
-                pipe.cmd("ZRANGE")
-                    .arg(key)
-                    .arg(0)
-                    .arg(ROLLUP_TOP_PER_MINUTE - 1)
-                    .arg("REV")
-                    .arg("WITHSCORES");
+        // One pipeline per shard (its keys share a slot), all shards concurrently.
+        let reads = families.iter().map(|keys| {
+            let mut pipe = redis::pipe();
+            for m in minute..=end {
+                pipe.cmd("HGETALL").arg(keys.rollup(m));
+                for key in [keys.rollup_ips(m), keys.rollup_paths(m)] {
+                    pipe.cmd("ZRANGE")
+                        .arg(key)
+                        .arg(0)
+                        .arg(ROLLUP_TOP_PER_MINUTE - 1)
+                        .arg("REV")
+                        .arg("WITHSCORES");
+                }
             }
-        }
+            let mut con = state.redis();
+            async move {
+                state
+                    .redis_timeout(pipe.query_async::<Vec<redis::Value>>(&mut con))
+                    .await
+            }
+        });
+        let replies: Vec<redis::Value> = futures::future::try_join_all(reads)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
         type Minute = (HashMap<String, u64>, Vec<(String, f64)>, Vec<(String, f64)>);
         let bad = |e: redis::ParsingError| {
             ApiError::unavailable(format!("redis: unreadable access-log rollup: {e}"))
         };
-        let replies: Vec<redis::Value> = state.redis_timeout(pipe.query_async(&mut con)).await?;
         for chunk in replies.chunks(3) {
             let parsed: Minute = match chunk {
                 [h, i, p] => (
@@ -289,16 +322,41 @@ fn add_field(s: &mut Summary, countries: &mut HashMap<String, u64>, field: &str,
     }
 }
 
-/// Summarises the newest entries of `key` newer than `now_ms - window`, at most `max_entries`.
+/// Summarises the newest entries of `streams` (the shards) newer than `now_ms - window`, at
+/// most `max_entries` in all: each shard is scanned concurrently, up to its share.
 pub async fn summarize_scan(
     state: &AppState,
-    key: &str,
+    streams: &[String],
     window: Duration,
     now_ms: u64,
     max_entries: usize,
 ) -> Result<Summary, ApiError> {
     let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
     let from_id = format!("{}-0", now_ms.saturating_sub(window_ms));
+    let share = max_entries.div_ceil(streams.len().max(1)).max(1);
+    let scans = futures::future::try_join_all(
+        streams
+            .iter()
+            .map(|key| scan_stream(state, key, &from_id, share)),
+    )
+    .await?;
+    let mut acc = Accumulator::default();
+    let mut truncated = false;
+    for (one, cut) in scans {
+        acc.merge(one);
+        truncated |= cut;
+    }
+    Ok(acc.finish(window, from_id, truncated))
+}
+
+/// Counts the newest entries of one stream down to `from_id`, at most `max_entries`; true
+/// when the stream held more in the window.
+async fn scan_stream(
+    state: &AppState,
+    key: &str,
+    from_id: &str,
+    max_entries: usize,
+) -> Result<(Accumulator, bool), ApiError> {
     let mut acc = Accumulator::default();
     let mut upper = "+".to_string();
     let mut con = state.redis();
@@ -314,7 +372,7 @@ pub async fn summarize_scan(
                     redis::cmd("XREVRANGE")
                         .arg(key)
                         .arg(&upper)
-                        .arg(&from_id)
+                        .arg(from_id)
                         .arg("COUNT")
                         .arg(1)
                         .query_async(&mut con),
@@ -329,7 +387,7 @@ pub async fn summarize_scan(
                 redis::cmd("XREVRANGE")
                     .arg(key)
                     .arg(&upper)
-                    .arg(&from_id)
+                    .arg(from_id)
                     .arg("COUNT")
                     .arg(count)
                     .query_async(&mut con),
@@ -349,7 +407,7 @@ pub async fn summarize_scan(
             _ => break,
         }
     }
-    Ok(acc.finish(window, from_id, truncated))
+    Ok((acc, truncated))
 }
 
 #[cfg(test)]

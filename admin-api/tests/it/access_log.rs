@@ -37,7 +37,7 @@ async fn spawn_patient_app() -> TestApp {
 
 /// The test's own connection, patient for the same reason as [`spawn_patient_app`] (pipelines
 /// of 1,000 `XADD`s with their index members).
-async fn redis_con(app: &TestApp) -> redis::aio::MultiplexedConnection {
+pub(crate) async fn redis_con(app: &TestApp) -> redis::aio::MultiplexedConnection {
     let config =
         redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
     redis::Client::open(app.config.redis.url.as_str())
@@ -47,7 +47,7 @@ async fn redis_con(app: &TestApp) -> redis::aio::MultiplexedConnection {
         .expect("Redis must be reachable")
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     u64::try_from(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -58,7 +58,7 @@ fn now_ms() -> u64 {
 }
 
 /// Synthetic entry number `i`: 1 in 100 from France with a bot UA, a few hundred IPs.
-fn synthetic(i: u64) -> AccessLogEntry {
+pub(crate) fn synthetic(i: u64) -> AccessLogEntry {
     let rare = i % 100 == 7;
     AccessLogEntry {
         ts: i,
@@ -103,7 +103,11 @@ async fn xadd_all(app: &TestApp, entries: &[(String, AccessLogEntry)]) {
     }
 }
 
-async fn get_json(app: &TestApp, admin: &TestAdmin, path_and_query: &str) -> (u16, Value) {
+pub(crate) async fn get_json(
+    app: &TestApp,
+    admin: &TestAdmin,
+    path_and_query: &str,
+) -> (u16, Value) {
     json_of(
         app.get(path_and_query)
             .bearer_auth(&admin.key)
@@ -480,14 +484,14 @@ async fn redis_down_is_503() {
 
 /// One Server-Sent Event.
 #[derive(Debug, Default)]
-struct SseEvent {
-    event: String,
-    id: String,
-    data: String,
+pub(crate) struct SseEvent {
+    pub(crate) event: String,
+    pub(crate) id: String,
+    pub(crate) data: String,
 }
 
 /// Reads events from an SSE response until `want` entry events arrived (heartbeats skipped).
-async fn read_entries(
+pub(crate) async fn read_entries(
     response: &mut reqwest::Response,
     buf: &mut String,
     want: usize,
@@ -527,7 +531,7 @@ async fn read_entries(
     out
 }
 
-async fn open_tail(app: &TestApp, admin: &TestAdmin, query: &str) -> reqwest::Response {
+pub(crate) async fn open_tail(app: &TestApp, admin: &TestAdmin, query: &str) -> reqwest::Response {
     let response = app
         .get(&format!("/api/admin/access-log/tail?{query}"))
         .bearer_auth(&admin.key)
@@ -741,7 +745,7 @@ async fn summary_answers_from_rollups_beyond_the_raw_stream() {
         let added = append_batch_with(
             &mut con,
             &script,
-            &keys,
+            &keys.access(),
             "p1",
             seq as u64 + 1,
             AppendLimits::max_len(1_000_000),

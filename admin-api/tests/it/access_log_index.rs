@@ -117,7 +117,7 @@ async fn write(
         let size = BATCH_SIZES[(*seq % BATCH_SIZES.len() as u64) as usize].min(all.len() - at);
         let batch = &all[at..at + size];
         *seq += 1;
-        let n = append_batch(con, &script, keys, "p1", *seq, 10_000_000, batch)
+        let n = append_batch(con, &script, &keys.access(), "p1", *seq, 10_000_000, batch)
             .await
             .expect("append");
         assert_eq!(n as usize, batch.len());
@@ -563,9 +563,17 @@ async fn two_ips_of_one_bucket_never_mix() {
             })
             .collect();
         seq += 1;
-        append_batch(&mut con, &script, &keys, "p1", seq, 10_000_000, &batch)
-            .await
-            .expect("append");
+        append_batch(
+            &mut con,
+            &script,
+            &keys.access(),
+            "p1",
+            seq,
+            10_000_000,
+            &batch,
+        )
+        .await
+        .expect("append");
     }
     let snap = snapshot(&mut con, &keys).await;
     for ip in [&a, &b] {

@@ -272,11 +272,21 @@ async fn try_walk(via: Via<'_>, admin: &TestAdmin, limit: u32) -> Result<Vec<Val
     panic!("the walk does not end");
 }
 
-/// Stream ids as (ms, seq), for ordering.
-fn id_key(v: &Value) -> (u64, u64) {
+/// Positions as (ms, seq, shard), for ordering: the log is sharded, so ids repeat across
+/// shards and entries are ordered by (id, shard).
+fn id_key(v: &Value) -> (u64, u64, u16) {
     let id = v["id"].as_str().expect("id");
     let (ms, seq) = id.split_once('-').expect("stream id");
-    (ms.parse().expect("id ms"), seq.parse().expect("id seq"))
+    let shard = v["shard"]
+        .as_str()
+        .expect("a sharded entry names its shard")
+        .parse()
+        .expect("shard number");
+    (
+        ms.parse().expect("id ms"),
+        seq.parse().expect("id seq"),
+        shard,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,8 +299,11 @@ async fn a_fleet_on_a_cluster_shares_config_tail_and_access_log() {
     let proxies = start_fleet(&cluster, &app).await;
     let http = reqwest::Client::new();
 
-    // The access log lives in one slot, under the family's hash tag.
-    let stream = format!("{}access:{{0}}", app.key_prefix);
+    // The access log is split into 16 shards (the default on a cluster), each family under
+    // its own hash tag, `{0}` … `{15}`, so that the shards spread over the masters.
+    let streams: Vec<String> = (0..16)
+        .map(|n| format!("{}access:{{{n}}}", app.key_prefix))
+        .collect();
 
     // A PUT through either admin reaches every proxy within 1 s.
     let mut version = 0u64;
@@ -414,10 +427,10 @@ async fn a_fleet_on_a_cluster_shares_config_tail_and_access_log() {
             counts.values().all(|&c| c == 1),
             "each exactly once: {counts:?}"
         );
-        let keys: Vec<(u64, u64)> = items.iter().map(id_key).collect();
+        let keys: Vec<(u64, u64, u16)> = items.iter().map(id_key).collect();
         assert!(
             keys.windows(2).all(|w| w[0] > w[1]),
-            "ids strictly descending"
+            "(id, shard) strictly descending"
         );
         let proxies_seen: HashSet<&str> = items
             .iter()
@@ -468,17 +481,27 @@ async fn a_fleet_on_a_cluster_shares_config_tail_and_access_log() {
         .await;
     }
 
-    // Nothing of the access log outside its slot's node: the stream is on one master.
-    let owner = cluster.owner_of(&stream);
-    let out = Command::new("redis-cli")
-        .args(["-p", &owner.to_string(), "xlen", &stream])
-        .output()
-        .expect("redis-cli");
-    let len: usize = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("XLEN");
-    assert!(len >= N + 12, "XLEN {len}");
+    // Each shard's stream is on the master owning its slot, and the shards holding entries
+    // are spread over more than one master.
+    let mut total = 0usize;
+    let mut owners = HashSet::new();
+    for stream in &streams {
+        let owner = cluster.owner_of(stream);
+        let out = Command::new("redis-cli")
+            .args(["-p", &owner.to_string(), "xlen", stream])
+            .output()
+            .expect("redis-cli");
+        let len: usize = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("XLEN");
+        if len > 0 {
+            owners.insert(owner);
+        }
+        total += len;
+    }
+    assert!(total >= N + 12, "XLEN summed over the shards: {total}");
+    assert!(owners.len() > 1, "the shards' masters: {owners:?}");
 
     for p in proxies {
         p.shutdown();
@@ -521,13 +544,14 @@ async fn a_master_killed_mid_load_loses_nothing_the_proxies_took() {
     let admin = app.create_admin().await;
     let proxies = start_fleet(&cluster, &app).await;
     let http = reqwest::Client::new();
+    // The master of shard 0 (every proxy's batches reach it in turn).
     let stream = format!("{}access:{{0}}", app.key_prefix);
     let owner = cluster.owner_of(&stream);
 
     let run = ulid::Ulid::new().to_string();
     let mut next = 0usize;
     let mut sent: Vec<String> = Vec::new();
-    // Load, kill the stream's master, load while it is down, restart it, load again.
+    // Load, kill shard 0's master, load while it is down, restart it, load again.
     sent.extend(load(&http, &proxies, &run, &mut next, Duration::from_millis(500)).await);
     cluster.kill(owner);
     let killed = Instant::now();

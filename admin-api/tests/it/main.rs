@@ -4,6 +4,7 @@
 
 mod access_log;
 mod access_log_index;
+mod access_log_shards;
 mod archive;
 mod audit;
 mod auth;

@@ -206,6 +206,7 @@ fn writer_config(args: &Args, redis_url: &str, buffer_bytes: usize) -> WriterCon
     WriterConfig {
         redis: watchpost_common::RedisTarget::Node(redis_url.to_string()),
         keys: Keys::new(args.key_prefix.clone()),
+        families: Vec::new(),
         proxy_id: "bench".into(),
         stream_max_len: args.stream_max_len,
         retention: None,
@@ -395,7 +396,7 @@ fn run_raw(args: &Args) -> anyhow::Result<()> {
                         let added = append_batch_with(
                             &mut conn,
                             &script,
-                            &keys,
+                            &keys.access(),
                             "bench",
                             i as u64 + 1,
                             limits,

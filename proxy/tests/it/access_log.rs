@@ -277,6 +277,7 @@ fn writer_config(url: &str, keys: &Keys, proxy_id: &str) -> WriterConfig {
     WriterConfig {
         redis: watchpost_common::RedisTarget::Node(url.to_string()),
         keys: keys.clone(),
+        families: Vec::new(),
         proxy_id: proxy_id.to_string(),
         stream_max_len: 1_000_000,
         retention: None,
@@ -313,7 +314,7 @@ async fn a_retried_batch_is_appended_once() {
     let append = |seq: u64, batch: Vec<AccessLogEntry>| {
         let (script, keys, mut c) = (script.clone(), keys.clone(), c.clone());
         async move {
-            append_batch(&mut c, &script, &keys, "w", seq, 1000, &batch)
+            append_batch(&mut c, &script, &keys.access(), "w", seq, 1000, &batch)
                 .await
                 .expect("script")
         }
@@ -549,12 +550,12 @@ async fn the_index_holds_exactly_each_entrys_id_and_is_swept_with_the_stream() {
         let size = (1 + seq as usize * 4 % 9).min(all.len() - at);
         let chunk = &all[at..at + size];
         seq += 1;
-        let added = append_batch(&mut c, &script, &keys, "w", seq, 1000, chunk)
+        let added = append_batch(&mut c, &script, &family, "w", seq, 1000, chunk)
             .await
             .expect("script");
         assert_eq!(added as usize, chunk.len());
         // A retry of the same batch adds no entry and no posting either.
-        let again = append_batch(&mut c, &script, &keys, "w", seq, 1000, chunk)
+        let again = append_batch(&mut c, &script, &family, "w", seq, 1000, chunk)
             .await
             .expect("script");
         assert_eq!(again, 0);
@@ -652,7 +653,7 @@ async fn a_batch_gets_contiguous_ids_and_the_sweep_drops_the_old_index_format() 
     let script = redis::Script::new(APPEND_SCRIPT);
     for (seq, size) in [(1u64, 1usize), (2, 64), (3, 7)] {
         let batch: Vec<AccessLogEntry> = (0..size as u64).map(logged).collect();
-        let added = append_batch(&mut c, &script, &keys, "w", seq, 1000, &batch)
+        let added = append_batch(&mut c, &script, &family, "w", seq, 1000, &batch)
             .await
             .expect("script");
         assert_eq!(added as usize, size);
@@ -682,4 +683,213 @@ async fn a_batch_gets_contiguous_ids_and_the_sweep_drops_the_old_index_format() 
         .await
         .expect("EXISTS");
     assert_eq!(exists, 0, "the old index and its registry are gone");
+}
+
+/// `[access_log] shards = 3`: a proxy alone spreads its batches round-robin over every shard
+/// from the shard its `proxy_id` hashes to; each shard's high-water mark sees that proxy's
+/// sequences in order; a restarted writer numbers above the highest mark in any shard; the
+/// families are registered for the readers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_go_round_robin_over_every_shard_under_one_sequence() {
+    let url = crate::support::redis_url();
+    let keys = Keys::new(unique_prefix("shards"));
+    let families = watchpost_common::keys::access_families(&keys, Some(3));
+    assert_eq!(families.len(), 3);
+    let mut c = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis must be reachable");
+    let run_writer = |batches: Vec<Vec<AccessLogEntry>>| {
+        let (url, keys, families) = (url.clone(), keys.clone(), families.clone());
+        async move {
+            let metrics = Metrics::new().expect("metrics");
+            let cfg = WriterConfig {
+                families,
+                batch_max_entries: 5,
+                ..writer_config(&url, &keys, "w")
+            };
+            let (sink, writer) =
+                access_log::channel(1000, cfg, metrics.clone(), Arc::new(RedisStatus::default()));
+            // Everything is buffered before the writer starts, so it takes exact batches of 5.
+            let sent: u64 = batches.iter().map(|b| b.len() as u64).sum();
+            for e in batches.into_iter().flatten() {
+                assert!(sink.push(e));
+            }
+            let (stop, stop_rx) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(writer.run(stop_rx));
+            eventually("every batch", Duration::from_secs(10), || async {
+                (metrics.log_written.get() == sent).then_some(())
+            })
+            .await;
+            let _ = stop.send(true);
+            task.await.expect("writer");
+        }
+    };
+    let batch = |k: u64| (5 * k..5 * k + 5).map(logged).collect::<Vec<_>>();
+    run_writer((0..6).map(batch).collect()).await;
+
+    let first = access_log::first_shard("w", 3);
+    let hwm = |c: &mut redis::aio::MultiplexedConnection, s: usize| {
+        let key = families[s].hwm();
+        let mut c = c.clone();
+        async move {
+            redis::cmd("HGET")
+                .arg(key)
+                .arg("w")
+                .query_async::<Option<u64>>(&mut c)
+                .await
+                .expect("HGET")
+        }
+    };
+    let mut seen = Vec::new();
+    for k in 0..3 {
+        let s = (first + k) % 3;
+        // Batches k and k + 3 (sequences k + 1 and k + 4) went to this shard.
+        let ids: Vec<String> = read_stream(&url, &families[s].stream())
+            .await
+            .into_iter()
+            .filter_map(|e| {
+                e.into_iter()
+                    .find(|(f, _)| f == "request_id")
+                    .map(|(_, v)| v)
+            })
+            .collect();
+        let want: Vec<String> = [k, k + 3]
+            .iter()
+            .flat_map(|b| (5 * b..5 * b + 5).map(|n| format!("req-{n}")))
+            .collect();
+        assert_eq!(ids, want, "shard {s}");
+        assert_eq!(hwm(&mut c, s).await, Some(k as u64 + 4), "shard {s}");
+        seen.extend(ids);
+    }
+    assert_eq!(seen.len(), 30);
+    // Nothing under the unsharded names.
+    let plain: bool = redis::cmd("EXISTS")
+        .arg(keys.access_stream())
+        .query_async(&mut c)
+        .await
+        .expect("EXISTS");
+    assert!(!plain);
+    // The writer's upkeep task registers the families when it starts.
+    eventually("the families registered", Duration::from_secs(10), || {
+        let mut c = c.clone();
+        let key = keys.access_family_registry();
+        async move {
+            let mut registered: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(key)
+                .query_async(&mut c)
+                .await
+                .expect("SMEMBERS");
+            registered.sort();
+            (registered == ["0", "1", "2"]).then_some(())
+        }
+    })
+    .await;
+
+    // A restarted writer starts again at its first shard, above every shard's mark.
+    run_writer(vec![batch(6)]).await;
+    assert_eq!(hwm(&mut c, first).await, Some(7));
+
+    let all: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", keys.prefix()))
+        .query_async(&mut c)
+        .await
+        .expect("KEYS");
+    let _: () = redis::cmd("DEL")
+        .arg(all)
+        .query_async(&mut c)
+        .await
+        .expect("DEL");
+}
+
+/// After `shards` changed, a shard no longer configured is swept, trimmed by `retention`
+/// (nothing appends to it any more), and unregistered once empty; the configured ones stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_shard_is_trimmed_by_retention_then_unregistered() {
+    let url = crate::support::redis_url();
+    let keys = Keys::new(unique_prefix("retired"));
+    let mut c = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis must be reachable");
+    let script = redis::Script::new(APPEND_SCRIPT);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    // The old layout: the unsharded stream, written (and registered) before the change.
+    let old = keys.access();
+    let added = append_batch(&mut c, &script, &old, "w", 1, 1000, &[logged(1), logged(2)])
+        .await
+        .expect("append");
+    assert_eq!(added, 2);
+    let configured = watchpost_common::keys::access_families(&keys, Some(2));
+    access_log::register_families(&mut c, &keys, std::slice::from_ref(&old))
+        .await
+        .expect("register");
+    let members = |c: &mut redis::aio::MultiplexedConnection| {
+        let mut c = c.clone();
+        let key = keys.access_family_registry();
+        async move {
+            let mut m: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(key)
+                .query_async(&mut c)
+                .await
+                .expect("SMEMBERS");
+            m.sort();
+            m
+        }
+    };
+    // Within retention: kept, still registered beside the configured shards.
+    access_log::sweep_families(&mut c, &keys, &configured, Some(Duration::from_secs(3600)))
+        .await
+        .expect("sweep");
+    assert_eq!(members(&mut c).await, ["-", "0", "1"]);
+    let len: u64 = redis::cmd("XLEN")
+        .arg(old.stream())
+        .query_async(&mut c)
+        .await
+        .expect("XLEN");
+    assert_eq!(len, 2);
+    // Past retention: a retention of 1 ms, once the entries are a few milliseconds old.
+    let retention = Duration::from_millis(1);
+    eventually(
+        "the entries to be older than the retention",
+        Duration::from_secs(5),
+        || async {
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("clock")
+                .as_millis() as u64;
+            (t > now + 5).then_some(())
+        },
+    )
+    .await;
+    access_log::sweep_families(&mut c, &keys, &configured, Some(retention))
+        .await
+        .expect("sweep");
+    assert_eq!(members(&mut c).await, ["0", "1"]);
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}access*", keys.prefix()))
+        .query_async(&mut c)
+        .await
+        .expect("KEYS");
+    assert!(
+        left.iter().all(|k| *k == keys.access_family_registry()
+            || k.contains(":rollup:")
+            || k.contains(":{")),
+        "the retired stream, its marks and index are gone: {left:?}"
+    );
+    let all: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", keys.prefix()))
+        .query_async(&mut c)
+        .await
+        .expect("KEYS");
+    let _: () = redis::cmd("DEL")
+        .arg(all)
+        .query_async(&mut c)
+        .await
+        .expect("DEL");
 }

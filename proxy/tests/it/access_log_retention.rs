@@ -24,6 +24,7 @@ fn config(keys: &Keys) -> WriterConfig {
     WriterConfig {
         redis: watchpost_common::RedisTarget::Node(redis_url()),
         keys: keys.clone(),
+        families: Vec::new(),
         proxy_id: "r".into(),
         stream_max_len: 1_000_000,
         retention: None,
@@ -151,9 +152,17 @@ async fn rollups_equal_counts_computed_from_the_stream() {
         ..AppendLimits::max_len(1_000_000)
     };
     for _ in 0..2 {
-        append_batch_with(&mut c, &script, &keys, "again", 1, limits, &retried)
-            .await
-            .expect("script");
+        append_batch_with(
+            &mut c,
+            &script,
+            &keys.access(),
+            "again",
+            1,
+            limits,
+            &retried,
+        )
+        .await
+        .expect("script");
     }
 
     let stream: Vec<AccessLogEntry> = read_stream(&redis_url(), &keys.access_stream())
@@ -203,7 +212,7 @@ async fn top_lists_stay_bounded() {
         ip: "198.51.100.1".into(),
         ..AccessLogEntry::default()
     }));
-    append_batch_with(&mut c, &script, &keys, "t", 1, limits, &batch)
+    append_batch_with(&mut c, &script, &keys.access(), "t", 1, limits, &batch)
         .await
         .expect("script");
     let got = read_rollup(&mut c, &keys, ts / 60_000).await;

@@ -591,14 +591,23 @@ pub fn xadd_indexed(
     id: &str,
     e: &watchpost_common::AccessLogEntry,
 ) {
+    xadd_indexed_in(pipe, &keys.access(), id, e);
+}
+
+/// [`xadd_indexed`] into one access-log family (a shard): its stream, postings and registry.
+pub fn xadd_indexed_in(
+    pipe: &mut redis::Pipeline,
+    family: &watchpost_common::AccessKeys,
+    id: &str,
+    e: &watchpost_common::AccessLogEntry,
+) {
     use watchpost_common::access_index::batch_postings;
-    let family = keys.access();
     let cmd = pipe.cmd("XADD").arg(family.stream()).arg(id);
     for (k, v) in e.to_fields() {
         cmd.arg(k).arg(v);
     }
     cmd.ignore();
-    for p in batch_postings(&family, std::slice::from_ref(e)) {
+    for p in batch_postings(family, std::slice::from_ref(e)) {
         let cmd = pipe.cmd("XADD").arg(&p.key).arg(id);
         for (field, offsets) in &p.fields {
             cmd.arg(field).arg(offsets);
