@@ -8,6 +8,9 @@
 //! `EVALSHA`/`EVAL`; `redis_cpu_usec_per_entry` is the server's `used_cpu_user + used_cpu_sys`
 //! (parsing and networking included); both over the whole run, so give it a Redis of its own.
 //!
+//! `--shards N` writes the batches round-robin over N access-log shards (as the proxy's writer
+//! does with `[access_log] shards`) and registers them, so an admin reads them all.
+//!
 //! `--cluster-nodes redis://…,redis://…` writes to a Redis Cluster instead (the access-log
 //! family under its hash tag, through the binaries' cluster connection) and reports the CPU of
 //! every listed master: `"redis_cpu_usec_per_entry_by_node":[…]` (list them all).
@@ -25,11 +28,11 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use watchpost_common::keys::MINUTE_COUNTER_TTL_SECS;
-use watchpost_common::{
-    AccessLogEntry, ConnOptions, Decision, Keys, RedisTarget, ACCESS_LOG_FIELDS,
+use watchpost_common::keys::{access_families, AccessKeys, MINUTE_COUNTER_TTL_SECS};
+use watchpost_common::{AccessLogEntry, ConnOptions, Decision, RedisTarget, ACCESS_LOG_FIELDS};
+use watchpost_proxy::access_log::{
+    append_batch_with, register_families, AppendLimits, APPEND_SCRIPT,
 };
-use watchpost_proxy::access_log::{append_batch_with, AppendLimits, APPEND_SCRIPT};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -57,6 +60,11 @@ struct Args {
     no_rollups: bool,
     #[arg(long, default_value_t = 200)]
     requests: usize,
+    /// Access-log shards (`[access_log] shards`): batches go round-robin over the shards'
+    /// families, as a proxy's writer sends them, and the families are registered. Unset: the
+    /// binaries' default (1 on a node, 16 on a cluster).
+    #[arg(long)]
+    shards: Option<u16>,
     /// A Redis Cluster's masters, comma-separated (wins over `--redis-url`).
     #[arg(long, value_delimiter = ',')]
     cluster_nodes: Vec<String>,
@@ -124,7 +132,7 @@ fn entry(i: u64, base_ms: u64) -> AccessLogEntry {
 /// The append script's call with no index references (the stream and counters alone).
 fn plain_invocation<'a>(
     script: &'a redis::Script,
-    keys: &Keys,
+    keys: &AccessKeys,
     seq: u64,
     batch: &[AccessLogEntry],
 ) -> redis::ScriptInvocation<'a> {
@@ -133,11 +141,11 @@ fn plain_invocation<'a>(
         *minutes.entry(e.ts / 60_000).or_default() += 1;
     }
     let mut inv = script.prepare_invoke();
-    inv.key(keys.access_stream()).key(keys.access_hwm());
+    inv.key(keys.stream()).key(keys.hwm());
     for m in minutes.keys() {
         inv.key(keys.requests_in_minute(*m));
     }
-    inv.key(keys.access().postings_registry());
+    inv.key(keys.postings_registry());
     inv.arg("bench")
         .arg(seq)
         .arg(10_000_000u64)
@@ -229,6 +237,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Mode::Load => {
             let script = redis::Script::new(APPEND_SCRIPT);
+            let families = access_families(&keys, args.shards);
+            register_families(&mut con, &keys, &families).await?;
             let mut before = Vec::new();
             for n in &mut nodes {
                 before.push(info(n).await?);
@@ -245,8 +255,10 @@ async fn main() -> anyhow::Result<()> {
                     i += 1;
                 }
                 seq += 1;
+                // Round-robin over the shards, one batch each, as the writer does.
+                let family = &families[(seq as usize - 1) % families.len()];
                 let n: u64 = if args.no_index {
-                    plain_invocation(&script, &keys, seq, &batch)
+                    plain_invocation(&script, family, seq, &batch)
                         .invoke_async(&mut con)
                         .await?
                 } else {
@@ -257,7 +269,7 @@ async fn main() -> anyhow::Result<()> {
                     append_batch_with(
                         &mut con,
                         &script,
-                        &keys.access(),
+                        family,
                         "bench",
                         seq,
                         limits,
@@ -287,11 +299,12 @@ async fn main() -> anyhow::Result<()> {
                     .sum::<f64>()
             };
             println!(
-                "{{\"entries\":{},\"index\":{},\"rollups\":{},\"cluster\":{},\"seconds\":{:.2},\"script_usec_per_entry\":{:.2},\"redis_cpu_usec_per_entry\":{:.2},\"redis_cpu_usec_per_entry_by_node\":[{}],\"used_memory_delta\":{}}}",
+                "{{\"entries\":{},\"index\":{},\"rollups\":{},\"cluster\":{},\"shards\":{},\"seconds\":{:.2},\"script_usec_per_entry\":{:.2},\"redis_cpu_usec_per_entry\":{:.2},\"redis_cpu_usec_per_entry_by_node\":[{}],\"used_memory_delta\":{}}}",
                 args.entries,
                 !args.no_index,
                 !args.no_index && !args.no_rollups,
                 target.is_cluster(),
+                families.len(),
                 seconds,
                 sum(&script_usec) / n,
                 by_node.iter().sum::<f64>(),
