@@ -9,6 +9,9 @@
 //! The body is produced only as fast as the client reads it; when the client closes the
 //! connection, the server drops the body and no further chunk is read from Redis
 //! (`access_log_exports_open` falls, `access_log_export_entries_read_total` stops rising).
+//! While one chunk is rendered and handed to the connection, the next one is read from Redis
+//! on a task of its own (at most one chunk ahead, so memory stays flat; stopped when the
+//! export ends early).
 //!
 //! An export outlives the request that authenticated it, so, like the live tail, it checks the
 //! caller's credential again every [`RECHECK_INTERVAL`]
@@ -150,9 +153,36 @@ impl OlderEntries for ArchivedEntries {
 enum Phase {
     Header,
     Stream(Box<MergedWalk>),
+    /// The walk's next chunk being read on a task of its own, while the chunk before it is
+    /// rendered and sent.
+    Reading(ReadAhead),
     Older(BoxStream<'static, Result<Vec<Item>, ApiError>>),
     Trailer,
     Finished,
+}
+
+/// What a read-ahead task gives back: the walk, the entries it examined, the chunk.
+type ReadDone = (Box<MergedWalk>, usize, Result<Vec<Item>, ApiError>);
+
+/// A chunk read on a task of its own; dropping it (the client went away, the credential was
+/// withdrawn) stops the read.
+struct ReadAhead(tokio::task::JoinHandle<ReadDone>);
+
+impl ReadAhead {
+    fn start(state: AppState, mut walk: Box<MergedWalk>) -> Self {
+        Self(tokio::spawn(async move {
+            let before = walk.scanned;
+            let got = walk.next(&state, CHUNK).await;
+            let scanned = walk.scanned - before;
+            (walk, scanned, got)
+        }))
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 struct Export {
@@ -316,7 +346,7 @@ fn pieces(
                         return Some((Piece::text(Bytes::from(csv_header())), (ex, walk)));
                     }
                 }
-                Phase::Stream(mut w) => {
+                Phase::Stream(w) => {
                     if w.is_done() {
                         ex.phase = match ex.older.clone() {
                             Some(src) => match older_bounds(
@@ -335,18 +365,33 @@ fn pieces(
                         };
                         continue;
                     }
-                    let before = w.scanned;
-                    let got = w.next(&ex.state, CHUNK).await;
+                    ex.phase = Phase::Reading(ReadAhead::start(ex.state.clone(), w));
+                }
+                Phase::Reading(mut read) => {
+                    let (w, scanned, got) = match (&mut read.0).await {
+                        Ok(done) => done,
+                        Err(e) => {
+                            tracing::error!(error = %e, "access log: export read task failed");
+                            let e = ApiError::internal("the export's read failed");
+                            return Some((Piece::text(ex.error(&e)), (ex, walk)));
+                        }
+                    };
                     ex.state
                         .metrics()
                         .export_entries_read
-                        .inc_by((w.scanned - before) as u64);
+                        .inc_by(scanned as u64);
                     match got {
                         Ok(items) => {
-                            ex.phase = Phase::Stream(w);
                             if items.is_empty() {
+                                ex.phase = Phase::Stream(w);
                                 continue;
                             }
+                            // The next chunk is read while this one is rendered and sent.
+                            ex.phase = if w.is_done() {
+                                Phase::Stream(w)
+                            } else {
+                                Phase::Reading(ReadAhead::start(ex.state.clone(), w))
+                            };
                             let oldest = items.iter().filter_map(|i| StreamId::parse(&i.id)).min();
                             ex.lowest_written = ex.lowest_written.into_iter().chain(oldest).min();
                             let chunk = ex.render(&items);
