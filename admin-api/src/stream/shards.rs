@@ -24,8 +24,9 @@
 //! poll never misses one, and a `before` walk sees exactly the entries that existed when it
 //! began, whatever arrives meanwhile. The newest millisecond shows up a millisecond later.
 //!
-//! **Pages.** Each shard's page (the same `limit`, the same filters and budget) covers its
-//! positions from the top down to its own cursor (the last id it read); the merged page is
+//! **Pages.** Each shard is read (a small share of the page first, the rest only where it can
+//! still belong to the page: [`page`]; the same filters, and the budget over all its reads) from
+//! the top of its range down to its own cursor (the last id it read); the merged page is
 //! exact down to the highest of those cursors ([`merge_pages`]): what lies below it in some
 //! shard is unknown yet, so the merged cursor stops there. An indexed or unfiltered page is
 //! therefore still full unless it is the last; a budgeted one may be short, as on one stream.
@@ -278,9 +279,82 @@ pub struct MergedRequest {
     pub budget: usize,
 }
 
-/// One page over every family: [`query::page`] on each shard with its own bounds, concurrently,
-/// merged by [`merge_pages`]. Items carry `shard` and the cursor is `<id>~<shard>` when more
-/// than one family is read.
+/// One shard's part of a merged page being read: its bounds, what it gave so far, its cursor.
+struct ShardRead<'a> {
+    family: &'a AccessKeys,
+    rank: u32,
+    /// `None`: nothing of this shard is in range.
+    bounds: Option<Bounds>,
+    items: Vec<(StreamId, Item)>,
+    /// Where the shard's next read starts (exclusive); `None` once it has nothing more.
+    next: Option<StreamId>,
+    /// Entries examined in this shard so far.
+    scanned: usize,
+    /// Its reads are budgeted (unindexed filters): it examines at most the page's budget in
+    /// all, so a shard out of budget is not read again.
+    budgeted: bool,
+    /// Read at least once.
+    read: bool,
+}
+
+impl ShardRead<'_> {
+    /// Reads up to `limit` more of this shard, below its cursor.
+    async fn extend(
+        &mut self,
+        state: &AppState,
+        req: &MergedRequest,
+        limit: usize,
+        sharded: bool,
+    ) -> Result<(), ApiError> {
+        let Some(bounds) = self.bounds else {
+            self.read = true;
+            return Ok(());
+        };
+        let bounds = match (self.read, self.next) {
+            (false, _) => bounds,
+            (true, Some(next)) => Bounds {
+                below: Some(next),
+                ..bounds
+            },
+            (true, None) => return Ok(()),
+        };
+        let request = PageRequest {
+            limit,
+            bounds,
+            filters: req.filters.clone(),
+            budget: req.budget.saturating_sub(self.scanned),
+        };
+        let page = query::page(state, self.family, &request).await?;
+        self.read = true;
+        self.scanned += page.scanned;
+        self.budgeted = page.index.is_none() && !req.filters.is_empty();
+        self.next = match page.next_cursor.as_deref() {
+            None => None,
+            Some(c) => Some(StreamId::parse(c).ok_or_else(|| {
+                ApiError::internal(format!("stream returned a malformed id {c:?}"))
+            })?),
+        };
+        let family = self.family;
+        self.items.extend(
+            page.items
+                .into_iter()
+                .filter_map(|i| StreamId::parse(&i.id).map(|id| (id, tag(i, family, sharded)))),
+        );
+        Ok(())
+    }
+}
+
+/// One page over every family, merged by [`merge_pages`]. Items carry `shard` and the cursor is
+/// `<id>~<shard>` when more than one family is read.
+///
+/// With several families, each shard is first asked for a small share of the page
+/// (`limit / shards + 2`), concurrently; a shard whose cursor is still above the page's
+/// `limit`-th position (its unread entries could belong to the page) is then asked, again
+/// concurrently, for the rest of a full page. A batch lands whole in one shard, so the newest
+/// entries usually sit in one or two shards: this reads about `limit` entries of those and a
+/// few of every other one, instead of a full page of each. Each shard's reads cover its range
+/// from the top down to its cursor, so the merge is exact whatever was read (see
+/// [`merge_pages`]).
 pub async fn page(
     state: &AppState,
     families: &[AccessKeys],
@@ -288,43 +362,73 @@ pub async fn page(
 ) -> Result<(Vec<Item>, Option<String>), ApiError> {
     let sharded = families.len() > 1;
     let settled = settled_below(state, families).await?;
-    let reads = families.iter().map(|family| {
-        let r = rank(family);
-        let bounds = bounds_for(r, req.before, req.since, req.from_ms, req.to_ms, settled);
-        async move {
-            let Some(bounds) = bounds else {
-                return Ok(ShardPage {
-                    rank: r,
-                    items: Vec::new(),
-                    next: None,
-                });
-            };
-            let request = PageRequest {
-                limit: req.limit,
-                bounds,
-                filters: req.filters.clone(),
-                budget: req.budget,
-            };
-            let page = query::page(state, family, &request).await?;
-            let next = match page.next_cursor.as_deref() {
-                None => None,
-                Some(c) => Some(StreamId::parse(c).ok_or_else(|| {
-                    ApiError::internal(format!("stream returned a malformed id {c:?}"))
-                })?),
-            };
-            let items = page
-                .items
-                .into_iter()
-                .filter_map(|i| StreamId::parse(&i.id).map(|id| (id, tag(i, family, sharded))))
-                .collect();
-            Ok::<_, ApiError>(ShardPage {
-                rank: r,
-                items,
-                next,
+    let mut shards: Vec<ShardRead<'_>> = families
+        .iter()
+        .map(|family| {
+            let rank = rank(family);
+            ShardRead {
+                family,
+                rank,
+                bounds: bounds_for(rank, req.before, req.since, req.from_ms, req.to_ms, settled),
+                items: Vec::new(),
+                next: None,
+                scanned: 0,
+                budgeted: false,
+                read: false,
+            }
+        })
+        .collect();
+    let first = if sharded {
+        (req.limit / families.len() + 2).min(req.limit)
+    } else {
+        req.limit
+    };
+    try_join_all(
+        shards
+            .iter_mut()
+            .map(|s| s.extend(state, req, first, sharded)),
+    )
+    .await?;
+    if sharded {
+        // The page's `limit`-th position among everything read (none when fewer were read).
+        let mut positions: Vec<Pos> = shards
+            .iter()
+            .flat_map(|s| {
+                s.items.iter().map(|(id, _)| Pos {
+                    id: *id,
+                    rank: s.rank,
+                })
             })
-        }
-    });
-    let pages = try_join_all(reads).await?;
+            .collect();
+        positions.sort_unstable_by(|a, b| b.cmp(a));
+        let floor = positions.get(req.limit.saturating_sub(1)).copied();
+        let wanted = shards.iter_mut().filter(|s| {
+            let above_floor = match (s.next, floor) {
+                (Some(next), Some(f)) => {
+                    Pos {
+                        id: next,
+                        rank: s.rank,
+                    } > f
+                }
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            above_floor && !(s.budgeted && s.scanned >= req.budget)
+        });
+        try_join_all(wanted.map(|s| {
+            let rest = req.limit.saturating_sub(s.items.len()).max(1);
+            s.extend(state, req, rest, sharded)
+        }))
+        .await?;
+    }
+    let pages = shards
+        .into_iter()
+        .map(|s| ShardPage {
+            rank: s.rank,
+            items: s.items,
+            next: s.next,
+        })
+        .collect();
     let (items, cursor) = merge_pages(pages, req.limit);
     Ok((
         items.into_iter().map(|(_, i)| i).collect(),

@@ -618,3 +618,99 @@ async fn entries_of_a_retired_layout_stay_readable() {
     assert_eq!(status, 200, "{item}");
     assert_eq!(item["request_id"], "old-2");
 }
+
+/// Batches land whole in one shard, so the newest entries are usually all in one shard: a page
+/// reads a small share of every shard first and then the rest of the page from the shards whose
+/// entries could still belong to it. Whatever shard holds them, every page but the last is
+/// full, and the walk is the model's order exactly, unfiltered and with an indexed filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_are_full_when_the_newest_entries_sit_in_one_shard() {
+    let app = spawn_sharded().await;
+    let admin = app.create_admin().await;
+    let fams = families(&app);
+    let base = now_ms() - 60_000;
+    let mut written = Written {
+        by_rid: HashMap::new(),
+    };
+    let mut n = 0u64;
+    // Shard 1 holds the newest 130 entries, shard 0 the 130 before them, shard 2 the oldest
+    // 130; and every shard holds 5 entries of one shared millisecond below all of them.
+    for (s, ms_offset, count) in [(1usize, 20u64, 130u64), (0, 10, 130), (2, 0, 130)] {
+        let mut entries = Vec::new();
+        for seq in 0..count {
+            let mut e = synthetic(n);
+            e.request_id = format!("clump-{s}-{seq}");
+            n += 1;
+            let (ms, seq) = (base + ms_offset, seq);
+            written.by_rid.insert(
+                e.request_id.clone(),
+                (
+                    Pos {
+                        ms,
+                        seq,
+                        shard: s as u16,
+                    },
+                    e.clone(),
+                ),
+            );
+            entries.push((format!("{ms}-{seq}"), e));
+        }
+        for seq in 0..5u64 {
+            let mut e = synthetic(n);
+            e.request_id = format!("shared-{s}-{seq}");
+            n += 1;
+            let ms = base - 5;
+            written.by_rid.insert(
+                e.request_id.clone(),
+                (
+                    Pos {
+                        ms,
+                        seq,
+                        shard: s as u16,
+                    },
+                    e.clone(),
+                ),
+            );
+            entries.push((format!("{ms}-{seq}"), e));
+        }
+        entries.sort_by_key(|(id, _)| {
+            let (ms, seq) = id.split_once('-').expect("id");
+            (
+                ms.parse::<u64>().expect("ms"),
+                seq.parse::<u64>().expect("seq"),
+            )
+        });
+        xadd_shard(&app, &fams[s], &entries).await;
+    }
+    for limit in [1u32, 7, 50, 200] {
+        let got = walk(&app, &admin, &format!("limit={limit}")).await;
+        assert_newest_first_once(&got);
+        assert_eq!(got, written.matching(|_| true), "limit={limit}");
+        // Every page but the last is full: the walk took ceil(total / limit) pages.
+        let mut pages = 0usize;
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                None => format!("/api/admin/access-log?limit={limit}"),
+                Some(c) => format!("/api/admin/access-log?limit={limit}&before={c}"),
+            };
+            let (status, page) = get_json(&app, &admin, &path).await;
+            assert_eq!(status, 200, "{page}");
+            let items = page["items"].as_array().expect("items").len();
+            pages += 1;
+            match page["next_cursor"].as_str() {
+                Some(c) => {
+                    assert_eq!(items, limit as usize, "a page before the last is full");
+                    cursor = Some(c.to_string());
+                }
+                None => break,
+            }
+        }
+        assert_eq!(pages, got.len().div_ceil(limit as usize).max(1));
+    }
+    // An indexed filter: status 404 is every tenth synthetic entry.
+    let got = walk(&app, &admin, "limit=9&status=404").await;
+    assert_newest_first_once(&got);
+    assert_eq!(got, written.matching(|e| e.status == 404));
+    assert!(got.len() > 30, "the filter matches in every shard");
+}

@@ -266,16 +266,8 @@ async fn main() -> anyhow::Result<()> {
                         rollups: !args.no_rollups,
                         ..AppendLimits::max_len(10_000_000)
                     };
-                    append_batch_with(
-                        &mut con,
-                        &script,
-                        family,
-                        "bench",
-                        seq,
-                        limits,
-                        &batch,
-                    )
-                    .await?
+                    append_batch_with(&mut con, &script, family, "bench", seq, limits, &batch)
+                        .await?
                 };
                 anyhow::ensure!(n as usize == batch.len(), "batch {seq} added {n}");
             }
