@@ -659,15 +659,8 @@ impl Archiver {
         cfg: &ArchiveConfig,
         metrics: ArchiveMetrics,
     ) -> Result<Self, StartupError> {
-        let family = keys.access();
-        Self::for_families(
-            redis,
-            std::slice::from_ref(&family),
-            &[family.clone()],
-            cfg,
-            metrics,
-        )
-        .await
+        let family = [keys.access()];
+        Self::for_families(redis, &family, &family, cfg, metrics).await
     }
 
     /// The archiver of a log of `shards` shards (`[access_log] shards`): every configured

@@ -519,15 +519,26 @@ async fn export_access_log(
     let to = parse_time("to", q.to.as_deref())?;
     let filters = list_filters!(q)?;
     let bounds = Bounds::new(None, None, from, to);
-    let families = shards::families(&state).await?;
-    // Planned before the response starts, so that Redis being down is a 503, not a cut body.
-    let walk = MergedWalk::plan(&state, &families, bounds, filters.clone()).await?;
-    // Entries older than the stream come from the archive, when one is configured.
-    let older: Option<Arc<dyn export::OlderEntries>> = {
+    let mut families = shards::families(&state).await?;
+    // Entries older than the streams come from the archive, when one is configured: each
+    // shard's own directory, and shards only the archive still has are read too.
+    let archive = {
         let dir = state.config().archive.dir.trim();
-        (!dir.is_empty()).then(|| Arc::new(export::ArchivedEntries::new(dir)) as _)
+        (!dir.is_empty()).then(|| {
+            let configured = watchpost_common::keys::access_families(
+                state.keys(),
+                state.config().access_log.shard_count(),
+            );
+            export::ArchivedEntries::new(dir, configured)
+        })
     };
-    let body = export::body(state, admin.0, walk, format, bounds, filters, older);
+    if let Some(archive) = &archive {
+        archive.add_archived_families(state.keys(), &mut families);
+    }
+    let older = archive.map(|a| Arc::new(a) as Arc<dyn export::OlderEntries>);
+    // Planned before the response starts, so that Redis being down is a 503, not a cut body.
+    let walk = MergedWalk::plan(&state, &families, bounds, filters).await?;
+    let body = export::body(state, admin.0, walk, format, older);
     let mut response = axum::body::Body::from_stream(body).into_response();
     let headers = response.headers_mut();
     headers.insert(
