@@ -487,7 +487,8 @@ async fn get_access_log_by_request_id(
 /// admin, reading stops, chunks not yet sent are dropped and the error trailer ends the body.
 /// Memory stays flat whatever the size; closing the connection stops the export. When `[archive] dir` is set, the export continues,
 /// after the stream's oldest entry, with the archived entries older than it (newest first, same
-/// filters and range, each entry once; the count includes them).
+/// filters and range, each entry once; the count includes them); a sharded log, each shard
+/// below its own stream, merged by (id, shard), lines carrying `shard`.
 /// No scan budget: every match is written. Counts as
 /// one call against the admin rate limit.
 #[utoipa::path(
