@@ -314,3 +314,73 @@ async fn every_shard_is_archived_once_across_a_crash_and_exported_below_the_stre
     assert_eq!(got, expected);
     assert_eq!(trailer["count"], expected.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_of_a_shard_no_longer_configured_is_still_exported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let archive_dir = dir.path().display().to_string();
+    let app = TestApp::builder()
+        .configure(move |c| {
+            c.admin.rate_limit_per_minute = 1_000_000;
+            c.admin.rate_limit_per_hour = 1_000_000;
+            // `shards` went down from 3 to 2: shard 2 is no longer configured.
+            c.access_log.shards = Some(2);
+            c.archive.dir = archive_dir;
+            c.archive.batch = 100;
+            c.archive.block_ms = 100;
+            c.archive.metrics_listen = String::new();
+        })
+        .spawn()
+        .await;
+    let admin = app.create_admin().await;
+    let keys = Keys::new(app.key_prefix.clone());
+    // While shards 0 to 2 were configured, they were written and archived...
+    let all = watchpost_common::keys::access_families(&keys, Some(3));
+    let model = seed(&app, &all).await;
+    let metrics = ArchiveMetrics::new().expect("metrics");
+    let archiver = Archiver::sharded(
+        &app.config.redis.target(),
+        &keys,
+        Some(3),
+        &app.config.archive,
+        metrics.clone(),
+    )
+    .await
+    .expect("archiver");
+    let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(archiver.run(async move {
+        let _ = stop_rx.wait_for(|v| *v).await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics.entries_total.get() < model.len() as u64 {
+        assert!(Instant::now() < deadline, "the archiver did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(true);
+    task.await.expect("join").expect("archiver");
+    // ... then shard 2's stream is gone (trimmed away, unregistered) and the others keep
+    // their newest 50.
+    let mut con = redis_con(&app).await;
+    let _: u64 = redis::cmd("DEL")
+        .arg(all[2].stream())
+        .query_async(&mut con)
+        .await
+        .expect("DEL");
+    for f in &all[..2] {
+        let _: u64 = redis::cmd("XTRIM")
+            .arg(f.stream())
+            .arg("MAXLEN")
+            .arg(50)
+            .query_async(&mut con)
+            .await
+            .expect("XTRIM");
+    }
+
+    // The export (of a two-shard configuration, shard 2 neither configured nor registered)
+    // still has shard 2, from its `shard-2/` directory, merged by (id, shard).
+    let (got, trailer) = export(&app, &admin, "").await;
+    assert_eq!(trailer["export"], "end");
+    assert_eq!(trailer["count"], model.len());
+    assert_eq!(got, want(&model, |_, _| true));
+    assert!(got.iter().any(|(p, _)| p.2 == 2), "shard 2 exported");
+}
