@@ -25,8 +25,10 @@
 //!
 //! Shards (`[access_log] shards`): every stream of the log is archived on its own, through a
 //! consumer group of the same name on each, each with its own connection, files and
-//! acknowledgements, all concurrently (one future per stream in the archiver's task, so a
-//! shard that blocks, lags or fails on Redis holds up no other). Ids repeat across shards, so
+//! acknowledgements, all concurrently (one future per stream in the archiver's task: a shard
+//! whose read blocks, lags or fails on Redis holds up no other; the shards' writes and fsyncs
+//! take turns). A shard no longer configured but still registered is archived until its
+//! stream is gone. Ids repeat across shards, so
 //! each shard's files live in a directory of its own ([`family_dir`]): `<dir>/shard-<n>/`;
 //! the unsharded stream, and the only stream of a one-shard log, keep `<dir>` itself (the
 //! layout of a one-shard archive is unchanged). A file therefore never mixes shards.
@@ -563,6 +565,9 @@ pub struct ShardArchiver {
     stream: String,
     /// The family's label (`-` unsharded, else the shard number): the metrics' `shard`.
     label: String,
+    /// Not configured (a shard still registered after `shards` changed): done with once its
+    /// stream is gone.
+    retired: bool,
     cfg: ArchiveConfig,
     dir: PathBuf,
     files: HashMap<u64, OpenFile>,
@@ -734,6 +739,7 @@ impl Archiver {
                 con,
                 stream,
                 metrics: metrics.for_shard(&label),
+                retired: !configured.contains(family),
                 label,
                 cfg: cfg.clone(),
                 dir,
@@ -792,6 +798,12 @@ impl ShardArchiver {
             // acknowledged).
             match round.await {
                 Ok(n) => archived += n,
+                Err(StartupError::Redis(e)) if self.retired && e.contains("NOGROUP") => {
+                    // A shard no longer configured whose stream the proxies deleted once it was
+                    // empty (and unregistered): nothing is left to archive.
+                    tracing::info!(shard = %self.label, "archive: retired shard's stream is gone; done with it");
+                    break;
+                }
                 Err(StartupError::Redis(e)) => {
                     tracing::warn!(error = %e, shard = %self.label, "archive: Redis failed; retrying");
                     tokio::select! {

@@ -662,11 +662,6 @@ impl MergedWalk {
         }
     }
 
-    /// The streams walked.
-    pub fn streams(&self) -> Vec<String> {
-        self.shards.iter().map(|s| s.family.stream()).collect()
-    }
-
     /// True once every shard is exhausted and handed out.
     pub fn is_done(&self) -> bool {
         self.shards
