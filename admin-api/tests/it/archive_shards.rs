@@ -334,19 +334,36 @@ async fn the_archive_of_a_shard_no_longer_configured_is_still_exported() {
         .await;
     let admin = app.create_admin().await;
     let keys = Keys::new(app.key_prefix.clone());
-    // While shards 0 to 2 were configured, they were written and archived...
+    // Shards 0 to 2 were written while three were configured (and registered, as the proxies
+    // do); `shards` is now 2 and the archiver archives the configured shards and shard 2, still
+    // registered, into its own directory.
     let all = watchpost_common::keys::access_families(&keys, Some(3));
     let model = seed(&app, &all).await;
+    let mut con = redis_con(&app).await;
+    let _: u64 = redis::cmd("SADD")
+        .arg(keys.access_family_registry())
+        .arg(&["0", "1", "2"][..])
+        .query_async(&mut con)
+        .await
+        .expect("SADD");
     let metrics = ArchiveMetrics::new().expect("metrics");
     let archiver = Archiver::sharded(
         &app.config.redis.target(),
         &keys,
-        Some(3),
+        Some(2),
         &app.config.archive,
         metrics.clone(),
     )
     .await
     .expect("archiver");
+    let dirs: Vec<_> = (0..3)
+        .map(|s| dir.path().join(format!("shard-{s}")))
+        .collect();
+    assert_eq!(
+        archiver.dirs(),
+        dirs,
+        "the registered shard is archived too"
+    );
     let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(archiver.run(async move {
         let _ = stop_rx.wait_for(|v| *v).await;
@@ -356,16 +373,24 @@ async fn the_archive_of_a_shard_no_longer_configured_is_still_exported() {
         assert!(Instant::now() < deadline, "the archiver did not catch up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = stop.send(true);
-    task.await.expect("join").expect("archiver");
-    // ... then shard 2's stream is gone (trimmed away, unregistered) and the others keep
-    // their newest 50.
-    let mut con = redis_con(&app).await;
+    // Then shard 2's stream is gone (trimmed away; the proxies delete and unregister it): the
+    // archiver is done with it and goes on with the others.
     let _: u64 = redis::cmd("DEL")
         .arg(all[2].stream())
         .query_async(&mut con)
         .await
         .expect("DEL");
+    let _: u64 = redis::cmd("SREM")
+        .arg(keys.access_family_registry())
+        .arg("2")
+        .query_async(&mut con)
+        .await
+        .expect("SREM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop.send(true);
+    let archived = task.await.expect("join").expect("archiver");
+    assert_eq!(archived, model.len() as u64);
+    // The others keep their newest 50.
     for f in &all[..2] {
         let _: u64 = redis::cmd("XTRIM")
             .arg(f.stream())
