@@ -23,21 +23,33 @@
 //! Pending entries trimmed before they were written come back without fields and are counted
 //! the same way.
 //!
-//! Metrics (on `[archive] metrics_listen`, `GET /metrics`): entries behind (the group's lag
-//! plus its pending entries), the age of the oldest entry not yet archived, entries and files
-//! written, trimmed entries and gaps.
+//! Shards (`[access_log] shards`): every stream of the log is archived on its own, through a
+//! consumer group of the same name on each, each with its own connection, files and
+//! acknowledgements, all concurrently (one future per stream in the archiver's task: a shard
+//! whose read blocks, lags or fails on Redis holds up no other; the shards' writes and fsyncs
+//! take turns). A shard no longer configured but still registered is archived until its
+//! stream is gone. Ids repeat across shards, so
+//! each shard's files live in a directory of its own ([`family_dir`]): `<dir>/shard-<n>/`;
+//! the unsharded stream, and the only stream of a one-shard log, keep `<dir>` itself (the
+//! layout of a one-shard archive is unchanged). A file therefore never mixes shards.
+//!
+//! Metrics (on `[archive] metrics_listen`, `GET /metrics`), each per shard (label `shard`):
+//! entries behind (the group's lag plus its pending entries), the age of the oldest entry not
+//! yet archived, entries and files written, trimmed entries and gaps.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use prometheus::{IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
+use watchpost_common::keys::AccessKeys;
 use watchpost_common::{AccessLogEntry, Keys};
 use watchpost_common::{ConnOptions, RedisConn, RedisTarget};
 
@@ -383,45 +395,112 @@ impl Iterator for RangeReader {
     }
 }
 
-/// The archiver's metrics (`watchpost_archive_*`).
+/// A gauge with one series per shard (label `shard`: the family's label, `-` for the
+/// unsharded stream). [`ShardGauge::get`] combines the shards' values: the sum for counts of
+/// entries, the largest for ages.
+#[derive(Clone)]
+pub struct ShardGauge {
+    vec: IntGaugeVec,
+    max: bool,
+    children: Arc<Mutex<BTreeMap<String, IntGauge>>>,
+}
+
+impl ShardGauge {
+    /// The series of shard `label`.
+    pub fn shard(&self, label: &str) -> IntGauge {
+        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        children
+            .entry(label.to_string())
+            .or_insert_with(|| self.vec.with_label_values(&[label]))
+            .clone()
+    }
+
+    /// Every shard's value combined: the sum (entries) or the largest (ages).
+    pub fn get(&self) -> i64 {
+        let children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        let values = children.values().map(IntGauge::get);
+        if self.max {
+            values.max().unwrap_or(0)
+        } else {
+            values.sum()
+        }
+    }
+}
+
+/// A counter with one series per shard (label `shard`); [`ShardCounter::get`] is the sum.
+#[derive(Clone)]
+pub struct ShardCounter {
+    vec: IntCounterVec,
+    children: Arc<Mutex<BTreeMap<String, IntCounter>>>,
+}
+
+impl ShardCounter {
+    /// The series of shard `label`.
+    pub fn shard(&self, label: &str) -> IntCounter {
+        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        children
+            .entry(label.to_string())
+            .or_insert_with(|| self.vec.with_label_values(&[label]))
+            .clone()
+    }
+
+    /// The sum over shards.
+    pub fn get(&self) -> u64 {
+        let children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        children.values().map(IntCounter::get).sum()
+    }
+}
+
+/// The archiver's metrics (`watchpost_archive_*`), each with a `shard` label (the family's
+/// label: `-` for the unsharded stream, else the shard number), so that an alert names the
+/// shard that is behind.
 #[derive(Clone)]
 pub struct ArchiveMetrics {
     registry: Registry,
     /// Entries not yet archived: the group's lag plus its pending entries.
-    pub lag_entries: IntGauge,
+    pub lag_entries: ShardGauge,
     /// Seconds since the oldest entry not yet archived was added (0 when none).
-    pub oldest_unarchived_age_seconds: IntGauge,
+    pub oldest_unarchived_age_seconds: ShardGauge,
     /// Entries written to the archive.
-    pub entries_total: IntCounter,
+    pub entries_total: ShardCounter,
     /// Archive files created.
-    pub files_total: IntCounter,
+    pub files_total: ShardCounter,
     /// Entries trimmed from the stream before they were archived.
-    pub trimmed_before_archived_total: IntCounter,
+    pub trimmed_before_archived_total: ShardCounter,
     /// Times a trim was seen to overtake the archiver (whether or not it could be counted).
-    pub gaps_total: IntCounter,
+    pub gaps_total: ShardCounter,
 }
 
 impl ArchiveMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("watchpost_archive".into()), None)?;
-        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
-            let g = IntGauge::new(name, help)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
+        let gauge = |name: &str, help: &str, max: bool| -> Result<ShardGauge, prometheus::Error> {
+            let vec = IntGaugeVec::new(Opts::new(name, help), &["shard"])?;
+            registry.register(Box::new(vec.clone()))?;
+            Ok(ShardGauge {
+                vec,
+                max,
+                children: Arc::default(),
+            })
         };
-        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
-            let c = IntCounter::new(name, help)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
+        let counter = |name: &str, help: &str| -> Result<ShardCounter, prometheus::Error> {
+            let vec = IntCounterVec::new(Opts::new(name, help), &["shard"])?;
+            registry.register(Box::new(vec.clone()))?;
+            Ok(ShardCounter {
+                vec,
+                children: Arc::default(),
+            })
         };
         Ok(Self {
             lag_entries: gauge(
                 "lag_entries",
-                "Access-log entries not yet archived (group lag plus pending).",
+                "Access-log entries not yet archived (group lag plus pending), per shard.",
+                false,
             )?,
             oldest_unarchived_age_seconds: gauge(
                 "oldest_unarchived_age_seconds",
-                "Age of the oldest access-log entry not yet archived.",
+                "Age of the oldest access-log entry not yet archived, per shard.",
+                true,
             )?,
             entries_total: counter("entries_total", "Access-log entries archived.")?,
             files_total: counter("files_total", "Archive files created.")?,
@@ -437,12 +516,34 @@ impl ArchiveMetrics {
         })
     }
 
+    /// The series of one shard.
+    fn for_shard(&self, label: &str) -> ShardMetrics {
+        ShardMetrics {
+            lag_entries: self.lag_entries.shard(label),
+            oldest_unarchived_age_seconds: self.oldest_unarchived_age_seconds.shard(label),
+            entries_total: self.entries_total.shard(label),
+            files_total: self.files_total.shard(label),
+            trimmed_before_archived_total: self.trimmed_before_archived_total.shard(label),
+            gaps_total: self.gaps_total.shard(label),
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_default()
     }
+}
+
+/// One shard's series of [`ArchiveMetrics`].
+struct ShardMetrics {
+    lag_entries: IntGauge,
+    oldest_unarchived_age_seconds: IntGauge,
+    entries_total: IntCounter,
+    files_total: IntCounter,
+    trimmed_before_archived_total: IntCounter,
+    gaps_total: IntCounter,
 }
 
 /// An archive file open for appending.
@@ -452,14 +553,73 @@ struct OpenFile {
     max_id: Option<StreamId>,
 }
 
-/// The archiver's state.
+/// The archiver: one [`ShardArchiver`] per archived stream, run concurrently.
 pub struct Archiver {
+    shards: Vec<ShardArchiver>,
+}
+
+/// The archiver of one stream (one shard's family): its own connection, consumer group,
+/// directory and open files.
+pub struct ShardArchiver {
     con: RedisConn,
     stream: String,
+    /// The family's label (`-` unsharded, else the shard number): the metrics' `shard`.
+    label: String,
+    /// Not configured (a shard still registered after `shards` changed): done with once its
+    /// stream is gone.
+    retired: bool,
     cfg: ArchiveConfig,
     dir: PathBuf,
     files: HashMap<u64, OpenFile>,
-    metrics: ArchiveMetrics,
+    metrics: ShardMetrics,
+}
+
+/// The directory of `family`'s archive under `base`: `base` itself for the unsharded family
+/// and for the only family of a one-shard log (so a one-shard archive keeps its layout),
+/// `base/shard-<n>` for shard `n` otherwise. `configured` is the configured families
+/// ([`watchpost_common::keys::access_families`]).
+pub fn family_dir(base: &Path, family: &AccessKeys, configured: &[AccessKeys]) -> PathBuf {
+    match family.shard() {
+        None => base.to_path_buf(),
+        Some(_) if configured.len() == 1 && configured[0] == *family => base.to_path_buf(),
+        Some(n) => base.join(format!("shard-{n}")),
+    }
+}
+
+/// The shard numbers of the `shard-<n>` directories under `base` (none when it is missing).
+pub fn shard_dirs(base: &Path) -> io::Result<Vec<u16>> {
+    let items = match std::fs::read_dir(base) {
+        Ok(items) => items,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let item = item?;
+        let name = item.file_name();
+        let Some(n) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("shard-"))
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u16>().ok())
+        else {
+            continue;
+        };
+        if n < watchpost_common::keys::MAX_ACCESS_SHARDS && item.file_type()?.is_dir() {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// True when `base` itself holds archive files (`access-….ndjson.gz`).
+pub fn has_files(base: &Path) -> io::Result<bool> {
+    match files_in_range(base, 0, u64::MAX) {
+        Ok(files) => Ok(!files.is_empty()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// One delivered stream entry: its id and fields (`None` when trimmed while pending).
@@ -475,11 +635,75 @@ fn redis_err(e: redis::RedisError) -> StartupError {
     StartupError::Redis(e.to_string())
 }
 
+/// A connection of the archiver's (each shard has its own: a blocking `XREADGROUP` on one
+/// shard must not hold up the others' commands).
+async fn connect(redis: &RedisTarget, cfg: &ArchiveConfig) -> Result<RedisConn, StartupError> {
+    Ok(match redis {
+        RedisTarget::Node(url) => {
+            let client = redis::Client::open(url.as_str()).map_err(redis_err)?;
+            RedisConn::Node(ConnectionManager::new(client).await.map_err(redis_err)?)
+        }
+        RedisTarget::Cluster(_) => redis
+            .connect(ConnOptions {
+                connect_timeout: Duration::from_secs(1),
+                // `XREADGROUP … BLOCK` holds a reply for up to `block_ms`.
+                response_timeout: Duration::from_millis(cfg.block_ms) + Duration::from_secs(2),
+                retries: 3,
+                max_delay: Duration::from_secs(1),
+            })
+            .await
+            .map_err(redis_err)?,
+    })
+}
+
 impl Archiver {
-    /// Connects and makes sure the group exists (created at the stream's start).
+    /// The archiver of the unsharded stream ([`Keys::access`]), into `[archive] dir` itself.
     pub async fn new(
         redis: &RedisTarget,
         keys: &Keys,
+        cfg: &ArchiveConfig,
+        metrics: ArchiveMetrics,
+    ) -> Result<Self, StartupError> {
+        let family = [keys.access()];
+        Self::for_families(redis, &family, &family, cfg, metrics).await
+    }
+
+    /// The archiver of a log of `shards` shards (`[access_log] shards`): every configured
+    /// family, and every family still registered by the proxies (shards no longer configured,
+    /// until their streams are gone), each into its [`family_dir`].
+    pub async fn sharded(
+        redis: &RedisTarget,
+        keys: &Keys,
+        shards: Option<u16>,
+        cfg: &ArchiveConfig,
+        metrics: ArchiveMetrics,
+    ) -> Result<Self, StartupError> {
+        let configured = watchpost_common::keys::access_families(keys, shards);
+        let mut con = connect(redis, cfg).await?;
+        let registered: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys.access_family_registry())
+            .query_async(&mut con)
+            .await
+            .map_err(redis_err)?;
+        let mut families = configured.clone();
+        for label in registered {
+            if let Some(f) = keys.access_family(&label) {
+                if !families.contains(&f) {
+                    families.push(f);
+                }
+            }
+        }
+        families.sort_by_key(|f| f.shard().map_or(0, |s| u32::from(s) + 1));
+        Self::for_families(redis, &families, &configured, cfg, metrics).await
+    }
+
+    /// The archiver of `families`, each into its [`family_dir`] (`configured`: the configured
+    /// families), through the consumer group `[archive] group` of each stream (created at the
+    /// stream's start when missing).
+    pub async fn for_families(
+        redis: &RedisTarget,
+        families: &[AccessKeys],
+        configured: &[AccessKeys],
         cfg: &ArchiveConfig,
         metrics: ArchiveMetrics,
     ) -> Result<Self, StartupError> {
@@ -488,51 +712,67 @@ impl Archiver {
                 "[archive] dir: required by `archive` (the directory of the archive files)".into(),
             ));
         }
-        let dir = PathBuf::from(&cfg.dir);
-        std::fs::create_dir_all(&dir)?;
-        let mut con = match redis {
-            RedisTarget::Node(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(redis_err)?;
-                RedisConn::Node(ConnectionManager::new(client).await.map_err(redis_err)?)
+        let base = PathBuf::from(&cfg.dir);
+        let mut shards = Vec::with_capacity(families.len());
+        for family in families {
+            let dir = family_dir(&base, family, configured);
+            std::fs::create_dir_all(&dir)?;
+            let mut con = connect(redis, cfg).await?;
+            let stream = family.stream();
+            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&stream)
+                .arg(&cfg.group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut con)
+                .await;
+            let label = family.label();
+            match created {
+                Ok(()) => {
+                    tracing::info!(group = %cfg.group, shard = %label, "archive: consumer group created")
+                }
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return Err(redis_err(e)),
             }
-            RedisTarget::Cluster(_) => redis
-                .connect(ConnOptions {
-                    connect_timeout: Duration::from_secs(1),
-                    // `XREADGROUP … BLOCK` holds a reply for up to `block_ms`.
-                    response_timeout: Duration::from_millis(cfg.block_ms) + Duration::from_secs(2),
-                    retries: 3,
-                    max_delay: Duration::from_secs(1),
-                })
-                .await
-                .map_err(redis_err)?,
-        };
-        let stream = keys.access_stream();
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&stream)
-            .arg(&cfg.group)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut con)
-            .await;
-        match created {
-            Ok(()) => tracing::info!(group = %cfg.group, "archive: consumer group created"),
-            Err(e) if e.code() == Some("BUSYGROUP") => {}
-            Err(e) => return Err(redis_err(e)),
+            shards.push(ShardArchiver {
+                con,
+                stream,
+                metrics: metrics.for_shard(&label),
+                retired: !configured.contains(family),
+                label,
+                cfg: cfg.clone(),
+                dir,
+                files: HashMap::new(),
+            });
         }
-        Ok(Self {
-            con,
-            stream,
-            cfg: cfg.clone(),
-            dir,
-            files: HashMap::new(),
-            metrics,
-        })
+        Ok(Self { shards })
     }
 
+    /// The directories written, one per stream archived.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        self.shards.iter().map(|s| s.dir.clone()).collect()
+    }
+
+    /// Archives every stream concurrently (each read, written and acknowledged on its own)
+    /// until `shutdown` resolves; each stream's round in progress is finished (written,
+    /// synced, acknowledged) first. Returns the entries archived. A failure other than Redis's
+    /// (the disk) stops every stream: what was not acknowledged is read again on restart.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<u64, StartupError> {
+        let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+        let runs = self.shards.into_iter().map(|s| s.run(shutdown.clone()));
+        let archived = futures::future::try_join_all(runs).await?;
+        Ok(archived.into_iter().sum())
+    }
+}
+
+impl ShardArchiver {
     /// Archives until `shutdown` resolves; the round in progress is finished (written, synced,
     /// acknowledged) first. Returns the entries archived.
-    pub async fn run(
+    async fn run(
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<u64, StartupError> {
@@ -558,8 +798,14 @@ impl Archiver {
             // acknowledged).
             match round.await {
                 Ok(n) => archived += n,
+                Err(StartupError::Redis(e)) if self.retired && e.contains("NOGROUP") => {
+                    // A shard no longer configured whose stream the proxies deleted once it was
+                    // empty (and unregistered): nothing is left to archive.
+                    tracing::info!(shard = %self.label, "archive: retired shard's stream is gone; done with it");
+                    break;
+                }
                 Err(StartupError::Redis(e)) => {
-                    tracing::warn!(error = %e, "archive: Redis failed; retrying");
+                    tracing::warn!(error = %e, shard = %self.label, "archive: Redis failed; retrying");
                     tokio::select! {
                         _ = &mut shutdown => break,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -571,7 +817,7 @@ impl Archiver {
                 break;
             }
         }
-        tracing::info!(archived, "archive: stopped");
+        tracing::info!(archived, shard = %self.label, "archive: stopped");
         Ok(archived)
     }
 

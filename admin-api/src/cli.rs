@@ -105,23 +105,17 @@ pub async fn run(cli: Cli, env: &[(String, String)]) -> Result<(), StartupError>
         Command::Archive => {
             let target = config.redis.target();
             let keys = target.keys(config.redis.key_prefix.clone());
-            let families =
-                watchpost_common::keys::access_families(&keys, config.access_log.shard_count());
-            if families.len() > 1 {
-                // The archive files name entries by stream id alone, which repeats across
-                // shards: archiving a sharded log is not supported yet, rather than done wrong.
-                // A cluster is sharded unless `shards = 1` is set.
-                return Err(StartupError::Config(
-                    "[access_log] shards: the archiver reads one stream only; \
-                     run it with shards = 1"
-                        .into(),
-                ));
-            }
             let metrics = crate::archive::ArchiveMetrics::new()
                 .map_err(|e| StartupError::Config(format!("metrics: {e}")))?;
-            let archiver =
-                crate::archive::Archiver::new(&target, &keys, &config.archive, metrics.clone())
-                    .await?;
+            // Every shard (and every retired shard still registered), each on its own.
+            let archiver = crate::archive::Archiver::sharded(
+                &target,
+                &keys,
+                config.access_log.shard_count(),
+                &config.archive,
+                metrics.clone(),
+            )
+            .await?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 server::shutdown_signal().await;

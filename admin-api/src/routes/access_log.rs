@@ -487,7 +487,8 @@ async fn get_access_log_by_request_id(
 /// admin, reading stops, chunks not yet sent are dropped and the error trailer ends the body.
 /// Memory stays flat whatever the size; closing the connection stops the export. When `[archive] dir` is set, the export continues,
 /// after the stream's oldest entry, with the archived entries older than it (newest first, same
-/// filters and range, each entry once; the count includes them).
+/// filters and range, each entry once; the count includes them); a sharded log, each shard
+/// below its own stream, merged by (id, shard), lines carrying `shard`.
 /// No scan budget: every match is written. Counts as
 /// one call against the admin rate limit.
 #[utoipa::path(
@@ -519,15 +520,26 @@ async fn export_access_log(
     let to = parse_time("to", q.to.as_deref())?;
     let filters = list_filters!(q)?;
     let bounds = Bounds::new(None, None, from, to);
-    let families = shards::families(&state).await?;
-    // Planned before the response starts, so that Redis being down is a 503, not a cut body.
-    let walk = MergedWalk::plan(&state, &families, bounds, filters.clone()).await?;
-    // Entries older than the stream come from the archive, when one is configured.
-    let older: Option<Arc<dyn export::OlderEntries>> = {
+    let mut families = shards::families(&state).await?;
+    // Entries older than the streams come from the archive, when one is configured: each
+    // shard's own directory, and shards only the archive still has are read too.
+    let archive = {
         let dir = state.config().archive.dir.trim();
-        (!dir.is_empty()).then(|| Arc::new(export::ArchivedEntries::new(dir)) as _)
+        (!dir.is_empty()).then(|| {
+            let configured = watchpost_common::keys::access_families(
+                state.keys(),
+                state.config().access_log.shard_count(),
+            );
+            export::ArchivedEntries::new(dir, configured)
+        })
     };
-    let body = export::body(state, admin.0, walk, format, bounds, filters, older);
+    if let Some(archive) = &archive {
+        archive.add_archived_families(state.keys(), &mut families);
+    }
+    let older = archive.map(|a| Arc::new(a) as Arc<dyn export::OlderEntries>);
+    // Planned before the response starts, so that Redis being down is a 503, not a cut body.
+    let walk = MergedWalk::plan(&state, &families, bounds, filters).await?;
+    let body = export::body(state, admin.0, walk, format, older);
     let mut response = axum::body::Body::from_stream(body).into_response();
     let headers = response.headers_mut();
     headers.insert(

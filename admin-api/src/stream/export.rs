@@ -10,8 +10,8 @@
 //! connection, the server drops the body and no further chunk is read from Redis
 //! (`access_log_exports_open` falls, `access_log_export_entries_read_total` stops rising).
 //! While one chunk is rendered and handed to the connection, the next one is read from Redis
-//! on a task of its own (at most one chunk ahead, so memory stays flat; stopped when the
-//! export ends early).
+//! (and the archive) on a task of its own (at most one chunk ahead, so memory stays flat;
+//! stopped when the export ends early).
 //!
 //! An export outlives the request that authenticated it, so, like the live tail, it checks the
 //! caller's credential again every [`RECHECK_INTERVAL`]
@@ -23,14 +23,16 @@
 //! count being the entries the body held before it).
 //!
 //! Entries older than the stream (trimmed away) can come from an [`OlderEntries`] source (the
-//! archive); the export asks it, once the stream is exhausted, for the matches below the oldest
-//! id the stream still had.
+//! archive); the export asks it, for each shard once that shard's stream is exhausted, for the
+//! shard's matches below the oldest id its stream still had, and merges them with the other
+//! shards by (id, shard) like the streams ([`MergedWalk::continue_into`]).
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use futures::stream::{BoxStream, StreamExt};
-use watchpost_common::ACCESS_LOG_FIELDS;
+use watchpost_common::keys::AccessKeys;
+use watchpost_common::{Keys, ACCESS_LOG_FIELDS};
 
 use crate::auth::{admin_credential_withdrawn, Principal};
 use crate::error::ApiError;
@@ -73,40 +75,79 @@ impl Format {
     }
 }
 
-/// A source of entries older than the stream holds (the archive), read newest first.
+/// A source of entries older than the stream holds (the archive), read newest first, one
+/// shard's family at a time.
 pub trait OlderEntries: Send + Sync {
-    /// Chunks of matches within `bounds` (exclusive ids; `bounds.below` is the oldest id the
-    /// stream still had), newest first.
+    /// Chunks of `family`'s matches within `bounds` (exclusive ids; `bounds.below` is at most
+    /// the oldest id the family's stream still had), newest first.
     fn matches(
         &self,
+        family: &AccessKeys,
         bounds: Bounds,
         filters: Filters,
     ) -> BoxStream<'static, Result<Vec<Item>, ApiError>>;
 }
 
 /// The archive (`[archive] dir`, written by `watchpost-admin archive`) as the source of
-/// entries older than the stream. Files are read on a blocking thread, newest hour first; chunks
-/// of [`CHUNK`] matches go through a channel of two, so reading stays just ahead of the client
-/// and stops when the export is dropped. Memory holds one gzip member of a file (see
-/// [`crate::archive::read_matches_newest_first`]) and two chunks.
+/// entries older than the stream: each family's own directory
+/// ([`crate::archive::family_dir`]). Files are read on a blocking thread, newest hour first;
+/// chunks of [`CHUNK`] matches go through a channel of two, so reading stays just ahead of the
+/// client and stops when the export is dropped. Memory holds, per shard, one gzip member of a
+/// file (see [`crate::archive::read_matches_newest_first`]) and two chunks.
 pub struct ArchivedEntries {
     dir: std::path::PathBuf,
+    /// The configured families (`[access_log] shards`), which decide the directories.
+    configured: Vec<AccessKeys>,
 }
 
 impl ArchivedEntries {
-    pub fn new(dir: impl Into<std::path::PathBuf>) -> Self {
-        Self { dir: dir.into() }
+    pub fn new(dir: impl Into<std::path::PathBuf>, configured: Vec<AccessKeys>) -> Self {
+        Self {
+            dir: dir.into(),
+            configured,
+        }
+    }
+
+    /// Adds to `families` (the families the export reads) those only the archive still has:
+    /// the shard of every `shard-<n>` directory, and, on a single node, the unsharded family
+    /// when `dir` itself holds files no read family owns. A shard no longer configured nor
+    /// registered is thus still exported from its archive. Kept in merged order.
+    pub fn add_archived_families(&self, keys: &Keys, families: &mut Vec<AccessKeys>) {
+        let base = self.dir.as_path();
+        match crate::archive::shard_dirs(base) {
+            Ok(shards) => {
+                for n in shards {
+                    let f = keys.access_shard(n);
+                    if !families.contains(&f) {
+                        families.push(f);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(dir = %base.display(), error = %e, "access log: archive unreadable");
+            }
+        }
+        let owned = families
+            .iter()
+            .any(|f| crate::archive::family_dir(base, f, &self.configured) == base);
+        if !owned && crate::archive::has_files(base).unwrap_or(false) {
+            if let Some(f) = keys.access_family("-") {
+                families.push(f);
+            }
+        }
+        families.sort_by_key(super::shards::rank);
     }
 }
 
 impl OlderEntries for ArchivedEntries {
     fn matches(
         &self,
+        family: &AccessKeys,
         bounds: Bounds,
         filters: Filters,
     ) -> BoxStream<'static, Result<Vec<Item>, ApiError>> {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<Item>, ApiError>>(2);
-        let dir = self.dir.clone();
+        let dir = crate::archive::family_dir(&self.dir, family, &self.configured);
         tokio::task::spawn_blocking(move || {
             let from_ms = bounds.above.map_or(0, |a| a.ms);
             let to_ms = bounds.below.map_or(u64::MAX, |b| b.ms);
@@ -156,7 +197,6 @@ enum Phase {
     /// The walk's next chunk being read on a task of its own, while the chunk before it is
     /// rendered and sent.
     Reading(ReadAhead),
-    Older(BoxStream<'static, Result<Vec<Item>, ApiError>>),
     Trailer,
     Finished,
 }
@@ -187,16 +227,9 @@ impl Drop for ReadAhead {
 
 struct Export {
     state: AppState,
-    /// The streams walked (one per shard): the older source starts below all their first ids.
-    streams: Vec<String>,
     format: Format,
-    bounds: Bounds,
-    filters: Filters,
-    older: Option<Arc<dyn OlderEntries>>,
     phase: Phase,
     count: u64,
-    /// The oldest id the stream phase wrote: the older source starts below it.
-    lowest_written: Option<StreamId>,
     _open: OpenTail,
 }
 
@@ -214,7 +247,8 @@ impl Piece {
 }
 
 /// The export body of `principal`'s request: a stream of byte chunks. `walk` (every shard,
-/// merged by id) must have been planned over `bounds` and `filters`. Reading and the credential
+/// merged by id) was planned over the export's bounds and filters; with `older`, each shard
+/// continues below its stream with its older entries. Reading and the credential
 /// re-check run on a task of their own (see the module's documentation); the body takes chunks
 /// from it one at a time.
 pub fn body(
@@ -222,11 +256,9 @@ pub fn body(
     principal: Principal,
     walk: MergedWalk,
     format: Format,
-    bounds: Bounds,
-    filters: Filters,
     older: Option<Arc<dyn OlderEntries>>,
 ) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
-    let pieces = pieces(state.clone(), walk, format, bounds, filters, older);
+    let pieces = pieces(state.clone(), walk, format, older);
     guarded(state, principal, format, pieces)
 }
 
@@ -313,23 +345,20 @@ fn guarded(
 /// The export's chunks, read as the consumer asks for them.
 fn pieces(
     state: AppState,
-    walk: MergedWalk,
+    mut walk: MergedWalk,
     format: Format,
-    bounds: Bounds,
-    filters: Filters,
     older: Option<Arc<dyn OlderEntries>>,
 ) -> BoxStream<'static, Piece> {
     let open = OpenTail::open(&state.metrics().exports_open);
+    if let Some(src) = older {
+        // Each shard continues into its own older entries below its stream.
+        walk.continue_into(src);
+    }
     let export = Export {
         state,
-        streams: walk.streams(),
         format,
-        bounds,
-        filters,
-        older,
         phase: Phase::Header,
         count: 0,
-        lowest_written: None,
         _open: open,
         // The walk comes in through the first phase change.
     };
@@ -348,21 +377,7 @@ fn pieces(
                 }
                 Phase::Stream(w) => {
                     if w.is_done() {
-                        ex.phase = match ex.older.clone() {
-                            Some(src) => match older_bounds(
-                                &ex.state,
-                                &ex.streams,
-                                ex.bounds,
-                                ex.lowest_written,
-                            )
-                            .await
-                            {
-                                Ok(Some(b)) => Phase::Older(src.matches(b, ex.filters.clone())),
-                                Ok(None) => Phase::Trailer,
-                                Err(e) => return Some((Piece::text(ex.error(&e)), (ex, walk))),
-                            },
-                            None => Phase::Trailer,
-                        };
+                        ex.phase = Phase::Trailer;
                         continue;
                     }
                     ex.phase = Phase::Reading(ReadAhead::start(ex.state.clone(), w));
@@ -392,26 +407,12 @@ fn pieces(
                             } else {
                                 Phase::Reading(ReadAhead::start(ex.state.clone(), w))
                             };
-                            let oldest = items.iter().filter_map(|i| StreamId::parse(&i.id)).min();
-                            ex.lowest_written = ex.lowest_written.into_iter().chain(oldest).min();
                             let chunk = ex.render(&items);
                             return Some((chunk, (ex, walk)));
                         }
                         Err(e) => return Some((Piece::text(ex.error(&e)), (ex, walk))),
                     }
                 }
-                Phase::Older(mut src) => match src.next().await {
-                    Some(Ok(items)) => {
-                        ex.phase = Phase::Older(src);
-                        if items.is_empty() {
-                            continue;
-                        }
-                        let chunk = ex.render(&items);
-                        return Some((chunk, (ex, walk)));
-                    }
-                    Some(Err(e)) => return Some((Piece::text(ex.error(&e)), (ex, walk))),
-                    None => ex.phase = Phase::Trailer,
-                },
                 Phase::Trailer => {
                     let end = match ex.format {
                         Format::Ndjson => {
@@ -426,31 +427,6 @@ fn pieces(
         }
     })
     .boxed()
-}
-
-/// The range left for the older source: below both the stream's first id now (everything the
-/// stream still holds was examined by the walk; entries trimmed while the export ran are below
-/// it) and the oldest id the stream phase wrote (so that nothing is written twice, even an
-/// entry trimmed after it was written). Not the oldest id the walk read: an index walk may
-/// read index members of trimmed entries far below the stream, which the older source must
-/// still answer for.
-async fn older_bounds(
-    state: &AppState,
-    streams: &[String],
-    bounds: Bounds,
-    lowest_written: Option<StreamId>,
-) -> Result<Option<Bounds>, ApiError> {
-    let firsts = super::shards::first_ids(state, streams).await?;
-    let below = firsts
-        .into_iter()
-        .chain([lowest_written, bounds.below])
-        .flatten()
-        .min();
-    let b = Bounds {
-        above: bounds.above,
-        below,
-    };
-    Ok((!b.is_empty()).then_some(b))
 }
 
 impl Export {

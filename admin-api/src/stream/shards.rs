@@ -32,14 +32,17 @@
 //! therefore still full unless it is the last; a budgeted one may be short, as on one stream.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::try_join_all;
+use futures::stream::{BoxStream, StreamExt};
 use watchpost_common::keys::access_families;
 use watchpost_common::AccessKeys;
 
 use crate::{error::ApiError, state::AppState};
 
+use super::export::OlderEntries;
 use super::query::{self, Bounds, PageRequest, Walk};
 use super::{Filters, Item, StreamId};
 
@@ -500,20 +503,111 @@ pub async fn by_request_id(
         .map(|(_, i)| i))
 }
 
+/// What a shard of a [`MergedWalk`] reads once its stream walk is exhausted.
+enum Older {
+    /// Nothing (no source, or the source is exhausted).
+    Done,
+    /// The source, not asked yet: asked once the walk is exhausted, for the matches below the
+    /// stream's first id at that time and below the oldest match the walk gave.
+    Waiting(Arc<dyn OlderEntries>),
+    /// The source's chunks of matches, newest first.
+    Reading(BoxStream<'static, Result<Vec<Item>, ApiError>>),
+}
+
 /// One shard's walk in a [`MergedWalk`], with the matches it read but has not handed out.
 struct ShardWalk {
     family: AccessKeys,
     rank: u32,
     walk: Walk,
+    older: Older,
+    /// The oldest match the stream walk gave: the older source starts below it.
+    lowest: Option<StreamId>,
     buffered: VecDeque<(StreamId, Item)>,
 }
 
+impl ShardWalk {
+    /// True while the stream walk or the older source may still give matches.
+    fn live(&self) -> bool {
+        !self.walk.is_done() || !matches!(self.older, Older::Done)
+    }
+
+    /// Reads the next chunk into `buffered`: from the stream walk, else from the older source
+    /// (started on the first call after the walk). Returns the entries (or index ids) read
+    /// from the stream.
+    async fn fill(
+        &mut self,
+        state: &AppState,
+        count: usize,
+        sharded: bool,
+        bounds: Bounds,
+        filters: &Filters,
+    ) -> Result<usize, ApiError> {
+        if !self.walk.is_done() {
+            let before = self.walk.scanned;
+            let got = self.walk.next(state, count).await?;
+            for item in got {
+                if let Some(id) = StreamId::parse(&item.id) {
+                    self.lowest = Some(self.lowest.map_or(id, |l| l.min(id)));
+                    self.buffered
+                        .push_back((id, tag(item, &self.family, sharded)));
+                }
+            }
+            return Ok(self.walk.scanned - before);
+        }
+        match std::mem::replace(&mut self.older, Older::Done) {
+            Older::Done => {}
+            Older::Waiting(src) => {
+                // Below the stream's first id now (everything the stream still holds was
+                // examined; entries trimmed while the walk ran are below it) and below the
+                // oldest match written from the stream (nothing twice, even an entry trimmed
+                // after the walk gave it). Not the oldest id the walk read: an index walk may
+                // read postings of trimmed entries far below the stream, which the older
+                // source must still answer for.
+                let first = first_ids(state, &[self.family.stream()])
+                    .await?
+                    .pop()
+                    .flatten();
+                let below = [first, self.lowest, bounds.below]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                let b = Bounds {
+                    above: bounds.above,
+                    below,
+                };
+                if !b.is_empty() {
+                    self.older = Older::Reading(src.matches(&self.family, b, filters.clone()));
+                }
+            }
+            Older::Reading(mut src) => match src.next().await {
+                Some(Ok(items)) => {
+                    for item in items {
+                        if let Some(id) = StreamId::parse(&item.id) {
+                            self.buffered
+                                .push_back((id, tag(item, &self.family, sharded)));
+                        }
+                    }
+                    self.older = Older::Reading(src);
+                }
+                Some(Err(e)) => return Err(e),
+                None => {}
+            },
+        }
+        Ok(0)
+    }
+}
+
 /// A walk over every family, newest first by (id, shard): a k-way merge of one [`Walk`] per
-/// shard. Memory holds at most one chunk per shard.
+/// shard, each continued, when a source of older entries is given
+/// ([`MergedWalk::continue_into`], the archive), by that shard's older entries below its
+/// stream. Memory holds at most one chunk per shard (and what the older source holds).
 pub struct MergedWalk {
     shards: Vec<ShardWalk>,
     sharded: bool,
-    /// Entries (or index ids) read so far, all shards.
+    /// The bounds every shard was planned over.
+    bounds: Bounds,
+    filters: Filters,
+    /// Entries (or index ids) read so far from the streams, all shards.
     pub scanned: usize,
 }
 
@@ -548,24 +642,31 @@ impl MergedWalk {
                     family: f.clone(),
                     rank: rank(f),
                     walk,
+                    older: Older::Done,
+                    lowest: None,
                     buffered: VecDeque::new(),
                 })
                 .collect(),
             sharded: families.len() > 1,
+            bounds,
+            filters,
             scanned: 0,
         })
     }
 
-    /// The streams walked.
-    pub fn streams(&self) -> Vec<String> {
-        self.shards.iter().map(|s| s.family.stream()).collect()
+    /// Continues each shard, once its stream walk is exhausted, with `older`'s matches of that
+    /// shard below the stream (see [`Older::Waiting`]), merged like the streams.
+    pub fn continue_into(&mut self, older: Arc<dyn OlderEntries>) {
+        for s in &mut self.shards {
+            s.older = Older::Waiting(older.clone());
+        }
     }
 
     /// True once every shard is exhausted and handed out.
     pub fn is_done(&self) -> bool {
         self.shards
             .iter()
-            .all(|s| s.walk.is_done() && s.buffered.is_empty())
+            .all(|s| !s.live() && s.buffered.is_empty())
     }
 
     /// The next matches, at most `count`, newest first by (id, shard). Reads a chunk of
@@ -573,25 +674,20 @@ impl MergedWalk {
     /// every shard not yet exhausted has one buffered.
     pub async fn next(&mut self, state: &AppState, count: usize) -> Result<Vec<Item>, ApiError> {
         let sharded = self.sharded;
+        let bounds = self.bounds;
+        let filters = &self.filters;
         loop {
             let dry: Vec<&mut ShardWalk> = self
                 .shards
                 .iter_mut()
-                .filter(|s| s.buffered.is_empty() && !s.walk.is_done())
+                .filter(|s| s.buffered.is_empty() && s.live())
                 .collect();
             if dry.is_empty() {
                 break;
             }
-            let reads = dry.into_iter().map(|s| async move {
-                let before = s.walk.scanned;
-                let got = s.walk.next(state, count).await?;
-                for item in got {
-                    if let Some(id) = StreamId::parse(&item.id) {
-                        s.buffered.push_back((id, tag(item, &s.family, sharded)));
-                    }
-                }
-                Ok::<_, ApiError>(s.walk.scanned - before)
-            });
+            let reads = dry
+                .into_iter()
+                .map(|s| s.fill(state, count, sharded, bounds, filters));
             let scanned: Vec<usize> = try_join_all(reads).await?;
             self.scanned += scanned.iter().sum::<usize>();
             // A shard may have read only non-matching entries: read again until every shard
@@ -603,7 +699,7 @@ impl MergedWalk {
             if self
                 .shards
                 .iter()
-                .any(|s| s.buffered.is_empty() && !s.walk.is_done())
+                .any(|s| s.buffered.is_empty() && s.live())
             {
                 break;
             }

@@ -653,3 +653,133 @@ async fn load(
     }
     sent
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archiver_archives_every_shard_of_a_cluster_and_the_export_reads_them() {
+    let cluster = Cluster::start(false);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = cluster.nodes();
+    let archive_dir = dir.path().display().to_string();
+    let app = TestApp::builder()
+        .configure(move |c| {
+            c.redis.cluster_nodes = nodes;
+            c.admin.rate_limit_per_minute = 1_000_000;
+            c.admin.rate_limit_per_hour = 1_000_000;
+            c.archive.dir = archive_dir;
+            c.archive.batch = 20;
+            c.archive.block_ms = 100;
+            c.archive.metrics_listen = String::new();
+        })
+        .spawn()
+        .await;
+    let admin = app.create_admin().await;
+    let target = app.config.redis.target();
+    let keys = target.keys(app.key_prefix.clone());
+    // 16 shards by default on a cluster, spread over the masters; the same ids in each.
+    let families = watchpost_common::keys::access_families(&keys, None);
+    assert_eq!(families.len(), 16);
+    let mut con = target
+        .connect(watchpost_common::ConnOptions {
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(5),
+            retries: 3,
+            max_delay: Duration::from_secs(1),
+        })
+        .await
+        .expect("cluster connection");
+    let base = crate::access_log::now_ms() - 3 * 3_600_000;
+    let mut written: BTreeMap<(u64, u64, u16), String> = BTreeMap::new();
+    for (s, family) in families.iter().enumerate() {
+        // One pipeline per shard: its keys share the shard's hash tag (one slot).
+        let mut pipe = redis::pipe();
+        for i in 0..30u64 {
+            let (ms, seq) = (base + i * 1_000, i % 2);
+            let mut e = crate::access_log::synthetic(i);
+            e.ts = ms;
+            e.request_id = format!("c-{s}-{i}");
+            crate::common::xadd_indexed_in(&mut pipe, family, &format!("{ms}-{seq}"), &e);
+            written.insert((ms, seq, s as u16), e.request_id);
+        }
+        let () = pipe.query_async(&mut con).await.expect("XADD pipeline");
+    }
+
+    let metrics = watchpost_admin::archive::ArchiveMetrics::new().expect("metrics");
+    let archiver = watchpost_admin::archive::Archiver::sharded(
+        &target,
+        &keys,
+        None,
+        &app.config.archive,
+        metrics.clone(),
+    )
+    .await
+    .expect("archiver");
+    let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(archiver.run(async move {
+        let _ = stop_rx.wait_for(|v| *v).await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics.entries_total.get() < written.len() as u64 || metrics.lag_entries.get() != 0 {
+        assert!(Instant::now() < deadline, "the archiver did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(true);
+    task.await.expect("join").expect("archiver");
+    assert_eq!(metrics.entries_total.get(), written.len() as u64);
+    for s in 0..16u16 {
+        let got: Vec<String> = watchpost_admin::archive::read_range(
+            dir.path().join(format!("shard-{s}")),
+            0,
+            u64::MAX,
+        )
+        .expect("read")
+        .map(|e| e.entry.request_id)
+        .collect();
+        let want: Vec<String> = written
+            .iter()
+            .filter(|(p, _)| p.2 == s)
+            .map(|(_, r)| r.clone())
+            .collect();
+        assert_eq!(got, want, "shard {s}");
+        assert_eq!(metrics.entries_total.shard(&s.to_string()).get(), 30);
+    }
+
+    // Every stream trimmed to its newest 10: the export has every entry once, in (id, shard)
+    // order, the older ones from each shard's archive.
+    for family in &families {
+        let _: u64 = redis::cmd("XTRIM")
+            .arg(family.stream())
+            .arg("MAXLEN")
+            .arg(10)
+            .query_async(&mut con)
+            .await
+            .expect("XTRIM");
+    }
+    let body = app
+        .get("/api/admin/access-log/export")
+        .bearer_auth(&admin.key)
+        .send()
+        .await
+        .expect("export")
+        .text()
+        .await
+        .expect("body");
+    let mut lines: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let trailer = lines.pop().expect("trailer");
+    assert_eq!(trailer["export"], "end", "{trailer}");
+    assert_eq!(trailer["count"], written.len());
+    let got: Vec<((u64, u64, u16), String)> = lines
+        .iter()
+        .map(|v| {
+            (
+                id_key(v),
+                v["request_id"].as_str().expect("rid").to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<((u64, u64, u16), String)> =
+        written.iter().rev().map(|(p, r)| (*p, r.clone())).collect();
+    assert_eq!(got, want);
+}

@@ -6,6 +6,7 @@ mod access_log;
 mod access_log_index;
 mod access_log_shards;
 mod archive;
+mod archive_shards;
 mod audit;
 mod auth;
 mod cli;
