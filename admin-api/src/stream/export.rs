@@ -192,7 +192,8 @@ impl OlderEntries for ArchivedEntries {
 }
 
 enum Phase {
-    Header,
+    /// The CSV header (if any) is next; the walk has not started.
+    Header(Box<MergedWalk>),
     Stream(Box<MergedWalk>),
     /// The walk's next chunk being read on a task of its own, while the chunk before it is
     /// rendered and sent.
@@ -357,22 +358,17 @@ fn pieces(
     let export = Export {
         state,
         format,
-        phase: Phase::Header,
+        phase: Phase::Header(Box::new(walk)),
         count: 0,
         _open: open,
-        // The walk comes in through the first phase change.
     };
-    let start = (export, Some(walk));
-    futures::stream::unfold(start, |(mut ex, mut walk)| async move {
+    futures::stream::unfold(export, |mut ex| async move {
         loop {
             match std::mem::replace(&mut ex.phase, Phase::Finished) {
-                Phase::Header => {
-                    ex.phase = match walk.take() {
-                        Some(w) => Phase::Stream(Box::new(w)),
-                        None => Phase::Trailer,
-                    };
+                Phase::Header(w) => {
+                    ex.phase = Phase::Stream(w);
                     if ex.format == Format::Csv {
-                        return Some((Piece::text(Bytes::from(csv_header())), (ex, walk)));
+                        return Some((Piece::text(Bytes::from(csv_header())), ex));
                     }
                 }
                 Phase::Stream(w) => {
@@ -388,7 +384,7 @@ fn pieces(
                         Err(e) => {
                             tracing::error!(error = %e, "access log: export read task failed");
                             let e = ApiError::internal("the export's read failed");
-                            return Some((Piece::text(ex.error(&e)), (ex, walk)));
+                            return Some((Piece::text(ex.error(&e)), ex));
                         }
                     };
                     ex.state
@@ -408,9 +404,9 @@ fn pieces(
                                 Phase::Reading(ReadAhead::start(ex.state.clone(), w))
                             };
                             let chunk = ex.render(&items);
-                            return Some((chunk, (ex, walk)));
+                            return Some((chunk, ex));
                         }
-                        Err(e) => return Some((Piece::text(ex.error(&e)), (ex, walk))),
+                        Err(e) => return Some((Piece::text(ex.error(&e)), ex)),
                     }
                 }
                 Phase::Trailer => {
@@ -420,7 +416,7 @@ fn pieces(
                         }
                         Format::Csv => format!("#count,{}\r\n", ex.count),
                     };
-                    return Some((Piece::text(Bytes::from(end)), (ex, walk)));
+                    return Some((Piece::text(Bytes::from(end)), ex));
                 }
                 Phase::Finished => return None,
             }
